@@ -1,0 +1,199 @@
+"""`iris-mlops`: train, inspect and promote models, and bootstrap the data, from a shell.
+
+    iris-mlops data bootstrap        make data/iris.csv match its DVC pointer (offline)
+    iris-mlops validate [CSV]        check a data file; non-zero exit with a report on failure
+    iris-mlops train                 validate, train, log, register and gate every candidate
+    iris-mlops models                versions, aliases, key metrics and lineage
+    iris-mlops promote VERSION       move the `production` alias (--model NAME)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from iris_shared.logging import configure_logging
+from iris_trainer.config import get_settings
+
+DEFAULT_MODEL = "Iris-LogisticRegression"
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@click.group(help=__doc__.split("\n\n")[0] if __doc__ else None)
+def main() -> None:
+    configure_logging("trainer-cli", "WARNING")
+
+
+@main.group()
+def data() -> None:
+    """Manage the DVC-tracked data set."""
+
+
+@data.command("bootstrap")
+def data_bootstrap() -> None:
+    """Make data/iris.csv match data/iris.csv.dvc, regenerating version 1 when needed."""
+    from iris_trainer.dataset import BootstrapError, bootstrap
+
+    try:
+        click.echo(bootstrap(get_settings().repo_root))
+    except BootstrapError as exc:
+        _fail(str(exc))
+
+
+@main.command("validate")
+@click.argument("csv_path", required=False, type=click.Path(path_type=Path))
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write JSON here.")
+def validate_command(csv_path: Path | None, report_path: Path | None) -> None:
+    """Validate a data file (default: data/iris.csv)."""
+    from iris_trainer.pipeline.data import DataUnavailableError, load_dataset
+    from iris_trainer.pipeline.validation import validate
+
+    settings = get_settings()
+    try:
+        if csv_path is None:
+            dataset = load_dataset(settings.repo_root)
+        else:
+            dataset = load_dataset(csv_path.resolve().parent, csv_path.name)
+    except DataUnavailableError as exc:
+        _fail(str(exc))
+        return
+    report = validate(dataset.raw_frame())
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    if not report.ok:
+        _fail(f"{dataset.source} failed validation\n{report.summary()}")
+    kept = len(report.duplicate_rows)
+    click.echo(f"{dataset.source}: {report.rows} rows valid ({kept} exact duplicate rows kept)")
+
+
+@main.command("train")
+@click.option("--data-rev", help="Git revision of data/iris.csv to train on (default: working copy).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a parameter, e.g. --set models.random_forest.n_estimators=10.")
+@click.option("--write-reports/--no-write-reports", default=True, help="Write reports/metrics.json.")
+def train_command(data_rev: str | None, overrides: tuple[str, ...], write_reports: bool) -> None:
+    """Validate, train, log to MLflow, register and gate every candidate model."""
+    from mlflow.exceptions import MlflowException
+
+    from iris_trainer.pipeline import run_training
+    from iris_trainer.pipeline.data import DataUnavailableError
+    from iris_trainer.pipeline.params import InvalidParamsError, load_params
+    from iris_trainer.pipeline.run import write_reports as write_metrics
+    from iris_trainer.pipeline.validation import DataValidationError
+
+    settings = get_settings()
+    try:
+        params = load_params(settings.path(settings.params_file), _parse_overrides(overrides))
+        result = run_training(
+            params,
+            settings.repo_root,
+            data_rev=data_rev,
+            tracking_uri=settings.mlflow_tracking_uri,
+            on_progress=lambda p: click.echo(
+                f"[{p.step}/{p.total_steps}] {p.stage.value}"
+                + (f" {p.model_name}" if p.model_name else ""),
+                err=True,
+            ),
+        )
+    except DataValidationError as exc:
+        _fail(f"data failed validation; nothing was trained\n{exc.report.summary()}")
+        return
+    except (InvalidParamsError, DataUnavailableError) as exc:
+        _fail(str(exc))
+        return
+    except MlflowException as exc:
+        _fail(f"MLflow at {settings.mlflow_tracking_uri} refused the request: {exc}")
+        return
+    except OSError as exc:
+        _fail(f"cannot reach MLflow at {settings.mlflow_tracking_uri}: {exc}")
+        return
+    for name, outcome in result.models.items():
+        aliases = ", ".join(outcome.aliases_set) or "no alias"
+        click.echo(
+            f"{name} v{outcome.version}: accuracy {outcome.metrics['accuracy']:.4f}, "
+            f"f1_macro {outcome.metrics['f1_macro']:.4f}; gate {outcome.gate} ({aliases}): "
+            f"{outcome.gate_reason}"
+        )
+    if write_reports:
+        write_metrics(result, settings.path(settings.reports_dir))
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+@main.command("models")
+@click.option("--model", "names", multiple=True, help="Only these registered models.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_command(names: tuple[str, ...], as_json: bool) -> None:
+    """List registered versions with aliases, key metrics and lineage."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from iris_trainer.pipeline.registry import list_versions
+
+    settings = get_settings()
+    try:
+        versions = list_versions(MlflowClient(settings.mlflow_tracking_uri), list(names) or None)
+    except (MlflowException, OSError) as exc:
+        _fail(f"cannot list models from {settings.mlflow_tracking_uri}: {exc}")
+        return
+    if as_json:
+        click.echo(json.dumps([v.__dict__ for v in versions], indent=2))
+        return
+    if not versions:
+        click.echo("No registered models yet: run `iris-mlops train`.")
+        return
+    header = f"{'MODEL':<26}{'VER':>4}  {'ALIASES':<22}{'ACC':>7}{'F1':>7}  {'DATA MD5':<10} {'ROWS':>5}  {'COMMIT':<8} GATE"
+    click.echo(header)
+    for v in versions:
+        click.echo(
+            f"{v.name:<26}{v.version:>4}  {','.join(v.aliases) or '-':<22}"
+            f"{v.metrics.get('accuracy', float('nan')):>7.3f}{v.metrics.get('f1_macro', float('nan')):>7.3f}  "
+            f"{v.tags.get('data_md5', '-')[:8]:<10} {v.tags.get('data_rows', '-'):>5}  "
+            f"{v.tags.get('git_commit', '-')[:7]:<8} {v.tags.get('gate.outcome', '-')}"
+        )
+
+
+@main.command("promote")
+@click.argument("version")
+@click.option("--model", "name", default=DEFAULT_MODEL, show_default=True)
+def promote_command(version: str, name: str) -> None:
+    """Move the `production` alias of a registered model to VERSION."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from iris_trainer.pipeline.registry import UnknownModelVersionError, promote
+
+    settings = get_settings()
+    try:
+        previous = promote(MlflowClient(settings.mlflow_tracking_uri), name, version)
+    except UnknownModelVersionError as exc:
+        _fail(str(exc))
+        return
+    except (MlflowException, OSError) as exc:
+        _fail(f"cannot promote through {settings.mlflow_tracking_uri}: {exc}")
+        return
+    was = f" (was v{previous})" if previous else ""
+    click.echo(f"{name}: production -> v{version}{was}")

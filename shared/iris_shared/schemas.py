@@ -1,0 +1,136 @@
+"""Request and response schemas for predictions, models and promotion.
+
+The predictor validates with these models and the gateway documents its proxied
+routes with the same ones, so the public contract is written exactly once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+SPECIES: tuple[str, ...] = ("Iris-setosa", "Iris-versicolor", "Iris-virginica")
+
+# The largest Iris flowers measure about 8 cm (sepal) and 7 cm (petal); 50 cm leaves room for
+# odd inputs while still refusing values that can only be unit or typing mistakes.
+MAX_MEASUREMENT_CM = 50.0
+
+Centimetres = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=MAX_MEASUREMENT_CM,
+        allow_inf_nan=False,
+        strict=True,
+        description=f"Length in centimetres, greater than 0 and at most {MAX_MEASUREMENT_CM:g}.",
+    ),
+]
+
+
+class PredictionRequest(BaseModel):
+    """One flower's four measurements."""
+
+    # strict: "5.1" and true are refused rather than coerced; forbid: a typo such as
+    # "petal--width" is reported instead of being silently dropped.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+            ]
+        },
+    )
+
+    sepal_length: Centimetres
+    sepal_width: Centimetres
+    petal_length: Centimetres
+    petal_width: Centimetres
+
+    def as_row(self) -> list[float]:
+        return [float(getattr(self, name)) for name in FEATURE_NAMES]
+
+
+class PredictionResponse(BaseModel):
+    predicted_species: str = Field(examples=["Iris-setosa"])
+    probabilities: dict[str, float] = Field(
+        examples=[{"Iris-setosa": 0.97, "Iris-versicolor": 0.03, "Iris-virginica": 0.0}]
+    )
+    model_version: str = Field(examples=["1"])
+
+
+class BatchPredictionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "instances": [
+                        {
+                            "sepal_length": 5.1,
+                            "sepal_width": 3.5,
+                            "petal_length": 1.4,
+                            "petal_width": 0.2,
+                        },
+                        {
+                            "sepal_length": 6.7,
+                            "sepal_width": 3.0,
+                            "petal_length": 5.2,
+                            "petal_width": 2.3,
+                        },
+                    ]
+                }
+            ]
+        },
+    )
+
+    # The row limit is a predictor setting, checked there; min_length only refuses empty batches.
+    instances: list[PredictionRequest] = Field(min_length=1)
+
+
+class BatchPrediction(BaseModel):
+    predicted_species: str
+    probabilities: dict[str, float]
+
+
+class BatchPredictionResponse(BaseModel):
+    predictions: list[BatchPrediction]
+    model_version: str
+
+
+class ServedModel(BaseModel):
+    """What the predictor is serving right now (GET /model)."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_md5: str | None = None
+    loaded_at: datetime
+    source: str = Field(
+        default="registry",
+        description="'registry' when loaded from MLflow, 'local-cache' when MLflow was unreachable.",
+    )
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model_version": "2"}]},
+    )
+
+    model_version: str = Field(pattern=r"^[0-9]+$")
+    model_name: str | None = Field(
+        default=None, description="Registered model name; the gateway's default when omitted."
+    )
+
+
+class PromoteResponse(BaseModel):
+    model_name: str
+    model_version: str
+    alias: str
+    previous_version: str | None
