@@ -1,0 +1,85 @@
+"""Session fixtures every integration test builds on: Redis, an MLflow server, trained models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, start_mlflow, start_redis
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("process-logs")
+
+
+@pytest.fixture(scope="session")
+def redis_process(logs_dir: Path) -> Iterator[tuple[ManagedProcess, str]]:
+    process, url = start_redis(logs_dir)
+    yield process, url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_process: tuple[ManagedProcess, str]) -> str:
+    return redis_process[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, uri = start_mlflow(logs_dir, tmp_path_factory.mktemp("mlflow-store"))
+    yield uri
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def data_ready() -> Path:
+    """The repository's data/iris.csv, bootstrapped from its DVC pointer if missing."""
+    data = REPO_ROOT / "data" / "iris.csv"
+    if not data.exists():
+        run_cli("data", "bootstrap")
+    return data
+
+
+def cli_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str,
+    tracking_uri: str | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(VENV_BIN / "iris-mlops"), *args],
+        cwd=cwd or REPO_ROOT,
+        env={**cli_env(tracking_uri), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"iris-mlops {' '.join(args)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_registry(mlflow_server: str, data_ready: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow server whose registry holds version 1 of both models, each with `production`."""
+    reports = tmp_path_factory.mktemp("reports")
+    run_cli("train", tracking_uri=mlflow_server, env={"TRAINER_REPORTS_DIR": str(reports)})
+    return mlflow_server

