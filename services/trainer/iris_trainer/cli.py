@@ -38,12 +38,18 @@ def data() -> None:
 
 
 @data.command("bootstrap")
-def data_bootstrap() -> None:
+@click.option(
+    "--remote",
+    "remote_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of the local DVC remote (default: dvc-storage/ in this checkout).",
+)
+def data_bootstrap(remote_dir: Path | None) -> None:
     """Make data/iris.csv match data/iris.csv.dvc, regenerating version 1 when needed."""
     from iris_trainer.dataset import BootstrapError, bootstrap
 
     try:
-        click.echo(bootstrap(get_settings().repo_root))
+        click.echo(bootstrap(get_settings().repo_root, remote_dir))
     except BootstrapError as exc:
         _fail(str(exc))
 

@@ -1,0 +1,74 @@
+# One place for every command a person or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+UV ?= $(shell command -v uv 2>/dev/null || echo $(BIN)/uv)
+PY_SOURCES := shared services tests scripts conftest.py
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python: pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --quiet "uv==0.13.8"
+	uv sync --frozen --python 3.11
+	@touch $@
+
+.PHONY: install
+install: $(BIN)/python ## Create .venv and install the locked dependencies
+
+.PHONY: data
+data: install ## Make data/iris.csv match its DVC pointer (offline bootstrap)
+	$(BIN)/iris-mlops data bootstrap
+
+.PHONY: up
+up: install ## Run the whole stack (MLflow, Redis, trainer, predictor, gateway) and wait until ready
+	$(BIN)/python scripts/stack.py up
+
+.PHONY: down
+down: ## Stop what `make up` started
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; fi
+
+.PHONY: status
+status: ## Show each service's process and readiness
+	$(BIN)/python scripts/stack.py status
+
+.PHONY: logs
+logs: ## Follow the stack's logs (.state/logs)
+	tail -n 30 -F .state/logs/*.log
+
+.PHONY: train
+train: install ## Train, register and gate both models against MLFLOW_TRACKING_URI
+	$(BIN)/iris-mlops train
+
+.PHONY: repro
+repro: install ## Run the DVC pipeline (validate -> train)
+	$(BIN)/dvc repro
+
+.PHONY: test
+test: install ## Run the whole test suite against real processes
+	$(BIN)/pytest
+
+.PHONY: lint
+lint: install ## Ruff (lint + format check), mypy on shared/, and the infrastructure checkers
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy
+	bash infra/checks/lint_infra.sh
+
+.PHONY: format
+format: install ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix $(PY_SOURCES)
+	$(BIN)/ruff format $(PY_SOURCES)
+
+.PHONY: bench
+bench: install ## Measure /predict latency and memory; writes bench/results.json
+	$(BIN)/python bench/run.py
+
+.PHONY: clean
+clean: down ## Remove local state (.state/, reports/) but keep the venv
+	rm -rf .state reports

@@ -1,0 +1,73 @@
+"""Code tests for the promotion policy, the parameters and the data bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iris_trainer.dataset import iris_v1_csv
+from iris_trainer.pipeline.data import dvc_recorded_md5, md5_of
+from iris_trainer.pipeline.params import InvalidParamsError, load_params
+from iris_trainer.pipeline.registry import CHALLENGER, PRODUCTION, decide
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def gate(candidate: float, production: float | None, floor: float = 0.85):
+    return decide(
+        candidate_score=candidate,
+        production_score=production,
+        production_version=None if production is None else "1",
+        metric="f1_macro",
+        tolerance=0.02,
+        floor=floor,
+    )
+
+
+def test_the_first_version_goes_to_production() -> None:
+    decision = gate(0.5, None)
+    assert decision.outcome == "first_version"
+    assert decision.aliases == [PRODUCTION]
+
+
+def test_a_version_within_tolerance_becomes_challenger() -> None:
+    decision = gate(0.93, 0.94)
+    assert decision.outcome == "passed"
+    assert decision.aliases == [CHALLENGER]
+
+
+def test_a_worse_version_gets_no_alias_and_says_why() -> None:
+    decision = gate(0.90, 0.97)
+    assert decision.outcome == "failed"
+    assert decision.aliases == []
+    assert "worse than production v1" in decision.reason
+
+
+def test_a_version_below_the_floor_fails_even_when_production_is_worse() -> None:
+    decision = gate(0.80, 0.70)
+    assert decision.outcome == "failed"
+    assert "below the floor" in decision.reason
+
+
+def test_overrides_are_merged_into_params_and_change_the_fingerprint() -> None:
+    base = load_params(REPO_ROOT / "params.yaml")
+    tuned = load_params(
+        REPO_ROOT / "params.yaml", {"models": {"random_forest": {"n_estimators": 7}}}
+    )
+    assert tuned.models.random_forest.n_estimators == 7
+    assert tuned.models.logistic_regression == base.models.logistic_regression
+    assert tuned.fingerprint() != base.fingerprint()
+    assert load_params(REPO_ROOT / "params.yaml").fingerprint() == base.fingerprint()
+
+
+def test_invalid_overrides_are_refused_with_the_field_named() -> None:
+    with pytest.raises(InvalidParamsError, match="models.random_forest.n_estimators"):
+        load_params(REPO_ROOT / "params.yaml", {"models": {"random_forest": {"n_estimators": 0}}})
+    with pytest.raises(InvalidParamsError, match="bogus"):
+        load_params(REPO_ROOT / "params.yaml", {"bogus": 1})
+
+
+def test_version_one_regenerates_to_the_md5_dvc_recorded() -> None:
+    # If scikit-learn's bundled copy ever changed, a fresh clone could not bootstrap offline.
+    assert md5_of(iris_v1_csv()) == dvc_recorded_md5(REPO_ROOT)
