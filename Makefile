@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 UV ?= $(shell command -v uv 2>/dev/null || echo $(BIN)/uv)
-PY_SOURCES := shared services tests scripts conftest.py
+PY_SOURCES := shared services tests scripts infra conftest.py bench
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -58,6 +58,10 @@ lint: install ## Ruff (lint + format check), mypy on shared/, and the infrastruc
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
+	bash infra/checks/lint_infra.sh
+
+.PHONY: lint-infra
+lint-infra: install ## Dockerfiles, compose, workflows, Prometheus rules and Grafana dashboards
 	bash infra/checks/lint_infra.sh
 
 .PHONY: format

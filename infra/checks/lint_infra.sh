@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Static checks of the infrastructure files: Dockerfiles, compose, CI workflow, Prometheus
+# config, alert rules and their unit tests, Grafana dashboard. Run from anywhere:
+#   infra/checks/lint_infra.sh
+# Uses the project's venv (uv sync) and `promtool` from PATH (apt-get install prometheus).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV_BIN="${VENV_BIN:-$ROOT/.venv/bin}"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "promtool not found on PATH: install it with 'apt-get install -y prometheus'" \
+        "(Debian/Ubuntu) or from https://prometheus.io/download/" >&2
+    exit 127
+fi
+
+step "hadolint"
+"$VENV_BIN/hadolint" services/*/Dockerfile
+
+step "compose.yaml against the compose specification"
+"$VENV_BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
+
+step "GitHub workflows against their schema"
+"$VENV_BIN/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+step "Prometheus configs (and the rule files they load)"
+promtool check config infra/prometheus/prometheus.yml infra/prometheus/prometheus.local.yml
+
+step "Alert rules"
+promtool check rules infra/prometheus/rules/*.yml
+
+step "Alert rule unit tests"
+promtool test rules infra/prometheus/tests/*.yml
+
+step "PromQL of rules and dashboards"
+"$VENV_BIN/python" infra/checks/check_promql.py
+
+printf '\nAll infrastructure checks passed.\n'

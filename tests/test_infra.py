@@ -1,0 +1,336 @@
+"""The infrastructure files: linters and promtool pass, and compose wires what a user relies on.
+
+Each checker of infra/checks/lint_infra.sh is one test here, so a failure names what broke.
+promtool is required, not optional: without it the alert rules would go unchecked, so its
+absence fails with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, free_port, wait_until
+
+PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
+GRAFANA_DIR = REPO_ROOT / "infra/grafana"
+INSTALL_HINT = (
+    "is not on PATH. Install it with `sudo apt-get install -y prometheus` (Debian/Ubuntu; "
+    "CI does this) or from https://prometheus.io/download/."
+)
+
+
+def prometheus_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(arg) for arg in args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def assert_passes(result: subprocess.CompletedProcess[str], what: str) -> None:
+    assert result.returncode == 0, (
+        f"{what} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+    )
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+
+
+def dockerfile_of(service: dict[str, Any]) -> Path | None:
+    build = service.get("build")
+    if build is None:
+        return None
+    return REPO_ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+
+
+def alert_names() -> set[str]:
+    names = set()
+    for path in (PROMETHEUS_DIR / "rules").glob("*.yml"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            names.update(rule["alert"] for rule in group["rules"] if "alert" in rule)
+    return names
+
+
+# --- the checkers of lint_infra.sh -----------------------------------------------------
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    dockerfiles = sorted(REPO_ROOT.glob("services/*/Dockerfile"))
+    assert len(dockerfiles) >= 3, "expected a Dockerfile per service"
+    assert_passes(run(VENV_BIN / "hadolint", *dockerfiles), "hadolint")
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    result = run(
+        VENV_BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml"
+    )
+    assert_passes(result, "check-jsonschema (compose spec) on compose.yaml")
+
+
+def test_workflows_follow_the_github_actions_schema() -> None:
+    workflows = sorted((REPO_ROOT / ".github/workflows").glob("*.yml"))
+    assert workflows, "no workflow in .github/workflows"
+    result = run(
+        VENV_BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows
+    )
+    assert_passes(result, "check-jsonschema (GitHub workflows)")
+
+
+def test_prometheus_configs_and_their_rule_files_load() -> None:
+    promtool = prometheus_tool("promtool")
+    configs = [PROMETHEUS_DIR / "prometheus.yml", PROMETHEUS_DIR / "prometheus.local.yml"]
+    result = run(promtool, "check", "config", *configs)
+    assert_passes(result, "promtool check config")
+    # rule_files resolve relative to the config: a glob that matches nothing is not an error
+    # for promtool, so make sure the rules were really found.
+    found = [int(count) for count in re.findall(r"(\d+) rule files found", result.stdout)]
+    assert len(found) == len(configs), result.stdout
+    assert all(count > 0 for count in found), f"a config loads no rule file:\n{result.stdout}"
+
+
+def test_alert_rules_are_valid() -> None:
+    promtool = prometheus_tool("promtool")
+    rules = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+    assert_passes(run(promtool, "check", "rules", *rules), "promtool check rules")
+
+
+def test_alert_rule_unit_tests_pass() -> None:
+    promtool = prometheus_tool("promtool")
+    tests = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
+    assert_passes(run(promtool, "test", "rules", *tests), "promtool test rules")
+
+
+def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> None:
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for path in (PROMETHEUS_DIR / "tests").glob("*.yml"):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check.get("exp_alerts") else silent).add(check["alertname"])
+    alerts = alert_names()
+    assert alerts - fired == set(), f"alerts never shown to fire: {sorted(alerts - fired)}"
+    assert alerts - silent == set(), f"alerts never shown to stay quiet: {sorted(alerts - silent)}"
+
+
+def test_every_alert_says_how_bad_and_where_to_look() -> None:
+    for path in (PROMETHEUS_DIR / "rules").glob("*.yml"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in (rule for rule in group["rules"] if "alert" in rule):
+                name = rule["alert"]
+                assert rule.get("labels", {}).get("severity") in {"critical", "warning"}, name
+                annotations = rule.get("annotations", {})
+                missing = {"summary", "description", "runbook_url"} - annotations.keys()
+                assert not missing, f"{name} lacks annotations {sorted(missing)}"
+                anchor = annotations["runbook_url"].partition("#")[2]
+                readme = (REPO_ROOT / "infra/README.md").read_text().lower()
+                assert f"### {anchor}" in readme, f"{name}: no runbook section '### {anchor}'"
+
+
+def test_dashboard_and_rules_query_only_metrics_the_services_export() -> None:
+    result = run(VENV_BIN / "python", "infra/checks/check_promql.py")
+    assert_passes(result, "infra/checks/check_promql.py")
+
+
+# --- Prometheus itself ---------------------------------------------------------------
+
+
+@pytest.fixture
+def local_prometheus(tmp_path: Path) -> Iterator[str]:
+    binary = prometheus_tool("prometheus")
+    port = free_port()
+    process = ManagedProcess(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={PROMETHEUS_DIR / 'prometheus.local.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path,
+        cwd=tmp_path,  # rule_files must resolve against the config, not the working folder
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200,
+            30,
+            "prometheus",
+            process,
+        )
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.mark.integration
+def test_local_prometheus_loads_every_alert(local_prometheus: str) -> None:
+    groups = httpx.get(f"{local_prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    loaded = {rule["name"] for group in groups for rule in group["rules"]}
+    assert loaded == alert_names(), f"Prometheus loaded {sorted(loaded)}"
+
+
+# --- compose: what a user of `docker compose up` relies on ---------------------------
+
+
+def has_healthcheck(name: str, service: dict[str, Any]) -> bool:
+    if "healthcheck" in service:
+        return not service["healthcheck"].get("disable", False)
+    dockerfile = dockerfile_of(service)
+    return dockerfile is not None and "\nHEALTHCHECK " in dockerfile.read_text()
+
+
+def test_every_compose_service_has_a_healthcheck() -> None:
+    services = compose()["services"]
+    missing = [name for name, service in services.items() if not has_healthcheck(name, service)]
+    assert not missing, f"no healthcheck in compose.yaml or their Dockerfile: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("service", "dependency"),
+    [
+        ("mlflow", "postgres"),
+        ("trainer", "redis"),
+        ("trainer", "mlflow"),
+        ("predictor", "mlflow"),
+        ("gateway", "predictor"),
+        ("gateway", "redis"),
+        ("grafana", "prometheus"),
+    ],
+)
+def test_compose_starts_a_service_once_its_dependency_is_healthy(
+    service: str, dependency: str
+) -> None:
+    depends_on = compose()["services"][service].get("depends_on", {})
+    assert isinstance(depends_on, dict), f"{service}: depends_on must name a condition"
+    condition = depends_on.get(dependency, {}).get("condition")
+    assert condition == "service_healthy", (
+        f"{service} must wait for {dependency} with condition: service_healthy (got {condition})"
+    )
+
+
+def test_compose_images_run_as_non_root_users() -> None:
+    for name, service in compose()["services"].items():
+        dockerfile = dockerfile_of(service)
+        if dockerfile is None:
+            continue
+        users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE)
+        assert users, f"{dockerfile}: no USER, {name} would run as root"
+        assert users[-1].split(":")[0] not in {"root", "0"}, f"{dockerfile}: runs as root"
+
+
+def dockerignore_includes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last pattern matching the path or a parent decides."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(candidate, glob) for candidate in candidates):
+            included = negated
+    return included
+
+
+def test_docker_build_context_holds_what_the_images_copy_and_no_secrets() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for dockerfile in REPO_ROOT.glob("services/*/Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            words = line.split()
+            if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                continue
+            for source in (w for w in words[1:-1] if not w.startswith("--")):
+                assert (REPO_ROOT / source).exists(), f"{dockerfile}: COPY {source}: no such file"
+                assert dockerignore_includes(source, patterns), (
+                    f"{dockerfile}: COPY {source} is excluded by .dockerignore"
+                )
+    for secret in (".env", ".git/config", ".dvc/config.local", ".venv/bin/python"):
+        assert not dockerignore_includes(secret, patterns), f".dockerignore lets {secret} in"
+
+
+def test_compose_variables_are_documented_in_env_example() -> None:
+    text = (REPO_ROOT / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    documented = set(
+        re.findall(
+            r"^#?\s*([A-Z][A-Z0-9_]*)=",
+            (REPO_ROOT / ".env.example").read_text(),
+            flags=re.MULTILINE,
+        )
+    )
+    assert used - documented == set(), (
+        f"compose.yaml reads {sorted(used - documented)}, which .env.example does not document"
+    )
+
+
+def test_gateway_refuses_to_start_without_an_api_token() -> None:
+    environment = compose()["services"]["gateway"]["environment"]
+    assert re.fullmatch(r"\$\{API_TOKEN:\?.+\}", environment["API_TOKEN"]), (
+        "compose must stop with a message when API_TOKEN is unset, not start an open gateway"
+    )
+
+
+def test_compose_mounts_monitoring_config_where_prometheus_and_grafana_read_it() -> None:
+    services = compose()["services"]
+
+    def mounts(name: str) -> dict[str, str]:
+        pairs = (volume.split(":")[:2] for volume in services[name].get("volumes", []))
+        return {target: source for source, target in pairs}
+
+    prometheus = mounts("prometheus")
+    assert prometheus.get("/etc/prometheus") == "./infra/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+    grafana = mounts("grafana")
+    assert grafana.get("/etc/grafana/provisioning") == "./infra/grafana/provisioning"
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning/dashboards/dashboards.yml").read_text()
+    )["providers"]
+    for provider in providers:
+        assert grafana.get(provider["options"]["path"]) == "./infra/grafana/dashboards", (
+            f"Grafana reads dashboards from {provider['options']['path']}, which compose does "
+            "not mount from infra/grafana/dashboards"
+        )
+
+    datasource = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090", "Grafana cannot reach Prometheus"
+
+
+def test_dashboard_has_the_panels_the_readme_promises() -> None:
+    dashboard = json.loads((GRAFANA_DIR / "dashboards/iris-mlops.json").read_text())
+    exprs = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    )
+    for metric in (
+        "http_request_duration_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "iris_predictions_total",
+        "iris_model_info",
+        "iris_model_reloads_total",
+        "iris_feature_value_cm_bucket",
+        "iris_gateway_upstream_errors_total",
+    ):
+        assert metric in exprs, f"no dashboard panel reads {metric}"
