@@ -34,7 +34,9 @@ def reports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("reports")
 
 
-def train(uri: str, reports: Path, *overrides: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def train(
+    uri: str, reports: Path, *overrides: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     args = ["train"] + [item for o in overrides for item in ("--set", o)]
     return run_cli(*args, tracking_uri=uri, cwd=cwd, env={"TRAINER_REPORTS_DIR": str(reports)})
 
@@ -49,7 +51,7 @@ def test_the_first_training_registers_both_models_in_production(baseline: Mlflow
     for name in (LR, RF):
         version = baseline.get_model_version_by_alias(name, "production")
         assert version.version == "1"
-        assert LINEAGE_TAGS <= set(version.tags), version.tags
+        assert set(version.tags) >= LINEAGE_TAGS, version.tags
         assert version.tags["data_rows"] == "150"
         assert version.tags["gate.outcome"] == "first_version"
 
@@ -61,13 +63,19 @@ def test_each_run_logs_params_metrics_artefacts_and_lineage(baseline: MlflowClie
     for metric in ("accuracy", "f1_macro", "precision_Iris-setosa", "recall_Iris-virginica"):
         assert 0.0 <= run.data.metrics[metric] <= 1.0
     assert run.data.metrics["accuracy"] >= 0.9
-    assert LINEAGE_TAGS <= set(run.data.tags)
+    assert set(run.data.tags) >= LINEAGE_TAGS
     assert run.data.tags["data_md5"] == version.tags["data_md5"]
     artefacts = {a.path for a in baseline.list_artifacts(run.info.run_id)}
-    assert {"confusion_matrix.png", "classification_report.txt", "classification_report.json"} <= artefacts
+    assert {
+        "confusion_matrix.png",
+        "classification_report.txt",
+        "classification_report.json",
+    } <= artefacts
 
 
-def test_the_logged_model_is_one_pipeline_with_a_named_signature(baseline: MlflowClient, registry: str) -> None:
+def test_the_logged_model_is_one_pipeline_with_a_named_signature(
+    baseline: MlflowClient, registry: str
+) -> None:
     import mlflow.pyfunc
     import mlflow.sklearn
 
@@ -85,7 +93,9 @@ def test_same_data_and_params_give_identical_metrics_and_a_challenger(
     train(registry, reports_dir)
     first = baseline.get_model_version(LR, "1")
     second = baseline.get_model_version(LR, "2")
-    assert baseline.get_run(first.run_id).data.metrics == baseline.get_run(second.run_id).data.metrics
+    assert (
+        baseline.get_run(first.run_id).data.metrics == baseline.get_run(second.run_id).data.metrics
+    )
     assert first.tags["params_hash"] == second.tags["params_hash"]
     assert baseline.get_model_version_by_alias(LR, "challenger").version == "2"
     assert baseline.get_model_version_by_alias(LR, "production").version == "1"
@@ -135,7 +145,8 @@ def test_bad_data_stops_training_with_a_report(registry: str, tmp_path: Path) ->
     result = run_cli("train", tracking_uri=registry, cwd=clone, check=False)
     assert result.returncode != 0
     assert "nothing was trained" in result.stderr
-    assert "line 152" in result.stderr and "line 153" in result.stderr
+    assert "line 152" in result.stderr
+    assert "line 153" in result.stderr
 
 
 def _clone(tmp_path: Path) -> Path:
@@ -147,22 +158,40 @@ def _clone(tmp_path: Path) -> Path:
 
 def dvc(clone: Path, *args: str, uri: str | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [str(VENV_BIN / "dvc"), *args], cwd=clone, env=cli_env(uri), capture_output=True, text=True, timeout=600
+        [str(VENV_BIN / "dvc"), *args],
+        cwd=clone,
+        env=cli_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, f"dvc {' '.join(args)}\n{result.stdout}\n{result.stderr}"
     return result
 
 
-def test_a_fresh_clone_gets_its_data_and_the_seed_data_flow_works(registry: str, tmp_path: Path) -> None:
+def test_a_fresh_clone_gets_its_data_and_the_seed_data_flow_works(
+    registry: str, tmp_path: Path
+) -> None:
     clone = _clone(tmp_path)
     assert "up to date" in dvc(clone, "status").stdout.lower()
     # The seed's phase 3: append rows, dvc add, dvc push, git commit.
     with (clone / "data" / "iris.csv").open("a") as handle:
-        handle.write("5.0,3.5,1.5,0.3,Iris-setosa\n6.0,2.8,4.4,1.4,Iris-versicolor\n7.0,3.1,6.0,2.2,Iris-virginica\n")
+        handle.write(
+            "5.0,3.5,1.5,0.3,Iris-setosa\n6.0,2.8,4.4,1.4,Iris-versicolor\n7.0,3.1,6.0,2.2,Iris-virginica\n"
+        )
     dvc(clone, "add", "data/iris.csv")
     dvc(clone, "push")
-    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "data v2"], check=True,
-                   env={**cli_env(), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    subprocess.run(
+        ["git", "-C", str(clone), "commit", "-qam", "data v2"],
+        check=True,
+        env={
+            **cli_env(),
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
     new_md5 = (clone / "data" / "iris.csv.dvc").read_text().split("md5: ")[1].split()[0]
 
     run_cli("train", tracking_uri=registry, cwd=clone, env={"TRAINER_REPO_ROOT": str(clone)})
@@ -170,7 +199,9 @@ def test_a_fresh_clone_gets_its_data_and_the_seed_data_flow_works(registry: str,
     newest = max(client.search_model_versions(f"name='{LR}'"), key=lambda v: int(v.version))
     assert newest.tags["data_md5"] == new_md5
     assert newest.tags["data_rows"] == "153"
-    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert newest.tags["git_commit"] == head
 
     # A clone of that clone cannot invent v2: it says so, then pulls it from the remote named.
@@ -179,7 +210,8 @@ def test_a_fresh_clone_gets_its_data_and_the_seed_data_flow_works(registry: str,
     env = {"TRAINER_REPO_ROOT": str(second)}
     refused = run_cli("data", "bootstrap", cwd=second, env=env, check=False)
     assert refused.returncode != 0
-    assert new_md5 in refused.stderr and "dvc pull" in refused.stderr
+    assert new_md5 in refused.stderr
+    assert "dvc pull" in refused.stderr
     run_cli("data", "bootstrap", "--remote", str(clone / "dvc-storage"), cwd=second, env=env)
     assert (second / "data" / "iris.csv").read_bytes() == (clone / "data" / "iris.csv").read_bytes()
 

@@ -9,7 +9,6 @@ Every error a client can see, validation errors included, has the shape of `Erro
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -88,7 +87,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [_problem(err) for err in exc.errors()]
     if any(p.problem.startswith("is not valid JSON") for p in problems):
-        return error_response(400, "malformed_json", "The request body is not valid JSON.", problems)
+        return error_response(
+            400, "malformed_json", "The request body is not valid JSON.", problems
+        )
     summary = "; ".join(f"{p.field} {p.problem}" for p in problems[:10])
     return error_response(400, "validation_error", f"Invalid request: {summary}.", problems)
 
@@ -198,7 +199,3 @@ class RequestGuardMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
-
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)

@@ -39,5 +39,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # uvicorn installs its own plain-text handlers; route them through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
         logger = logging.getLogger(name)
+        if not logger.handlers and not logger.propagate:
+            # Switched off on purpose (`uvicorn --no-access-log`): keep it off.
+            continue
         logger.handlers[:] = []
         logger.propagate = True

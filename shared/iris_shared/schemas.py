@@ -113,7 +113,8 @@ class ServedModel(BaseModel):
     loaded_at: datetime
     source: str = Field(
         default="registry",
-        description="'registry' when loaded from MLflow, 'local-cache' when MLflow was unreachable.",
+        description="'registry' when loaded from MLflow, "
+        "'local-cache' when MLflow was unreachable at start-up.",
     )
 
 

@@ -78,7 +78,9 @@ def run_cli(
 
 
 @pytest.fixture(scope="session")
-def trained_registry(mlflow_server: str, data_ready: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def trained_registry(
+    mlflow_server: str, data_ready: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """An MLflow server whose registry holds version 1 of both models, each with `production`."""
     reports = tmp_path_factory.mktemp("reports")
     run_cli("train", tracking_uri=mlflow_server, env={"TRAINER_REPORTS_DIR": str(reports)})

@@ -25,7 +25,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, process: ManagedProcess | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, process: ManagedProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.popen.poll() is not None:
@@ -135,11 +137,16 @@ def start_redis(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess,
         f"redis-{port}",
         [
             redis_server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(data_dir),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
         ],
         log_dir,
     )
@@ -153,12 +160,18 @@ def start_mlflow(log_dir: Path, store_dir: Path) -> tuple[ManagedProcess, str]:
     process = ManagedProcess(
         "mlflow",
         [
-            str(VENV_BIN / "mlflow"), "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{store_dir / 'mlflow.db'}",
-            "--artifacts-destination", str(store_dir / "artifacts"),
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store_dir / "artifacts"),
             "--serve-artifacts",
         ],
         log_dir,

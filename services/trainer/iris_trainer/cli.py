@@ -1,10 +1,10 @@
 """`iris-mlops`: train, inspect and promote models, and bootstrap the data, from a shell.
 
-    iris-mlops data bootstrap        make data/iris.csv match its DVC pointer (offline)
-    iris-mlops validate [CSV]        check a data file; non-zero exit with a report on failure
-    iris-mlops train                 validate, train, log, register and gate every candidate
-    iris-mlops models                versions, aliases, key metrics and lineage
-    iris-mlops promote VERSION       move the `production` alias (--model NAME)
+iris-mlops data bootstrap        make data/iris.csv match its DVC pointer (offline)
+iris-mlops validate [CSV]        check a data file; non-zero exit with a report on failure
+iris-mlops train                 validate, train, log, register and gate every candidate
+iris-mlops models                versions, aliases, key metrics and lineage
+iris-mlops promote VERSION       move the `production` alias (--model NAME)
 """
 
 from __future__ import annotations
@@ -82,10 +82,19 @@ def validate_command(csv_path: Path | None, report_path: Path | None) -> None:
 
 
 @main.command("train")
-@click.option("--data-rev", help="Git revision of data/iris.csv to train on (default: working copy).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a parameter, e.g. --set models.random_forest.n_estimators=10.")
-@click.option("--write-reports/--no-write-reports", default=True, help="Write reports/metrics.json.")
+@click.option(
+    "--data-rev", help="Git revision of data/iris.csv to train on (default: working copy)."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a parameter, e.g. --set models.random_forest.n_estimators=10.",
+)
+@click.option(
+    "--write-reports/--no-write-reports", default=True, help="Write reports/metrics.json."
+)
 def train_command(data_rev: str | None, overrides: tuple[str, ...], write_reports: bool) -> None:
     """Validate, train, log to MLflow, register and gate every candidate model."""
     from mlflow.exceptions import MlflowException
@@ -171,12 +180,15 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
     if not versions:
         click.echo("No registered models yet: run `iris-mlops train`.")
         return
-    header = f"{'MODEL':<26}{'VER':>4}  {'ALIASES':<22}{'ACC':>7}{'F1':>7}  {'DATA MD5':<10} {'ROWS':>5}  {'COMMIT':<8} GATE"
-    click.echo(header)
+    click.echo(
+        f"{'MODEL':<26}{'VER':>4}  {'ALIASES':<22}{'ACC':>7}{'F1':>7}  "
+        f"{'DATA MD5':<10} {'ROWS':>5}  {'COMMIT':<8} GATE"
+    )
+    nan = float("nan")
     for v in versions:
         click.echo(
             f"{v.name:<26}{v.version:>4}  {','.join(v.aliases) or '-':<22}"
-            f"{v.metrics.get('accuracy', float('nan')):>7.3f}{v.metrics.get('f1_macro', float('nan')):>7.3f}  "
+            f"{v.metrics.get('accuracy', nan):>7.3f}{v.metrics.get('f1_macro', nan):>7.3f}  "
             f"{v.tags.get('data_md5', '-')[:8]:<10} {v.tags.get('data_rows', '-'):>5}  "
             f"{v.tags.get('git_commit', '-')[:7]:<8} {v.tags.get('gate.outcome', '-')}"
         )

@@ -62,7 +62,7 @@ def test_overrides_are_merged_into_params_and_change_the_fingerprint() -> None:
 
 
 def test_invalid_overrides_are_refused_with_the_field_named() -> None:
-    with pytest.raises(InvalidParamsError, match="models.random_forest.n_estimators"):
+    with pytest.raises(InvalidParamsError, match=r"models\.random_forest\.n_estimators"):
         load_params(REPO_ROOT / "params.yaml", {"models": {"random_forest": {"n_estimators": 0}}})
     with pytest.raises(InvalidParamsError, match="bogus"):
         load_params(REPO_ROOT / "params.yaml", {"bogus": 1})

@@ -39,7 +39,9 @@ def test_a_corrupted_file_is_rejected_with_each_row_and_reason() -> None:
     found = {(p.line, p.column, p.reason) for p in report.problems}
     assert (3, "sepal_width", "missing value") in found
     assert any(line == 4 and col == "species" and "unknown species" in r for line, col, r in found)
-    assert any(line == 5 and col == "sepal_width" and "greater than 0" in r for line, col, r in found)
+    assert any(
+        line == 5 and col == "sepal_width" and "greater than 0" in r for line, col, r in found
+    )
     assert (6, "petal_length", "not a number") in found
     assert all(p.line != 2 for p in report.problems)
     summary = report.summary()

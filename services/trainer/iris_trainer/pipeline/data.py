@@ -39,7 +39,9 @@ def md5_of(content: bytes) -> str:
     return hashlib.md5(content, usedforsecurity=False).hexdigest()
 
 
-def load_dataset(repo_root: Path, data_path: str = DATA_RELATIVE_PATH, rev: str | None = None) -> Dataset:
+def load_dataset(
+    repo_root: Path, data_path: str = DATA_RELATIVE_PATH, rev: str | None = None
+) -> Dataset:
     if rev is None:
         path = repo_root / data_path
         try:
@@ -55,7 +57,9 @@ def load_dataset(repo_root: Path, data_path: str = DATA_RELATIVE_PATH, rev: str 
     try:
         content = dvc.api.read(data_path, repo=str(repo_root), rev=rev, mode="rb")
     except Exception as exc:
-        raise DataUnavailableError(f"Unable to read {data_path} at revision {rev!r}: {exc}") from exc
+        raise DataUnavailableError(
+            f"Unable to read {data_path} at revision {rev!r}: {exc}"
+        ) from exc
     return Dataset(content.decode("utf-8"), md5_of(content), f"{data_path}@{rev}", rev)
 
 

@@ -37,7 +37,9 @@ def score(model: Any, x_test: pd.DataFrame, y_test: pd.Series) -> dict[str, floa
     labels = list(SPECIES)
     metrics = {
         "accuracy": float(accuracy_score(y_test, predicted)),
-        "f1_macro": float(f1_score(y_test, predicted, average="macro", labels=labels, zero_division=0)),
+        "f1_macro": float(
+            f1_score(y_test, predicted, average="macro", labels=labels, zero_division=0)
+        ),
     }
     precision = precision_score(y_test, predicted, average=None, labels=labels, zero_division=0)
     recall = recall_score(y_test, predicted, average=None, labels=labels, zero_division=0)
@@ -60,7 +62,9 @@ def evaluate(model: Any, x_test: pd.DataFrame, y_test: pd.Series, title: str) ->
         metrics=score(model, x_test, y_test),
         report_text=str(classification_report(y_test, predicted, labels=labels, zero_division=0)),
         report_dict=dict(
-            classification_report(y_test, predicted, labels=labels, zero_division=0, output_dict=True)
+            classification_report(
+                y_test, predicted, labels=labels, zero_division=0, output_dict=True
+            )
         ),
         confusion_matrix=figure,
     )

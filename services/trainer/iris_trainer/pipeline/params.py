@@ -88,7 +88,5 @@ def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Training
     try:
         return TrainingParams.model_validate(_deep_merge(raw, overrides or {}))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidParamsError(f"Invalid training parameters: {problems}") from exc

@@ -89,7 +89,15 @@ def run_training(
     def report(stage: TrainingStage, model_name: str | None = None) -> None:
         nonlocal step
         step += 1
-        on_progress(JobProgress(stage=stage, model_name=model_name, step=step, total_steps=total, started_at=started_at))
+        on_progress(
+            JobProgress(
+                stage=stage,
+                model_name=model_name,
+                step=step,
+                total_steps=total,
+                started_at=started_at,
+            )
+        )
 
     report(TrainingStage.loading_data)
     dataset = load_dataset(repo_root, params.data.path, data_rev)
@@ -117,7 +125,9 @@ def run_training(
         evaluation = evaluate(model, data.x_test, data.y_test, f"{candidate.registered_name}")
 
         report(TrainingStage.registering, candidate.registered_name)
-        with mlflow.start_run(run_name=f"{candidate.key}-{tags['params_hash'][:8]}", tags=tags) as run:
+        with mlflow.start_run(
+            run_name=f"{candidate.key}-{tags['params_hash'][:8]}", tags=tags
+        ) as run:
             mlflow.log_params(
                 {
                     **candidate.hyperparameters,
@@ -196,7 +206,9 @@ def _gate(
     client.set_model_version_tag(name, version, "gate.outcome", decision.outcome)
     client.set_model_version_tag(name, version, "gate.reason", decision.reason)
     if decision.production_version is not None:
-        client.set_model_version_tag(name, version, "gate.compared_with", decision.production_version)
+        client.set_model_version_tag(
+            name, version, "gate.compared_with", decision.production_version
+        )
     return decision
 
 

@@ -117,7 +117,9 @@ def validate(raw: pd.DataFrame) -> ValidationReport:
             report.problems.append(Problem(line, LABEL, None, "missing value"))
         elif species not in SPECIES:
             report.problems.append(
-                Problem(line, LABEL, species, f"unknown species (expected one of {', '.join(SPECIES)})")
+                Problem(
+                    line, LABEL, species, f"unknown species (expected one of {', '.join(SPECIES)})"
+                )
             )
 
     if report.ok:
