@@ -41,7 +41,9 @@ DEFAULTS = {
     "PREDICTOR_CACHE_DIR": str(STATE / "predictor" / "model-cache"),
     "PREDICTOR_PREDICTION_LOG_DIR": str(STATE / "predictor" / "prediction-logs"),
     "TRAINER_REPO_ROOT": str(ROOT),
+    # Service logs are JSON lines: keep MLflow's progress bars and run-URL prints out of them.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 BASELINE_MODEL = "Iris-LogisticRegression"
 
