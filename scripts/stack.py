@@ -44,6 +44,8 @@ DEFAULTS = {
     # Service logs are JSON lines: keep MLflow's progress bars and run-URL prints out of them.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # MLflow's server-side job runners serve GenAI features this stack does not use.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 BASELINE_MODEL = "Iris-LogisticRegression"
 

@@ -175,6 +175,9 @@ def start_mlflow(log_dir: Path, store_dir: Path) -> tuple[ManagedProcess, str]:
             "--serve-artifacts",
         ],
         log_dir,
+        # The server's background job runners (GenAI features) are unused here and cost
+        # several processes per server on a 2-core machine.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     wait_until(http_ok(f"{uri}/health"), 90, "mlflow server", process)

@@ -49,6 +49,12 @@ class WorkerSettings(ServiceSettings):
         ge=0,
         description="Minimum seconds between two restores of abandoned jobs.",
     )
+    result_expires_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long Redis keeps each job's state and result (GATEWAY_JOB_TTL_S should "
+        "not exceed it).",
+    )
 
 
 @lru_cache
@@ -66,7 +72,6 @@ def celery_config(trainer: TrainerSettings, worker: WorkerSettings) -> dict[str,
             "unacked_restore_interval": worker.unacked_restore_interval_s,
             "unacked_restore_throttle": worker.unacked_restore_throttle_s,
         },
-        "result_backend_transport_options": {"visibility_timeout": trainer.visibility_timeout_s},
         "task_default_queue": TRAINING_QUEUE,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -79,6 +84,7 @@ def celery_config(trainer: TrainerSettings, worker: WorkerSettings) -> dict[str,
         "accept_content": ["json"],
         "task_track_started": True,
         "result_extended": True,
+        "result_expires": worker.result_expires_s,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }

@@ -48,11 +48,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     if isinstance(exc, RestException):
-        return exc.get_http_status_code() >= 500
+        return int(exc.get_http_status_code()) >= 500
     if isinstance(exc, MlflowException):
         # MLflow wraps connection failures and non-JSON 5xx answers in a bare MlflowException
         # whose message starts like this; other MlflowExceptions are client-side mistakes.
-        return str(exc.message).startswith("API request to") and exc.get_http_status_code() >= 500
+        wrapped = str(exc.message).startswith("API request to")
+        return wrapped and int(exc.get_http_status_code()) >= 500
     return False
 
 

@@ -1,0 +1,101 @@
+"""Gateway settings, read from the environment (prefix GATEWAY_) and `.env`.
+
+Names other tools read keep their own names: `REDIS_URL`, `API_TOKEN`, `MLFLOW_TRACKING_URI`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from iris_shared.settings import ServiceSettings
+
+# Tokens copied from examples and tutorials; refused outside development.
+PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "changethis", "secret", "token", "test"})
+MIN_TOKEN_LENGTH = 16
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        default="production",
+        description="'development' accepts a short or placeholder API_TOKEN; nothing else does.",
+    )
+    predictor_url: str = Field(
+        default="http://127.0.0.1:8001", description="Base URL of the predictor service."
+    )
+    predictor_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for the predictor's answer."
+    )
+    connect_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest wait to connect to the predictor or MLflow; short so a dead "
+        "upstream is reported at once.",
+    )
+    max_connections: int = Field(
+        default=100, ge=1, description="Connections the pooled HTTP client keeps at most."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
+        description="Celery broker and result backend; also holds the job records.",
+    )
+    redis_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Socket timeout for Redis; short so a dead Redis gives a quick 503.",
+    )
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("API_TOKEN", "GATEWAY_API_TOKEN"),
+        description="Bearer token required by POST /retrain and POST /promote.",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5002",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "GATEWAY_MLFLOW_TRACKING_URI"),
+        description="MLflow server whose REST API POST /promote calls.",
+    )
+    mlflow_timeout_s: float = Field(default=10.0, gt=0, description="Per MLflow REST call.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="Larger request bodies are refused with 413."
+    )
+    default_model_name: str = Field(
+        default="Iris-LogisticRegression",
+        description="Registered model POST /promote moves when the body names none.",
+    )
+    job_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long job records are kept; at most the worker's TRAINER_RESULT_EXPIRES_S.",
+    )
+
+    @field_validator("predictor_url", "mlflow_tracking_uri")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_weak_token(self) -> GatewaySettings:
+        token = self.api_token.get_secret_value()
+        if not token.strip():
+            raise ValueError(
+                "API_TOKEN is empty: set a secret token for POST /retrain and /promote"
+            )
+        if self.environment != "development" and (
+            token.lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
+        ):
+            raise ValueError(
+                f"API_TOKEN is a placeholder or shorter than {MIN_TOKEN_LENGTH} characters; "
+                "set a real secret (or GATEWAY_ENVIRONMENT=development for local use)"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()
