@@ -115,11 +115,15 @@ def measure(predictor_url: str, gateway_url: str, predictor_pid: int, gateway_pi
         singles_s = sum(direct[:BATCH_ROWS]) * (BATCH_ROWS / min(BATCH_ROWS, len(direct)))
 
     direct_summary, proxied_summary = summary(direct), summary(proxied)
+
+    def ratio(key: str) -> float:
+        return round(proxied_summary[key] / direct_summary[key], 3)
+
     return {
         "predictor_predict": direct_summary,
         "gateway_predict": proxied_summary,
-        "gateway_over_predictor_p50": round(proxied_summary["p50_ms"] / direct_summary["p50_ms"], 3),
-        "gateway_over_predictor_p95": round(proxied_summary["p95_ms"] / direct_summary["p95_ms"], 3),
+        "gateway_over_predictor_p50": ratio("p50_ms"),
+        "gateway_over_predictor_p95": ratio("p95_ms"),
         "batch": {
             "rows": BATCH_ROWS,
             "batch_request_ms": round(batch_s * 1000, 2),
