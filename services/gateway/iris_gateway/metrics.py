@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+)
 from prometheus_fastapi_instrumentator import Instrumentator
 
 # Fine buckets: a proxied prediction takes milliseconds, and the instrumentator's default
@@ -36,6 +42,10 @@ class GatewayMetrics:
 
 def create_metrics() -> GatewayMetrics:
     registry = CollectorRegistry()
+    # A registry of its own starts empty: add the process metrics (CPU, memory) that the
+    # default registry would have, so dashboards see the gateway like the predictor.
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
     return GatewayMetrics(
         registry=registry,
         upstream_errors=Counter(

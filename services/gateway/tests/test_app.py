@@ -424,6 +424,9 @@ def test_metrics_use_the_agreed_names_and_fine_buckets(gateway: str) -> None:
     )
     assert "# TYPE iris_gateway_upstream_errors_total counter" in text
     assert "# TYPE iris_retrain_jobs_submitted_total counter" in text
+    # The dashboard's CPU and memory panels read these for the gateway too.
+    assert "process_resident_memory_bytes " in text
+    assert "process_cpu_seconds_total " in text
 
 
 @pytest.mark.parametrize("weak", ["", "   ", "changeme", "short"])
