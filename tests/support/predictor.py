@@ -1,1 +1,87 @@
 """Fixtures that start the predictor as a real process (see tests/support/processes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
+
+
+@dataclass(frozen=True)
+class PredictorService:
+    process: ManagedProcess
+    url: str
+    cache_dir: Path
+    prediction_log_dir: Path
+
+
+def start_predictor(log_dir: Path, tracking_uri: str, **env: str) -> tuple[ManagedProcess, str]:
+    """Start `uvicorn --factory iris_predictor.app:create_app` on a free port.
+
+    Waits until the process answers /healthz (not /readyz: a predictor may rightly have no model
+    yet). Defaults: poll every second, cache and prediction log in folders of their own under
+    `log_dir`; any `PREDICTOR_*` (or other) variable given in `env` wins.
+    """
+    port = free_port()
+    name = f"predictor-{port}"
+    state = log_dir / name
+    process = ManagedProcess(
+        name,
+        [
+            str(VENV_BIN / "uvicorn"),
+            "--factory",
+            "iris_predictor.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        log_dir,
+        env={
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PREDICTOR_POLL_INTERVAL_S": "1",
+            "PREDICTOR_CACHE_DIR": str(state / "cache"),
+            "PREDICTOR_PREDICTION_LOG_DIR": str(state / "prediction-logs"),
+            **env,
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(http_ok(f"{url}/healthz"), 60, "predictor /healthz", process)
+    except Exception:
+        process.stop()
+        raise
+    return process, url
+
+
+def wait_ready(process: ManagedProcess, url: str, timeout: float = 60) -> None:
+    wait_until(http_ok(f"{url}/readyz"), timeout, "predictor /readyz", process)
+
+
+@pytest.fixture(scope="session")
+def predictor_service(trained_registry: str, logs_dir: Path) -> Iterator[PredictorService]:
+    """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1)."""
+    process, url = start_predictor(logs_dir, trained_registry)
+    try:
+        wait_ready(process, url)
+        env = process.env or {}
+        yield PredictorService(
+            process=process,
+            url=url,
+            cache_dir=Path(env["PREDICTOR_CACHE_DIR"]),
+            prediction_log_dir=Path(env["PREDICTOR_PREDICTION_LOG_DIR"]),
+        )
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def predictor_url(predictor_service: PredictorService) -> str:
+    """Base URL (`http://127.0.0.1:PORT`) of a ready predictor on `trained_registry`."""
+    return predictor_service.url

@@ -1,0 +1,80 @@
+"""Predictor settings, read from the environment (prefix PREDICTOR_) and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from iris_shared.settings import ServiceSettings
+
+MIB = 1024 * 1024
+
+
+class PredictorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", env_file=".env", extra="ignore")
+
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5002",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PREDICTOR_MLFLOW_TRACKING_URI"),
+        description="The MLflow server holding the registry and the model artefacts.",
+    )
+    model_name: str = Field(
+        default="Iris-LogisticRegression", description="Registered model to serve."
+    )
+    model_alias: str = Field(default="production", description="Alias to follow.")
+    poll_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two checks of the alias."
+    )
+    mlflow_probe_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Timeout of the reachability probe run before each check, so an MLflow "
+        "that is down is noticed at once instead of after MLflow's own retries.",
+    )
+    cache_dir: Path = Field(
+        default=Path(".cache/predictor"),
+        description="Local copy of the last loaded model, served when MLflow is unreachable.",
+    )
+    prediction_log_dir: Path = Field(
+        default=Path("prediction-logs"), description="Folder of predictions.jsonl."
+    )
+    prediction_log_max_bytes: int = Field(
+        default=50 * MIB, gt=0, description="Size at which predictions.jsonl is rotated."
+    )
+    prediction_log_backup_count: int = Field(
+        default=5, ge=0, description="Rotated prediction log files kept."
+    )
+    prediction_log_queue_size: int = Field(
+        default=100_000,
+        gt=0,
+        description="Prediction log lines waiting to be written; beyond it lines are dropped "
+        "(and counted) rather than slowing requests down.",
+    )
+    max_batch_rows: int = Field(default=10_000, gt=0, description="Rows per /predict/batch.")
+    max_body_bytes: int = Field(
+        default=2 * MIB,
+        gt=0,
+        description="Largest request body; 2 MiB fits a full batch of 10000 rows.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret of the MLflow webhook; POST /webhooks/mlflow exists only "
+        "when it is set.",
+    )
+    webhook_max_age_s: int = Field(
+        default=300, gt=0, description="Oldest webhook timestamp accepted (replay protection)."
+    )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: object) -> object:
+        # `PREDICTOR_WEBHOOK_SECRET=` in .env must disable the receiver, not sign with "".
+        return None if value == "" else value
+
+
+@lru_cache
+def get_settings() -> PredictorSettings:
+    return PredictorSettings()

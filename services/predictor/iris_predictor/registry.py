@@ -1,0 +1,174 @@
+"""The MLflow side: what an alias points at, downloading and loading it, and the local copy.
+
+The local copy (`<cache_dir>/<name>@<alias>/`) holds the last loaded model's directory and
+`served.json` describing it; it lets a predictor that starts while MLflow is down serve the
+model it served before instead of nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow.artifacts
+import mlflow.sklearn
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+
+from iris_predictor.serving import LoadedModel
+from iris_shared.schemas import ServedModel
+
+logger = logging.getLogger(__name__)
+
+_MISSING_ALIAS_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+_METADATA_FILE = "served.json"
+
+
+class RegistryUnavailableError(Exception):
+    """MLflow could not be reached, or failed to answer."""
+
+
+class ModelLoadError(Exception):
+    """A registered version could not be downloaded or loaded."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    name: str
+    alias: str
+    version: str
+    run_id: str | None
+    data_md5: str | None
+
+
+class ModelRegistry:
+    """Follows `models:/<name>@<alias>` on one MLflow server and keeps a local copy of it."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        alias: str,
+        cache_dir: Path,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+        self.probe_timeout_s = probe_timeout_s
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}@{alias}")
+        self.cache_dir = cache_dir / safe
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+    def _probe(self) -> None:
+        """Fail fast when the server is down: MLflow's client retries for minutes by default."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        url = f"{self.tracking_uri.rstrip('/')}/health"
+        try:
+            # The scheme is checked above; the URL comes from settings, never from a client.
+            with urllib.request.urlopen(url, timeout=self.probe_timeout_s):  # noqa: S310
+                pass
+        except urllib.error.HTTPError:
+            return  # it answered: reachable, whatever it thinks of /health
+        except (OSError, ValueError) as exc:
+            raise RegistryUnavailableError(f"MLflow at {self.tracking_uri} is unreachable") from exc
+
+    def resolve(self) -> VersionRef | None:
+        """The version behind the alias, or None when the alias (or the model) does not exist."""
+        self._probe()
+        try:
+            version = self._client.get_model_version_by_alias(self.name, self.alias)
+        except RestException as exc:
+            # MLflow answers a missing alias with 400 INVALID_PARAMETER_VALUE, not 404.
+            if exc.error_code in _MISSING_ALIAS_CODES:
+                return None
+            raise RegistryUnavailableError(f"MLflow refused {self.uri}: {exc}") from exc
+        except MlflowException as exc:
+            raise RegistryUnavailableError(f"MLflow failed to resolve {self.uri}") from exc
+        tags = dict(version.tags or {})
+        return VersionRef(
+            name=self.name,
+            alias=self.alias,
+            version=str(version.version),
+            run_id=version.run_id,
+            data_md5=tags.get("data_md5"),
+        )
+
+    def _metrics(self, run_id: str | None) -> dict[str, float]:
+        if not run_id:
+            return {}
+        try:
+            return {k: float(v) for k, v in self._client.get_run(run_id).data.metrics.items()}
+        except MlflowException:
+            logger.warning("Unable to read run metrics", extra={"run_id": run_id})
+            return {}
+
+    def load(self, ref: VersionRef) -> LoadedModel:
+        """Download and load `ref` completely, then make it the local copy."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        folder = f"v{ref.version}-{uuid.uuid4().hex[:8]}"
+        target = self.cache_dir / folder
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{ref.name}/{ref.version}",
+                dst_path=str(target),
+                tracking_uri=self.tracking_uri,
+                registry_uri=self.tracking_uri,
+            )
+            model = mlflow.sklearn.load_model(local)
+        except Exception as exc:
+            # MLflow, network, disk or unpickling errors alike: the caller keeps the old model.
+            shutil.rmtree(target, ignore_errors=True)
+            raise ModelLoadError(f"Unable to load {ref.name} version {ref.version}") from exc
+        info = ServedModel(
+            name=ref.name,
+            version=ref.version,
+            alias=ref.alias,
+            run_id=ref.run_id,
+            metrics=self._metrics(ref.run_id),
+            data_md5=ref.data_md5,
+            loaded_at=datetime.now(UTC),
+            source="registry",
+        )
+        self._remember(info, Path(local).relative_to(self.cache_dir))
+        return LoadedModel(model=model, info=info)
+
+    def _remember(self, info: ServedModel, model_dir: Path) -> None:
+        metadata = {"model_dir": str(model_dir), "served": info.model_dump(mode="json")}
+        tmp = self.cache_dir / f".{_METADATA_FILE}.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps(metadata, indent=2))
+        # os.replace is atomic: a crash leaves the old or the new description, never half.
+        os.replace(tmp, self.cache_dir / _METADATA_FILE)
+        keep = model_dir.parts[0]
+        for child in self.cache_dir.iterdir():
+            if child.is_dir() and child.name != keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+    def load_cached(self) -> LoadedModel | None:
+        """The local copy of the last loaded model, or None when there is none (or it is broken)."""
+        metadata_path = self.cache_dir / _METADATA_FILE
+        if not metadata_path.exists():
+            return None
+        try:
+            metadata = json.loads(metadata_path.read_text())
+            info = ServedModel.model_validate(metadata["served"])
+            model = mlflow.sklearn.load_model(str(self.cache_dir / metadata["model_dir"]))
+        except Exception:
+            logger.exception("Unable to load the local copy of the model")
+            return None
+        info = info.model_copy(update={"source": "local-cache", "loaded_at": datetime.now(UTC)})
+        return LoadedModel(model=model, info=info)

@@ -1,0 +1,57 @@
+"""POST /webhooks/mlflow: an alias moved, check it now instead of at the next poll."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from iris_predictor.routes import DocstringRoute
+from iris_predictor.state import StateDep
+from iris_predictor.webhooks import InvalidSignatureError, verify
+from iris_shared.http import error_response, error_responses
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["webhooks"], route_class=DocstringRoute)
+
+ALIAS_EVENTS = {("model_version_alias", "created")}
+
+
+@router.post("/webhooks/mlflow", responses=error_responses(400, 401, 413, 415))
+async def mlflow_webhook(request: Request, state: StateDep) -> JSONResponse:
+    """Receive an MLflow webhook delivery and check the alias at once when it concerns ours."""
+    secret = state.settings.webhook_secret
+    if secret is None:
+        return error_response(404, "not_found", "The webhook receiver is not configured.")
+    body = await request.body()
+    try:
+        verify(
+            secret=secret.get_secret_value(),
+            delivery_id=request.headers.get("X-MLflow-Delivery-Id"),
+            timestamp=request.headers.get("X-MLflow-Timestamp"),
+            signature=request.headers.get("X-MLflow-Signature"),
+            body=body,
+            now=time.time(),
+            max_age_s=state.settings.webhook_max_age_s,
+        )
+    except InvalidSignatureError as exc:
+        logger.warning("Rejected a webhook delivery", extra={"reason": str(exc)})
+        return error_response(401, "invalid_signature", str(exc))
+    try:
+        payload = json.loads(body)
+        event = (payload.get("entity"), payload.get("action"))
+        data = payload.get("data") or {}
+        name, alias = data.get("name"), data.get("alias")
+    except (ValueError, AttributeError):
+        return error_response(400, "malformed_json", "The delivery is not an MLflow event.")
+    holder = state.holder
+    if event not in ALIAS_EVENTS or (name, alias) != (holder.name, holder.alias):
+        return JSONResponse({"status": "ignored"})
+    if state.watcher is not None:
+        state.watcher.check_soon()
+    logger.info("Alias moved; checking now", extra={"model": name, "version": data.get("version")})
+    return JSONResponse({"status": "accepted"})

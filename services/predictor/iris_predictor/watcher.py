@@ -1,0 +1,162 @@
+"""Follow the alias: check MLflow every few seconds (or when a webhook says so) and swap models.
+
+A new version is downloaded and loaded completely before `ModelHolder.swap` replaces the one
+reference requests read, so there is no moment without a model and no failed request. A
+failure keeps the model already served and is retried at the next check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from iris_predictor.metrics import PredictorMetrics
+from iris_predictor.registry import ModelLoadError, ModelRegistry, RegistryUnavailableError
+from iris_predictor.serving import LoadedModel, ModelHolder
+
+logger = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        holder: ModelHolder,
+        metrics: PredictorMetrics,
+        poll_interval_s: float,
+    ) -> None:
+        self.registry = registry
+        self.holder = holder
+        self.metrics = metrics
+        self.poll_interval_s = poll_interval_s
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Repeated states are logged once, not every few seconds.
+        self._last_state: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def check_soon(self) -> None:
+        """Check the alias now instead of at the next tick (webhook deliveries call this)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.check()
+            except Exception:
+                # The watcher must outlive any surprise, or the service stops following the alias.
+                logger.exception("Unexpected error while checking the model alias")
+                self.metrics.reload_failures.inc()
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()
+
+    def _log_state(self, state: str, level: int, message: str, **extra: object) -> None:
+        if state != self._last_state:
+            logger.log(level, message, extra=extra)
+            self._last_state = state
+
+    def check(self) -> None:
+        """Compare the alias with the served version and swap when they differ."""
+        registry = self.registry
+        current = self.holder.current
+        try:
+            ref = registry.resolve()
+        except RegistryUnavailableError:
+            self.metrics.reload_failures.inc()
+            if current is None:
+                self._fall_back_to_cache("MLflow is unreachable")
+            else:
+                self._log_state(
+                    "unreachable",
+                    logging.WARNING,
+                    "MLflow is unreachable; keeping the served model",
+                    model=registry.name,
+                    version=current.version,
+                    tracking_uri=registry.tracking_uri,
+                )
+            return
+        if ref is None:
+            if current is None:
+                self._log_state(
+                    "no-alias",
+                    logging.WARNING,
+                    "No model version has the alias yet; waiting for one",
+                    model=registry.name,
+                    alias=registry.alias,
+                )
+            else:
+                self._log_state(
+                    "alias-gone",
+                    logging.WARNING,
+                    "The alias no longer exists; keeping the served model",
+                    model=registry.name,
+                    alias=registry.alias,
+                    version=current.version,
+                )
+            return
+        if current is not None and current.version == ref.version:
+            if current.info.source != "registry":
+                # MLflow is back and still points at the version served from the local copy.
+                self.holder.swap(current.with_source("registry"))
+            self._log_state("serving", logging.INFO, "Serving the alias", version=ref.version)
+            return
+        try:
+            new = registry.load(ref)
+        except (ModelLoadError, RegistryUnavailableError):
+            logger.exception(
+                "Unable to load model", extra={"model": ref.name, "version": ref.version}
+            )
+            self.metrics.reload_failures.inc()
+            if current is None:
+                self._fall_back_to_cache("the registry's version failed to load")
+            return
+        self._install(new, previous=current)
+
+    def _install(self, new: LoadedModel, previous: LoadedModel | None) -> None:
+        self.holder.swap(new)
+        self.metrics.model_served(new.info.name, new.version, new.info.alias)
+        if new.info.source == "registry":
+            self.metrics.reloads.inc()
+        self._last_state = "serving"
+        logger.info(
+            "Serving model",
+            extra={
+                "model": new.info.name,
+                "version": new.version,
+                "previous_version": previous.version if previous is not None else None,
+                "source": new.info.source,
+            },
+        )
+
+    def _fall_back_to_cache(self, reason: str) -> None:
+        cached = self.registry.load_cached()
+        if cached is None:
+            self._log_state(
+                "no-model-no-cache",
+                logging.WARNING,
+                "No model to serve and no local copy of one; waiting",
+                model=self.registry.name,
+                reason=reason,
+                tracking_uri=self.registry.tracking_uri,
+            )
+            return
+        logger.warning(
+            "Serving the local copy of the model",
+            extra={
+                "model": cached.info.name,
+                "version": cached.version,
+                "source": "local-cache",
+                "reason": reason,
+            },
+        )
+        self._install(cached, previous=None)

@@ -1,0 +1,103 @@
+"""App tests: a real scikit-learn model trained here, served by a real uvicorn in a thread.
+
+Starlette's TestClient is not used: with httpx (not httpx2) installed it raises a deprecation
+warning at import, which this suite turns into an error.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from iris_predictor.app import create_app
+from iris_predictor.config import PredictorSettings
+from iris_predictor.serving import LoadedModel
+from iris_shared.schemas import FEATURE_NAMES, SPECIES, ServedModel
+
+
+@pytest.fixture(scope="session")
+def iris_pipeline() -> Pipeline:
+    data = load_iris()
+    features = pd.DataFrame(data.data, columns=list(FEATURE_NAMES))
+    labels = pd.Series([SPECIES[i] for i in data.target])
+    pipeline = Pipeline([("scaler", StandardScaler()), ("classifier", LogisticRegression())])
+    return pipeline.fit(features, labels)
+
+
+@pytest.fixture
+def loaded_model(iris_pipeline: Pipeline) -> LoadedModel:
+    return LoadedModel(
+        model=iris_pipeline,
+        info=ServedModel(
+            name="Iris-LogisticRegression",
+            version="7",
+            alias="production",
+            run_id="abc123",
+            metrics={"accuracy": 0.97},
+            data_md5="d41d8cd98f00b204e9800998ecf8427e",
+            loaded_at=datetime.now(UTC),
+        ),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> PredictorSettings:
+    return PredictorSettings(
+        mlflow_tracking_uri="http://127.0.0.1:1",
+        cache_dir=tmp_path / "cache",
+        prediction_log_dir=tmp_path / "prediction-logs",
+        max_batch_rows=50,
+        max_body_bytes=64 * 1024,
+        poll_interval_s=0.2,
+        webhook_secret="s3cret",
+    )
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[httpx.Client]:
+    """Serve `app` with uvicorn on a free port (lifespan included) and give a client for it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def serve() -> Callable[[FastAPI], AbstractContextManager[httpx.Client]]:
+    return running
+
+
+@pytest.fixture
+def client(settings: PredictorSettings, loaded_model: LoadedModel) -> Iterator[httpx.Client]:
+    with running(create_app(settings, model_source=loaded_model)) as test_client:
+        yield test_client
