@@ -252,17 +252,18 @@ def private_registry(
 ) -> Iterator[tuple[ManagedProcess, str]]:
     """An MLflow server only this module uses (its tests move aliases and stop it).
 
-    Webhooks are enabled (a local http receiver, a secret, a 1 s webhook cache); start_mlflow
-    takes no environment, and the child copies ours when it is spawned.
+    Webhooks are enabled: a local http receiver, a secret, a 1 s webhook cache.
     """
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
-        env.setenv("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
-        env.setenv("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", Fernet.generate_key().decode())
-        env.setenv("MLFLOW_WEBHOOK_CACHE_TTL", "1")
-        process, uri = start_mlflow(
-            logs_dir / "predictor-mlflow", tmp_path_factory.mktemp("predictor-mlflow")
-        )
+    process, uri = start_mlflow(
+        logs_dir / "predictor-mlflow",
+        tmp_path_factory.mktemp("predictor-mlflow"),
+        env={
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        },
+    )
     try:
         run_cli("train", "--no-write-reports", tracking_uri=uri)
         yield process, uri

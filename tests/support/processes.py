@@ -154,7 +154,9 @@ def start_redis(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess,
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def start_mlflow(log_dir: Path, store_dir: Path) -> tuple[ManagedProcess, str]:
+def start_mlflow(
+    log_dir: Path, store_dir: Path, env: dict[str, str] | None = None
+) -> tuple[ManagedProcess, str]:
     port = free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     process = ManagedProcess(
@@ -177,7 +179,7 @@ def start_mlflow(log_dir: Path, store_dir: Path) -> tuple[ManagedProcess, str]:
         log_dir,
         # The server's background job runners (GenAI features) are unused here and cost
         # several processes per server on a 2-core machine.
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
     )
     uri = f"http://127.0.0.1:{port}"
     wait_until(http_ok(f"{uri}/health"), 90, "mlflow server", process)
