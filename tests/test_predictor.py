@@ -188,7 +188,10 @@ def test_metrics_expose_model_and_http_series(predictor_url: str) -> None:
         text
     )
     assert "iris_model_ready 1.0" in text
-    assert "iris_model_reloads_total 1.0" in text
+    # At least the start-up load; other suites' promotions on the shared registry add more.
+    reloads = re.search(r"^iris_model_reloads_total (\S+)$", text, re.M)
+    assert reloads, "iris_model_reloads_total missing"
+    assert float(reloads.group(1)) >= 1
     assert "iris_model_reload_failures_total" in text
     assert 'iris_feature_value_cm_bucket{feature="sepal_length",le="5.5"}' in text
     assert re.search(
