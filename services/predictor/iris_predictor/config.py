@@ -74,6 +74,13 @@ class PredictorSettings(ServiceSettings):
         # `PREDICTOR_WEBHOOK_SECRET=` in .env must disable the receiver, not sign with "".
         return None if value == "" else value
 
+    @field_validator("cache_dir", "prediction_log_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Resolved once against the start-up folder: MLflow hands back absolute download
+        # paths, and cache bookkeeping compares them with this folder.
+        return value.resolve()
+
 
 @lru_cache
 def get_settings() -> PredictorSettings:
