@@ -1,0 +1,43 @@
+"""Every setting a service reads is documented in .env.example, under the name it reads."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from iris_gateway.config import GatewaySettings
+from iris_predictor.config import PredictorSettings
+from iris_trainer.celery_app import WorkerSettings
+from iris_trainer.config import TrainerSettings
+from tests.support.processes import REPO_ROOT
+
+DOCUMENTED = set(
+    re.findall(
+        r"^#?\s*([A-Z][A-Z0-9_]*)=", (REPO_ROOT / ".env.example").read_text(), flags=re.MULTILINE
+    )
+)
+
+
+def variable_names(settings: type[BaseSettings]) -> list[str]:
+    prefix = settings.model_config.get("env_prefix", "")
+    names = []
+    for field_name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.append(str(alias.choices[0]))
+        elif isinstance(alias, str):
+            names.append(alias)
+        else:
+            names.append(f"{prefix}{field_name}".upper())
+    return names
+
+
+@pytest.mark.parametrize(
+    "settings", [TrainerSettings, WorkerSettings, PredictorSettings, GatewaySettings]
+)
+def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
+    missing = sorted(set(variable_names(settings)) - DOCUMENTED)
+    assert not missing, f"{settings.__name__} reads {missing}; document them in .env.example"
