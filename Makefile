@@ -70,8 +70,9 @@ format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(PY_SOURCES)
 
 .PHONY: bench
-bench: install ## Measure /predict latency and memory; writes bench/results.json
-	$(BIN)/python bench/run.py
+bench: install ## Benchmark against `mlflow models serve` with wrk; bench/results.{json,md}, README table
+	bash bench/ensure_wrk.sh
+	$(BIN)/python -m bench.run
 
 .PHONY: clean
 clean: down ## Remove local state (.state/, reports/) but keep the venv

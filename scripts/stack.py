@@ -3,8 +3,10 @@
 supervisord (infra/local/supervisord.conf) keeps MLflow, the trainer worker, the predictor,
 the gateway and, when needed, Redis and Prometheus alive; this script decides what to start,
 bootstraps data and the baseline model, and waits until every service is ready. State and logs
-live in .state/ (git-ignored). Running `up` twice changes nothing; `down` stops only what `up`
-started, so a Redis that was already answering keeps running.
+live in .state/ (git-ignored), or in STACK_STATE_DIR when set (an absolute path, or one relative
+to the repository), so a second stack such as `make bench`'s can run beside the first. Running
+`up` twice changes nothing; `down` stops only what `up` started, so a Redis that was already
+answering keeps running.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +28,7 @@ from dotenv import dotenv_values, set_key
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
-STATE = ROOT / ".state"
+STATE = ROOT / (os.environ.get("STACK_STATE_DIR") or ".state")
 CONF = ROOT / "infra" / "local" / "supervisord.conf"
 ENV_FILE = ROOT / ".env"
 
@@ -52,16 +55,29 @@ def say(message: str) -> None:
     print(f"[stack] {message}", flush=True)
 
 
-def ensure_api_token() -> None:
-    """Give the gateway a random API token on first run, kept in .env for curl and tests."""
-    if ENV_FILE.exists() and (dotenv_values(ENV_FILE).get("API_TOKEN") or "").strip():
-        return
-    if os.environ.get("API_TOKEN"):
-        return
+# What .env holds per deployment, made on first run when neither .env nor the environment sets
+# it: the gateway's token (for curl and the CLI), the passwords compose.yaml requires, and the
+# jobs namespace, so that two stacks sharing one Redis never run each other's jobs.
+GENERATED_SETTINGS: dict[str, Callable[[], str]] = {
+    "API_TOKEN": lambda: secrets.token_urlsafe(32),
+    "POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(32),
+    "GRAFANA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(32),
+    "JOBS_NAMESPACE": lambda: f"iris-{secrets.token_hex(4)}",
+}
+
+
+def ensure_generated_settings() -> None:
+    """Write the missing per-deployment settings to .env, readable by its owner only."""
     ENV_FILE.touch(mode=0o600)
-    # set_key replaces an empty `API_TOKEN=` line (as copied from .env.example) in place.
-    set_key(ENV_FILE, "API_TOKEN", secrets.token_urlsafe(32), quote_mode="never")
-    say(f"wrote a new API_TOKEN to {ENV_FILE.name}")
+    # touch keeps the mode of an existing file, e.g. 644 from `cp .env.example .env`.
+    ENV_FILE.chmod(0o600)
+    present = dotenv_values(ENV_FILE)
+    for name, generate in GENERATED_SETTINGS.items():
+        if (present.get(name) or "").strip() or os.environ.get(name):
+            continue
+        # set_key replaces an empty `NAME=` line (as copied from .env.example) in place.
+        set_key(ENV_FILE, name, generate(), quote_mode="never")
+        say(f"wrote a new {name} to {ENV_FILE.name}")
 
 
 def stack_env() -> dict[str, str]:
@@ -159,8 +175,26 @@ def has_production_model(env: dict[str, str]) -> bool:
     return response.status_code == 200
 
 
+def warn_if_redis_forgets(url: str) -> None:
+    """Say plainly when the reused Redis keeps nothing on disk: jobs would not survive it."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2) as client:
+            config = client.config_get("appendonly") | client.config_get("save")
+    except redis.RedisError as exc:
+        say(f"cannot read the persistence settings of {url} ({exc}); make sure it persists")
+        return
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        say(
+            f"WARNING: the Redis at {url} persists nothing (no AOF, no RDB snapshots): queued "
+            "and running retrain jobs and their records would be lost if it restarts. Stop it "
+            "and run `make up` again to get a persistent one, or enable appendonly."
+        )
+
+
 def up() -> None:
-    ensure_api_token()
+    ensure_generated_settings()
     env = stack_env()
     for folder in ("logs", "redis", "mlflow", "prometheus", "predictor"):
         (STATE / folder).mkdir(parents=True, exist_ok=True)
@@ -177,13 +211,14 @@ def up() -> None:
 
     if redis_answers(env["REDIS_URL"]):
         say(f"reusing the Redis that answers at {env['REDIS_URL']}")
+        warn_if_redis_forgets(env["REDIS_URL"])
     elif env["STACK_REDIS_SERVER"] and Path(env["STACK_REDIS_SERVER"]).exists():
         say(f"starting Redis ({env['STACK_REDIS_SERVER']}) for {env['REDIS_URL']}")
         supervisorctl(env, "start", "redis")
         deadline = time.monotonic() + 15
         while not redis_answers(env["REDIS_URL"]):
             if time.monotonic() > deadline:
-                raise SystemExit("[stack] Redis did not start; see .state/logs/redis.log")
+                raise SystemExit(f"[stack] Redis did not start; see {STATE / 'logs' / 'redis.log'}")
             time.sleep(0.2)
     else:
         raise SystemExit("[stack] no Redis answers and no redis-server is installed")

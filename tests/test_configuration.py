@@ -10,8 +10,7 @@ from pydantic_settings import BaseSettings
 
 from iris_gateway.config import GatewaySettings
 from iris_predictor.config import PredictorSettings
-from iris_trainer.celery_app import WorkerSettings
-from iris_trainer.config import TrainerSettings
+from iris_trainer.config import TrainerSettings, WorkerSettings
 from tests.support.processes import REPO_ROOT
 
 DOCUMENTED = set(

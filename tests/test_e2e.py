@@ -33,8 +33,15 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def served_version(gateway_url: str) -> str | None:
-    response = httpx.get(f"{gateway_url}/model")
-    return response.json()["version"] if response.status_code == 200 else None
+    """The version every predictor process answers with, or None while they differ.
+
+    Each process follows the alias on its own; ten answers in a row reach all of them.
+    """
+    versions = {
+        httpx.post(f"{gateway_url}/predict", json=SETOSA).json().get("model_version")
+        for _ in range(10)
+    }
+    return versions.pop() if len(versions) == 1 else None
 
 
 def alias_version(tracking_uri: str, alias: str) -> str | None:
@@ -66,7 +73,7 @@ def test_retrain_promote_and_serve_without_restart(
     progress_seen: list[dict[str, Any]] = []
 
     def finished() -> dict[str, Any] | None:
-        job = httpx.get(f"{gateway_url}{location}").json()
+        job = httpx.get(f"{gateway_url}{location}", headers=bearer(api_token)).json()
         statuses.append(job["status"])
         if job["progress"]:
             progress_seen.append(job["progress"])
@@ -80,7 +87,7 @@ def test_retrain_promote_and_serve_without_restart(
     assert job["submitted_at"] <= job["started_at"] <= job["finished_at"]
     new_version = job["result"]["models"][MODEL]["version"]
     assert int(new_version) > int(production_before)
-    listed = httpx.get(f"{gateway_url}/jobs", params={"limit": 5}).json()
+    listed = httpx.get(f"{gateway_url}/jobs", params={"limit": 5}, headers=bearer(api_token)).json()
     assert job["job_id"] in [j["job_id"] for j in listed]
 
     try:

@@ -71,10 +71,30 @@ def alert_names() -> set[str]:
 # --- the checkers of lint_infra.sh -----------------------------------------------------
 
 
+def dockerfiles() -> list[Path]:
+    """The Python services' shared Dockerfile and MLflow's."""
+    return [REPO_ROOT / "services" / "Dockerfile", *REPO_ROOT.glob("services/*/Dockerfile")]
+
+
+PYTHON_SERVICES = ("predictor", "gateway", "trainer")
+
+
 def test_dockerfiles_pass_hadolint() -> None:
-    dockerfiles = sorted(REPO_ROOT.glob("services/*/Dockerfile"))
-    assert len(dockerfiles) >= 3, "expected a Dockerfile per service"
-    assert_passes(run(VENV_BIN / "hadolint", *dockerfiles), "hadolint")
+    assert_passes(run(VENV_BIN / "hadolint", *dockerfiles()), "hadolint")
+
+
+def test_each_python_service_has_its_own_image_stage() -> None:
+    text = (REPO_ROOT / "services" / "Dockerfile").read_text()
+    built = {
+        name: service["build"]
+        for name, service in compose()["services"].items()
+        if service.get("build", {}).get("dockerfile") == "services/Dockerfile"
+    }
+    assert set(built) == set(PYTHON_SERVICES)
+    for name, build in built.items():
+        assert f"AS {name}\n" in text
+        assert build["target"] == name
+        assert build["args"]["SERVICE"] == name
 
 
 def test_compose_file_follows_the_compose_specification() -> None:
@@ -254,16 +274,18 @@ def test_docker_build_context_holds_what_the_images_copy_and_no_secrets() -> Non
         for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for dockerfile in REPO_ROOT.glob("services/*/Dockerfile"):
+    for dockerfile in dockerfiles():
         for line in dockerfile.read_text().splitlines():
             words = line.split()
             if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
                 continue
-            for source in (w for w in words[1:-1] if not w.startswith("--")):
-                assert (REPO_ROOT / source).exists(), f"{dockerfile}: COPY {source}: no such file"
-                assert dockerignore_includes(source, patterns), (
-                    f"{dockerfile}: COPY {source} is excluded by .dockerignore"
-                )
+            for copied in (w for w in words[1:-1] if not w.startswith("--")):
+                # The shared Dockerfile copies a path per service (build argument SERVICE).
+                for source in {copied.replace("${SERVICE}", s) for s in PYTHON_SERVICES}:
+                    assert (REPO_ROOT / source).exists(), f"{dockerfile}: COPY {source}: missing"
+                    assert dockerignore_includes(source, patterns), (
+                        f"{dockerfile}: COPY {source} is excluded by .dockerignore"
+                    )
     for secret in (".env", ".git/config", ".dvc/config.local", ".venv/bin/python"):
         assert not dockerignore_includes(secret, patterns), f".dockerignore lets {secret} in"
 

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
 from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 
+from iris_predictor.prediction_log import log_files
+from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import run_cli
 from tests.support.predictor import PredictorService, start_predictor, wait_ready
-from tests.support.processes import ManagedProcess, start_mlflow, wait_until
+from tests.support.processes import ManagedProcess, free_port, start_mlflow, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -213,20 +226,126 @@ def test_prediction_log_has_a_line_per_prediction(
         f"{predictor_url}/predict", json=VIRGINICA, headers={"X-Request-ID": request_id}
     )
     assert response.headers["X-Request-ID"] == request_id
-    log = predictor_service.prediction_log_dir / "predictions.jsonl"
+    assert response.json()["request_id"] == request_id
 
     def ours() -> list[dict]:
-        lines = log.read_text().splitlines() if log.exists() else []
+        # Each worker process writes its own file.
+        lines = [
+            line
+            for path in log_files(predictor_service.prediction_log_dir)
+            for line in path.read_text().splitlines()
+        ]
         return [json.loads(line) for line in lines if request_id in line]
 
     wait_until(lambda: len(ours()) == 1, 10, "prediction log line")
     [line] = ours()
-    assert line["inputs"] == VIRGINICA
-    assert line["prediction"] == "Iris-virginica"
+    assert line["inputs"] == {name: [value] for name, value in VIRGINICA.items()}
+    assert line["predicted_species"] == ["Iris-virginica"]
     assert line["model_version"] == "1"
     assert set(line["probabilities"]) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
     assert line["latency_ms"] >= 0
     assert line["time"]
+
+
+def test_answers_equal_the_registry_models_own(trained_registry: str, predictor_url: str) -> None:
+    """Scoring arrays in FEATURE_NAMES order gives what MLflow's pyfunc gives on a DataFrame."""
+    data = load_iris()
+    frame = pd.DataFrame(data.data, columns=list(FEATURE_NAMES))
+    uri = f"models:/{MODEL}/1"
+    mlflow.set_tracking_uri(trained_registry)
+    expected_species = mlflow.pyfunc.load_model(uri).predict(frame)
+    expected_probabilities = mlflow.sklearn.load_model(uri).predict_proba(frame)
+
+    response = httpx.post(
+        f"{predictor_url}/predict/batch",
+        json={"instances": frame.to_dict(orient="records")},
+        timeout=30,
+    )
+
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["predicted_species"] for p in predictions] == list(expected_species)
+    classes = list(predictions[0]["probabilities"])
+    got = np.array([[p["probabilities"][c] for c in classes] for p in predictions])
+    np.testing.assert_allclose(got, expected_probabilities, rtol=1e-12)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def worker_pids(service: PredictorService) -> list[int]:
+    """The server's worker processes (multiprocessing also starts a resource tracker)."""
+    children = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+    pids = [int(pid) for pid in children.read_text().split()]
+    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_metrics_are_merged_across_the_worker_processes(
+    predictor_service: PredictorService,
+) -> None:
+    url = predictor_service.url
+    assert len(worker_pids(predictor_service)) == 2
+    labels = {"model_version": "1", "species": "Iris-setosa"}
+    before = metric(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
+
+    # Separate connections from several threads, so both processes take requests.
+    def post() -> int:
+        return httpx.post(f"{url}/predict", json=SETOSA).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: post(), range(60))) == {200}
+
+    # Whichever process answers the scrape, it reports every process's counts.
+    for _ in range(6):
+        text = httpx.get(f"{url}/metrics").text
+        assert metric(text, "iris_predictions_total", **labels) == before + 60
+        info = [line for line in text.splitlines() if line.startswith("iris_model_info{")]
+        assert info == [
+            'iris_model_info{alias="production",name="Iris-LogisticRegression",version="1"} 1.0'
+        ]
+        assert metric(text, "iris_model_ready") == 1.0
+        assert metric(text, "process_resident_memory_bytes") > 0
+
+
+def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
+    predictor_service: PredictorService,
+) -> None:
+    url = predictor_service.url
+    for _ in range(10):
+        assert httpx.post(f"{url}/predict", json=SETOSA).status_code == 200
+    labels = {"model_version": "1", "species": "Iris-setosa"}
+    before = metric(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
+    doomed = worker_pids(predictor_service)[0]
+
+    os.kill(doomed, signal.SIGKILL)
+
+    wait_until(
+        lambda: (
+            doomed not in worker_pids(predictor_service)
+            and len(worker_pids(predictor_service)) == 2
+        ),
+        60,
+        "a replacement worker",
+    )
+    wait_ready(predictor_service.process, url)
+    text = httpx.get(f"{url}/metrics").text
+    # Counters of the dead process stay in the totals; its live gauges are gone.
+    assert metric(text, "iris_predictions_total", **labels) >= before
+    assert metric(text, "iris_model_ready") == 1.0
+    metric_files = os.listdir(metrics_dir(worker_pids(predictor_service)[0]))
+    assert any(f"_{doomed}.db" in name for name in metric_files), "its counts were dropped"
+    assert not [n for n in metric_files if n.startswith("gauge_live") and f"_{doomed}." in n]
+
+
+def metrics_dir(worker_pid: int) -> Path:
+    """The folder the launcher made for the workers' metric files (in their environment)."""
+    environ = Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+    [value] = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(value.split(b"=", 1)[1].decode())
 
 
 def test_no_production_model_yet(trained_registry: str, logs_dir: Path) -> None:
@@ -315,7 +434,7 @@ def test_hot_swap_without_a_failed_request(
         for thread in threads:
             thread.start()
         wait_until(lambda: len(results) > 10, 10, "requests before the promotion", process)
-        run_cli("promote", new_version, "--model", MODEL, tracking_uri=uri)
+        MlflowClient(uri).set_registered_model_alias(MODEL, "production", new_version)
         # Polling every second: a few seconds even on a busy machine.
         wait_until(
             lambda: any(v == new_version for _, v in results[-20:]),
@@ -367,7 +486,7 @@ def test_webhook_triggers_an_immediate_check(
             ).version
         )
         time.sleep(1.5)  # let the server's webhook cache (1 s) see the new webhook
-        run_cli("promote", new_version, "--model", MODEL, tracking_uri=uri)
+        client.set_registered_model_alias(MODEL, "production", new_version)
         wait_until(
             lambda: httpx.get(f"{url}/model").json()["version"] == new_version,
             20,
@@ -383,18 +502,19 @@ def test_webhook_triggers_an_immediate_check(
 def test_restart_with_mlflow_down_serves_the_local_copy(
     private_registry: tuple[ManagedProcess, str], logs_dir: Path
 ) -> None:
-    """Runs last in this module: it stops the module's MLflow server."""
-    mlflow_process, uri = private_registry
+    _, uri = private_registry
     process, url = start_predictor(logs_dir, uri)
     try:
         wait_ready(process, url)
         served = httpx.get(f"{url}/model").json()
         assert served["source"] == "registry"
         process.stop()
-        mlflow_process.stop()
 
-        process.restart()  # same port, same cache folder
-        wait_ready(process, url, timeout=30)
+        # Same port, same cache folder; MLflow now at an address where nothing answers.
+        assert process.env is not None
+        process.env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
+        process.restart()
+        wait_ready(process, url)
         response = httpx.post(f"{url}/predict", json=SETOSA)
         assert response.status_code == 200
         assert response.json()["model_version"] == served["version"]
@@ -413,3 +533,97 @@ def test_restart_with_mlflow_down_serves_the_local_copy(
         assert warnings[-1]["version"] == served["version"]
     finally:
         process.stop()
+
+
+def test_a_pickled_version_is_refused_and_the_served_one_stays(
+    private_registry: tuple[ManagedProcess, str], logs_dir: Path
+) -> None:
+    """A version saved with pickle would run code when loaded: it is reported, never loaded."""
+    _, uri = private_registry
+    client = MlflowClient(uri)
+    before = client.get_model_version_by_alias(MODEL, "production").version
+    process, url = start_predictor(logs_dir, uri)
+    try:
+        wait_ready(process, url)
+        data = load_iris()
+        frame = pd.DataFrame(data.data, columns=list(FEATURE_NAMES))
+        pickled = Pipeline([("classifier", LogisticRegression(max_iter=500))]).fit(
+            frame, data.target
+        )
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                pickled,
+                name="model",
+                serialization_format="cloudpickle",
+                signature=infer_signature(frame, data.target),
+                registered_model_name=MODEL,
+            )
+        bad = str(info.registered_model_version)
+        client.set_registered_model_alias(MODEL, "production", bad)
+
+        def reported() -> dict:
+            body = httpx.get(f"{url}/model").json()
+            return body if body.get("load_error") else {}
+
+        wait_until(reported, 30, "the load error in GET /model", process)
+        body = reported()
+        assert body["version"] == before, "the served version changed"
+        assert body["load_error"]["version"] == bad
+        assert "cloudpickle" in body["load_error"]["reason"]
+        assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 1.0
+        assert httpx.post(f"{url}/predict", json=SETOSA).json()["model_version"] == before
+
+        client.set_registered_model_alias(MODEL, "production", before)
+        wait_until(
+            lambda: httpx.get(f"{url}/model").json()["load_error"] is None,
+            30,
+            "the load error cleared",
+            process,
+        )
+        assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 0.0
+    finally:
+        client.set_registered_model_alias(MODEL, "production", before)
+        process.stop()
+
+
+def test_a_graceful_stop_writes_a_log_line_for_every_answer(
+    trained_registry: str, logs_dir: Path
+) -> None:
+    """SIGTERM under load: in-flight requests finish, and each 200 has its log line."""
+    process, url = start_predictor(logs_dir, trained_registry)
+    wait_ready(process, url)
+    stop = threading.Event()
+    answered = Counter[str]()
+
+    def fire(path: str, body: dict) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(path, json=body)
+                except httpx.HTTPError:
+                    continue  # refused or cut while the server stops: not answered
+                answered[str(response.status_code)] += 1
+
+    loads = [("/predict", SETOSA)] * 3 + [("/predict/batch", {"instances": [VIRGINICA] * 50})]
+    threads = [threading.Thread(target=fire, args=load) for load in loads]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: answered["200"] > 200, 60, "load before the stop", process)
+        process.popen.send_signal(signal.SIGTERM)
+        process.popen.wait(timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        process.stop()
+
+    # uvicorn re-raises the SIGTERM it handled once shut down, so the exit says "terminated".
+    assert process.popen.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in process.tail()
+    assert set(answered) <= {"200", "503"}, answered
+    log_dir = Path(process.env["PREDICTOR_PREDICTION_LOG_DIR"]) if process.env else None
+    assert log_dir is not None
+    lines = sum(len(path.read_text().splitlines()) for path in log_files(log_dir))
+    assert lines == answered["200"]

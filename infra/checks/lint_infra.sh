@@ -18,7 +18,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 step "hadolint"
-"$VENV_BIN/hadolint" services/*/Dockerfile
+"$VENV_BIN/hadolint" services/Dockerfile
 
 step "compose.yaml against the compose specification"
 "$VENV_BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml

@@ -19,6 +19,8 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
         record.request_id = request_id_var.get()
+        # uvicorn attaches a copy of each message with terminal colour codes.
+        record.__dict__.pop("color_message", None)
         return True
 
 

@@ -18,6 +18,18 @@ SPECIES: tuple[str, ...] = ("Iris-setosa", "Iris-versicolor", "Iris-virginica")
 # odd inputs while still refusing values that can only be unit or typing mistakes.
 MAX_MEASUREMENT_CM = 50.0
 
+# Rows one /predict/batch request may carry. Body limits follow from it on every service, so
+# any valid batch of this size passes the gateway and the predictor alike: a row written with
+# full-precision floats takes about 150 bytes of JSON, 256 leaves room for spaces.
+MAX_BATCH_ROWS = 10_000
+MAX_ROW_JSON_BYTES = 256
+
+
+def batch_body_limit(rows: int = MAX_BATCH_ROWS) -> int:
+    """The largest request body, in bytes, that a batch of `rows` rows may need."""
+    return rows * MAX_ROW_JSON_BYTES + 4096
+
+
 Centimetres = Annotated[
     float,
     Field(
@@ -60,6 +72,10 @@ class PredictionResponse(BaseModel):
         examples=[{"Iris-setosa": 0.97, "Iris-versicolor": 0.03, "Iris-virginica": 0.0}]
     )
     model_version: str = Field(examples=["1"])
+    request_id: str = Field(
+        description="Also in the X-Request-ID header; quote it to send feedback on this answer.",
+        examples=["3f2c9a1e5b7d4e0f9a8b7c6d5e4f3a2b"],
+    )
 
 
 class BatchPredictionRequest(BaseModel):
@@ -87,7 +103,8 @@ class BatchPredictionRequest(BaseModel):
         },
     )
 
-    # The row limit is a predictor setting, checked there; min_length only refuses empty batches.
+    # The row limit is a predictor setting (MAX_BATCH_ROWS by default), checked there before
+    # the body is parsed; min_length only refuses empty batches.
     instances: list[PredictionRequest] = Field(min_length=1)
 
 
@@ -97,8 +114,20 @@ class BatchPrediction(BaseModel):
 
 
 class BatchPredictionResponse(BaseModel):
-    predictions: list[BatchPrediction]
+    predictions: list[BatchPrediction] = Field(description="In the order of `instances`.")
     model_version: str
+    request_id: str = Field(
+        description="One id for the whole batch (also in X-Request-ID); a row is named by the "
+        "id and its index in `predictions`."
+    )
+
+
+class LoadFailure(BaseModel):
+    """The alias points at a version that fails to load; the served version stays."""
+
+    version: str
+    reason: str
+    since: datetime
 
 
 class ServedModel(BaseModel):
@@ -116,6 +145,10 @@ class ServedModel(BaseModel):
         description="'registry' when loaded from MLflow, "
         "'local-cache' when MLflow was unreachable at start-up.",
     )
+    load_error: LoadFailure | None = Field(
+        default=None,
+        description="Set while the alias points at another version that fails to load.",
+    )
 
 
 class PromoteRequest(BaseModel):
@@ -126,7 +159,10 @@ class PromoteRequest(BaseModel):
 
     model_version: str = Field(pattern=r"^[0-9]+$")
     model_name: str | None = Field(
-        default=None, description="Registered model name; the gateway's default when omitted."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Registered model name; the gateway's default when omitted.",
     )
 
 

@@ -1,10 +1,14 @@
-"""The settings base every service builds on."""
+"""The settings bases every service builds on."""
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from iris_shared.schemas import batch_body_limit
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -15,3 +19,33 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     log_level: LogLevel = "INFO"
+
+
+class HTTPServiceSettings(ServiceSettings):
+    """How an HTTP service is served (read by `iris_shared.server`), under the service's prefix."""
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to listen on.")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Server processes; one per core by default (Python runs one core each).",
+    )
+    max_concurrent_requests: int = Field(
+        default=512,
+        ge=1,
+        description="Requests in flight per process; beyond it the answer is an immediate 503 "
+        "with Retry-After instead of a growing queue.",
+    )
+    max_body_bytes: int = Field(
+        default=batch_body_limit(),
+        ge=1,
+        description="Larger request bodies get 413; the default fits any valid batch of "
+        "MAX_BATCH_ROWS rows, and every service uses the same.",
+    )
+    graceful_shutdown_s: int = Field(
+        default=10,
+        gt=0,
+        description="On SIGTERM, how long in-flight requests get to finish before the process "
+        "exits (the stop grace period of supervisord and compose must exceed it).",
+    )

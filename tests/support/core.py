@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, start_mlflow, start_redis
+
+if TYPE_CHECKING:
+    from iris_shared.jobs import JobProgress, TrainingResult
+
+# The jobs namespace of this session's workers and gateways: unique, as `make up` makes it.
+JOBS_NAMESPACE = f"test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +85,38 @@ def run_cli(
     return result
 
 
+def train_in_process(
+    tracking_uri: str,
+    *,
+    repo_root: Path = REPO_ROOT,
+    overrides: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    on_progress: Callable[[JobProgress], None] | None = None,
+) -> TrainingResult:
+    """Train, register and gate in this process, as the CLI and the worker do in theirs.
+
+    Settings are given in full and `.env` is ignored, so a developer's local configuration
+    cannot change what a test trains.
+    """
+    # Imported here: MLflow and scikit-learn are slow to import, and unit-only runs skip this.
+    from iris_trainer.config import TrainerSettings
+    from iris_trainer.pipeline.run import train_from_settings
+
+    settings = TrainerSettings(
+        _env_file=None,
+        repo_root=repo_root,
+        mlflow_tracking_uri=tracking_uri,
+    )
+    return train_from_settings(
+        settings,
+        overrides=overrides,
+        job_id=job_id,
+        on_progress=on_progress,
+    )
+
+
 @pytest.fixture(scope="session")
-def trained_registry(
-    mlflow_server: str, data_ready: Path, tmp_path_factory: pytest.TempPathFactory
-) -> str:
+def trained_registry(mlflow_server: str, data_ready: Path) -> str:
     """An MLflow server whose registry holds version 1 of both models, each with `production`."""
-    reports = tmp_path_factory.mktemp("reports")
-    run_cli("train", tracking_uri=mlflow_server, env={"TRAINER_REPORTS_DIR": str(reports)})
+    train_in_process(mlflow_server)
     return mlflow_server

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.core import JOBS_NAMESPACE
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
 
 
@@ -21,25 +22,24 @@ def start_gateway(
     name: str | None = None,
     **env: str,
 ) -> tuple[ManagedProcess, str]:
-    """Start `uvicorn --factory iris_gateway.app:create_app` on a free port; wait for /healthz."""
+    """Start `python -m iris_gateway` on a free port (one worker unless `env` says otherwise);
+    wait for /healthz."""
     port = free_port()
     process = ManagedProcess(
         name or f"gateway-{port}",
-        [
-            str(VENV_BIN / "uvicorn"),
-            "--factory",
-            "iris_gateway.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [str(VENV_BIN / "python"), "-m", "iris_gateway"],
         log_dir,
         env={
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_WORKERS": "1",
             "GATEWAY_PREDICTOR_URL": predictor_url,
             "REDIS_URL": redis_url,
             "MLFLOW_TRACKING_URI": tracking_uri,
             "API_TOKEN": api_token,
+            "JOBS_NAMESPACE": JOBS_NAMESPACE,
+            # The suite's jobs share one worker; the cap itself is tested with its own gateway.
+            "RETRAIN_MAX_PENDING": "20",
             **env,
         },
     )
@@ -60,7 +60,13 @@ def gateway_url(
     """A gateway in front of the session predictor, Redis and MLflow (start `trainer_worker`
     too for jobs to run)."""
     process, url = start_gateway(
-        logs_dir, predictor_url, redis_url, trained_registry, api_token, name="gateway"
+        logs_dir,
+        predictor_url,
+        redis_url,
+        trained_registry,
+        api_token,
+        name="gateway",
+        GATEWAY_WORKERS="2",
     )
     yield url
     process.stop()

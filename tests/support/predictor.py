@@ -20,29 +20,23 @@ class PredictorService:
 
 
 def start_predictor(log_dir: Path, tracking_uri: str, **env: str) -> tuple[ManagedProcess, str]:
-    """Start `uvicorn --factory iris_predictor.app:create_app` on a free port.
+    """Start `python -m iris_predictor` on a free port, as `make up` and the images do.
 
     Waits until the process answers /healthz (not /readyz: a predictor may rightly have no model
-    yet). Defaults: poll every second, cache and prediction log in folders of their own under
-    `log_dir`; any `PREDICTOR_*` (or other) variable given in `env` wins.
+    yet). Defaults: one worker process, poll every second, cache and prediction log in folders
+    of their own under `log_dir`; any `PREDICTOR_*` (or other) variable given in `env` wins.
     """
     port = free_port()
     name = f"predictor-{port}"
     state = log_dir / name
     process = ManagedProcess(
         name,
-        [
-            str(VENV_BIN / "uvicorn"),
-            "--factory",
-            "iris_predictor.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        [str(VENV_BIN / "python"), "-m", "iris_predictor"],
         log_dir,
         env={
+            "PREDICTOR_HOST": "127.0.0.1",
+            "PREDICTOR_PORT": str(port),
+            "PREDICTOR_WORKERS": "1",
             "MLFLOW_TRACKING_URI": tracking_uri,
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PREDICTOR_POLL_INTERVAL_S": "1",
@@ -53,21 +47,22 @@ def start_predictor(log_dir: Path, tracking_uri: str, **env: str) -> tuple[Manag
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(http_ok(f"{url}/healthz"), 60, "predictor /healthz", process)
+        wait_until(http_ok(f"{url}/healthz"), 120, "predictor /healthz", process)
     except Exception:
         process.stop()
         raise
     return process, url
 
 
-def wait_ready(process: ManagedProcess, url: str, timeout: float = 60) -> None:
+def wait_ready(process: ManagedProcess, url: str, timeout: float = 120) -> None:
     wait_until(http_ok(f"{url}/readyz"), timeout, "predictor /readyz", process)
 
 
 @pytest.fixture(scope="session")
 def predictor_service(trained_registry: str, logs_dir: Path) -> Iterator[PredictorService]:
-    """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1)."""
-    process, url = start_predictor(logs_dir, trained_registry)
+    """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1),
+    with two worker processes as on a two-core machine (metrics merged across them)."""
+    process, url = start_predictor(logs_dir, trained_registry, PREDICTOR_WORKERS="2")
     try:
         wait_ready(process, url)
         env = process.env or {}

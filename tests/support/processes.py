@@ -105,11 +105,16 @@ class ManagedProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
 
-    def stop(self, timeout: float = 15) -> None:
+    def stop(self, timeout: float = 15, *, whole_group: bool = True) -> None:
+        """SIGTERM the process group, or only its leader as supervisord and compose do for the
+        worker, then SIGKILL the group if it has not exited within `timeout`."""
         if self.popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            if whole_group:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            else:
+                self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -129,10 +134,15 @@ def redis_server_binary() -> str:
     return str(candidate)
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+def start_redis(
+    log_dir: Path, port: int | None = None, *, durable: bool = False
+) -> tuple[ManagedProcess, str]:
+    """A Redis on a free port; `durable` persists as `make up`'s does (AOF, fsync each second),
+    so that `restart()` keeps what it held."""
     port = port or free_port()
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
+    persistence = ["yes", "--appendfsync", "everysec"] if durable else ["no"]
     process = ManagedProcess(
         f"redis-{port}",
         [
@@ -144,7 +154,7 @@ def start_redis(log_dir: Path, port: int | None = None) -> tuple[ManagedProcess,
             "--save",
             "",
             "--appendonly",
-            "no",
+            *persistence,
             "--dir",
             str(data_dir),
         ],

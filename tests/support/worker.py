@@ -8,23 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.core import JOBS_NAMESPACE
 from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, wait_until
 
-# Well above the longest test job on a busy 2-core machine, so a healthy worker's job is never
-# handed out twice; the test that kills a worker sets a shorter one on its own broker.
-TEST_VISIBILITY_TIMEOUT_S = 300
 _names = itertools.count(1)
 
 
 def worker_env(redis_url: str, tracking_uri: str, **env: str) -> dict[str, str]:
+    # The reliability settings keep their defaults (a heartbeat keeps a long job's delivery
+    # fresh); the tests that kill or stop a worker shorten them on a broker of their own.
     return {
         "REDIS_URL": redis_url,
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "JOBS_NAMESPACE": JOBS_NAMESPACE,
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "TRAINER_REPO_ROOT": str(REPO_ROOT),
-        "TRAINER_VISIBILITY_TIMEOUT_S": str(TEST_VISIBILITY_TIMEOUT_S),
-        "TRAINER_UNACKED_RESTORE_INTERVAL_S": "1",
-        "TRAINER_UNACKED_RESTORE_THROTTLE_S": "1",
+        # As supervisord and the image run it: SIGTERM starts Celery's soft shutdown.
+        "REMAP_SIGTERM": "SIGQUIT",
         **env,
     }
 
@@ -39,7 +39,7 @@ def _ready(process: ManagedProcess, log_offset: int) -> bool:
 def start_worker(
     log_dir: Path, redis_url: str, tracking_uri: str, *, name: str | None = None, **env: str
 ) -> ManagedProcess:
-    """Start `celery -A iris_trainer.celery_app worker -Q training` and wait until it is ready."""
+    """Start `celery -A iris_trainer.celery_app worker` and wait until it is ready."""
     name = name or f"trainer-worker-{next(_names)}"
     log_path = log_dir / f"{name}.log"
     # The log is appended to: only a "ready" written by this process counts.
@@ -51,8 +51,6 @@ def start_worker(
             "-A",
             "iris_trainer.celery_app",
             "worker",
-            "-Q",
-            "training",
             "--concurrency",
             "1",
             "--loglevel",

@@ -11,15 +11,19 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.settings import ServiceSettings
+from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
+from iris_shared.registry import DEFAULT_MODEL
+from iris_shared.settings import HTTPServiceSettings
 
 # Tokens copied from examples and tutorials; refused outside development.
 PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "changethis", "secret", "token", "test"})
 MIN_TOKEN_LENGTH = 16
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(HTTPServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    port: int = Field(default=8002, ge=1, le=65535, description="Port to listen on.")
 
     environment: Literal["development", "production"] = Field(
         default="production",
@@ -38,12 +42,15 @@ class GatewaySettings(ServiceSettings):
         "upstream is reported at once.",
     )
     max_connections: int = Field(
-        default=100, ge=1, description="Connections the pooled HTTP client keeps at most."
+        default=256,
+        ge=1,
+        description="Connections to the predictor per process, at most; requests beyond wait "
+        "for one (within the predictor timeout).",
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
-        description="Celery broker and result backend; also holds the job records.",
+        description="Celery broker; also holds the job records.",
     )
     redis_timeout_s: float = Field(
         default=1.0,
@@ -61,17 +68,32 @@ class GatewaySettings(ServiceSettings):
         description="MLflow server whose REST API POST /promote calls.",
     )
     mlflow_timeout_s: float = Field(default=10.0, gt=0, description="Per MLflow REST call.")
-    max_body_bytes: int = Field(
-        default=1_048_576, ge=1, description="Larger request bodies are refused with 413."
-    )
     default_model_name: str = Field(
-        default="Iris-LogisticRegression",
+        default=DEFAULT_MODEL,
         description="Registered model POST /promote moves when the body names none.",
+    )
+    jobs_namespace: str = Field(
+        default=DEFAULT_JOBS_NAMESPACE,
+        pattern=JOBS_NAMESPACE_PATTERN,
+        validation_alias=AliasChoices("JOBS_NAMESPACE", "GATEWAY_JOBS_NAMESPACE"),
+        description="Prefix of the queue and of every Redis key of this deployment's jobs "
+        "(the worker's must match); `make up` writes a unique one to .env.",
     )
     job_ttl_s: int = Field(
         default=7 * 24 * 3600,
         ge=60,
-        description="How long job records are kept; at most the worker's TRAINER_RESULT_EXPIRES_S.",
+        description="How long a job's record is kept after its submission.",
+    )
+    retrain_max_pending: int = Field(
+        default=3,
+        ge=1,
+        validation_alias=AliasChoices("RETRAIN_MAX_PENDING", "GATEWAY_RETRAIN_MAX_PENDING"),
+        description="Retrain jobs queued or running at most; POST /retrain answers 429 beyond.",
+    )
+    retrain_retry_after_s: int = Field(
+        default=60,
+        ge=1,
+        description="The Retry-After of a 429 from POST /retrain: about one training run.",
     )
 
     @field_validator("predictor_url", "mlflow_tracking_uri")

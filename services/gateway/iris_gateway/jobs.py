@@ -1,258 +1,281 @@
-"""Retrain job records in Redis, merged with the state Celery reports for each job.
+"""Retrain jobs: accepting one (record, idempotency, cap, publish) and reading their records.
 
-Why a record of our own: Celery reports an id it has never seen as PENDING forever, so
-without one `GET /jobs/<typo>` would answer "queued". A record per job also gives the
-submission time and parameters, and a sorted set lists recent jobs.
+The contract (keys, record fields, statuses) is `iris_shared.jobs`. The gateway writes a job's
+record once, when it accepts the job; from then on only the worker writes it, and
+`GET /jobs/{id}` only reads it. Acceptance is one Lua script, so that two concurrent POSTs
+with the same `Idempotency-Key` get one job and the cap on pending jobs cannot be overrun:
 
-    iris:job:<id>    hash: submitted_at, parameters (JSON), and once seen: started_at,
-                     plus the final outcome (cached so it outlives Celery's result)
-    iris:jobs        sorted set: job id → submission time (epoch seconds)
+    <ns>:job:<id>              hash: the job's record (expires after GATEWAY_JOB_TTL_S)
+    <ns>:jobs                  sorted set: job id -> submission time, for GET /jobs
+    <ns>:jobs:pending          sorted set: jobs queued or running (the cap counts these)
+    <ns>:idempotency:<sha256>  the job id a client's Idempotency-Key was given (24 h)
 
-Why the gateway reads Celery's result key (`celery-task-meta-<id>`, JSON) itself instead of
-`AsyncResult`: AsyncResult is blocking (it would need a thread per request), and a result
-backend in the gateway's Celery app subscribes to a pub/sub channel for every sent task.
-The Redis backend's key and JSON shape (status, result, date_done, traceback) have been
-stable since Celery 4; the worker runs with `result_extended=True` and JSON serialization.
+The id is fixed before publishing. When the publish fails, the record is marked failed before
+the client gets 503: a message that reached the queue all the same finds a failed record,
+and the worker does not run it (iris_trainer.job_record).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as redis
-from pydantic import ValidationError
+from celery import Celery
+from kombu.exceptions import KombuError
+from starlette.concurrency import run_in_threadpool
 
-from iris_shared.jobs import JobProgress, JobStatus, RetrainRequest, TrainingJob, TrainingResult
+from iris_gateway.metrics import GatewayMetrics
+from iris_shared.http import ServiceError
+from iris_shared.jobs import (
+    RETRAIN_TASK,
+    TERMINAL_STATUSES,
+    JobKeys,
+    JobStatus,
+    RecordField,
+    RetrainRequest,
+    TrainingJob,
+    job_from_record,
+    record_fields,
+)
 
 logger = logging.getLogger(__name__)
 
-JOB_KEY = "iris:job:{job_id}"
-JOBS_INDEX = "iris:jobs"
-CELERY_META_KEY = "celery-task-meta-{job_id}"
+IDEMPOTENCY_TTL_S: Final = 24 * 3600
 
-_RUNNING = {"STARTED", "PROGRESS", "RETRY"}
-_FAILED = {"FAILURE", "REVOKED"}
-_EXPECTED_FAILURE = "TrainingJobFailed"
+# KEYS: record, index, pending, idempotency key (or "" when the client sent none).
+# ARGV: job id, now (epoch s), ttl (s), cap, idempotency ttl (s), then record field/value pairs.
+# Returns {"accepted", id} | {"existing", id} | {"full", pending count}.
+_ACCEPT = """
+local record, index, pending, idempotency = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, now, ttl, cap, idem_ttl =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if idempotency ~= '' then
+  local existing = redis.call('GET', idempotency)
+  if existing then
+    return {'existing', existing}
+  end
+end
+local count = redis.call('ZCARD', pending)
+if count >= cap then
+  return {'full', tostring(count)}
+end
+redis.call('HSET', record, unpack(ARGV, 6))
+redis.call('EXPIRE', record, ttl)
+redis.call('ZADD', index, now, job_id)
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
+redis.call('ZADD', pending, now, job_id)
+if idempotency ~= '' then
+  redis.call('SET', idempotency, job_id, 'EX', idem_ttl)
+end
+return {'accepted', job_id}
+"""
 
 
-class JobStoreUnavailable(Exception):
-    """Redis (job records and Celery's broker and results) cannot be reached."""
+class JobStoreUnavailable(ServiceError):
+    """Redis (job records and Celery's broker) cannot be reached."""
+
+    status_code = 503
+    error = "jobs_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "Retrain jobs are unavailable right now (Redis cannot be reached); retry later.",
+            headers={"Retry-After": "5"},
+        )
+        self.reason = reason
 
 
-class JobNotFound(Exception):
+class JobNotFound(ServiceError):
     """No job with this id was ever submitted here (or its record expired)."""
 
+    status_code = 404
+    error = "job_not_found"
 
-@dataclass(frozen=True)
-class CeleryState:
-    status: str
-    meta: Any
-    date_done: datetime | None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No retrain job has the id '{job_id}'.")
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+class TooManyPendingJobs(ServiceError):
+    """RETRAIN_MAX_PENDING jobs are queued or running already."""
 
+    status_code = 429
+    error = "too_many_pending_jobs"
 
-def failure_message(meta: Any, status: str) -> str:
-    if status == "REVOKED":
-        return "The job was cancelled."
-    if isinstance(meta, dict) and "exc_type" in meta:
-        raw = meta.get("exc_message")
-        message = " ".join(map(str, raw)) if isinstance(raw, list | tuple) else str(raw or "")
-        if meta["exc_type"] == _EXPECTED_FAILURE:
-            return message
-        return f"{meta['exc_type']}: {message}" if message else str(meta["exc_type"])
-    return "The job failed."
-
-
-def job_status(celery_status: str) -> JobStatus:
-    if celery_status in _RUNNING:
-        return JobStatus.running
-    if celery_status == "SUCCESS":
-        return JobStatus.succeeded
-    if celery_status in _FAILED:
-        return JobStatus.failed
-    return JobStatus.queued
+    def __init__(self, pending: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"{pending} retrain jobs are queued or running already, the most this deployment "
+            "accepts; retry once one has finished.",
+            headers={"Retry-After": str(retry_after_s)},
+        )
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        celery: Celery,
+        keys: JobKeys,
+        *,
+        ttl_s: int,
+        max_pending: int,
+        retry_after_s: int,
+        metrics: GatewayMetrics,
+    ) -> None:
         self.client = client
+        self.celery = celery
+        self.keys = keys
         self.ttl_s = ttl_s
+        self.max_pending = max_pending
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        self._accept = client.register_script(_ACCEPT)
+
+    def unavailable(self, exc: Exception) -> JobStoreUnavailable:
+        """The error to raise when Redis failed, counted and logged."""
+        self.metrics.upstream_error("redis", "unavailable")
+        logger.warning("Redis unavailable", extra={"reason": str(exc)})
+        return JobStoreUnavailable(str(exc))
 
     async def ping(self) -> None:
         try:
             await self.client.ping()
         except redis.RedisError as exc:
-            raise JobStoreUnavailable(str(exc)) from exc
+            raise self.unavailable(exc) from exc
 
-    async def create(self, job_id: str, request: RetrainRequest) -> datetime:
-        submitted_at = _now()
-        key = JOB_KEY.format(job_id=job_id)
+    async def submit(
+        self, request: RetrainRequest, idempotency_key: str | None
+    ) -> tuple[TrainingJob, bool]:
+        """Accept a job and queue it; returns the job and whether it is new.
+
+        A known Idempotency-Key returns its job as it stands, whatever its status.
+        """
+        job_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        fields = record_fields(
+            status=JobStatus.queued,
+            submitted_at=now,
+            parameters=request,
+            deliveries=0,
+        )
+        idempotency = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        try:
+            await self._prune_pending()
+            outcome, value = await self._accept(
+                keys=[
+                    self.keys.record(job_id),
+                    self.keys.index,
+                    self.keys.pending,
+                    idempotency,
+                ],
+                args=[
+                    job_id,
+                    now.timestamp(),
+                    self.ttl_s,
+                    self.max_pending,
+                    IDEMPOTENCY_TTL_S,
+                    *(item for pair in fields.items() for item in pair),
+                ],
+            )
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from exc
+        if outcome == "existing":
+            logger.info("Retrain job already accepted for this Idempotency-Key")
+            return await self.get(value), False
+        if outcome == "full":
+            self.metrics.jobs_refused.inc()
+            raise TooManyPendingJobs(int(value), self.retry_after_s)
+        await self._publish(job_id, request, idempotency)
+        self.metrics.jobs_submitted.inc()
+        logger.info("Retrain job queued", extra={"job_id": job_id})
+        return job_from_record(job_id, fields), True
+
+    async def _publish(self, job_id: str, request: RetrainRequest, idempotency: str) -> None:
+        try:
+            # retry=False: a publish that timed out may have reached the queue, and publishing
+            # again would train twice.
+            await run_in_threadpool(
+                self.celery.send_task,
+                RETRAIN_TASK,
+                kwargs=request.model_dump(),
+                task_id=job_id,
+                queue=self.keys.queue,
+                retry=False,
+            )
+        except (KombuError, OSError, redis.RedisError) as exc:
+            await self._abandon(job_id, idempotency)
+            # The broker is the same Redis: answered (and counted) like any job-store outage.
+            raise self.unavailable(exc) from exc
+
+    async def _abandon(self, job_id: str, idempotency: str) -> None:
+        """Mark a job whose publish failed as failed, so that it never runs."""
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(
-                    key,
-                    mapping={
-                        "submitted_at": submitted_at.isoformat(),
-                        "parameters": request.model_dump_json(),
-                    },
+                    self.keys.record(job_id),
+                    mapping=record_fields(
+                        status=JobStatus.failed,
+                        finished_at=datetime.now(UTC),
+                        error="Not queued: the broker could not be reached; the client was "
+                        "answered 503.",
+                    ),
                 )
-                pipe.expire(key, self.ttl_s)
-                pipe.zadd(JOBS_INDEX, {job_id: submitted_at.timestamp()})
-                # The index would otherwise keep ids whose records have expired.
-                pipe.zremrangebyscore(JOBS_INDEX, "-inf", submitted_at.timestamp() - self.ttl_s)
-                await pipe.execute()
-        except redis.RedisError as exc:
-            raise JobStoreUnavailable(str(exc)) from exc
-        return submitted_at
-
-    async def discard(self, job_id: str) -> None:
-        """Forget a job that could not be enqueued."""
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(JOB_KEY.format(job_id=job_id))
-                pipe.zrem(JOBS_INDEX, job_id)
+                pipe.zrem(self.keys.pending, job_id)
+                if idempotency:
+                    # The client was told 503: its retry with the same key is a new attempt.
+                    pipe.delete(idempotency)
                 await pipe.execute()
         except redis.RedisError:
-            logger.warning("Unable to discard the record of a job never enqueued", exc_info=True)
+            logger.error(
+                "Unable to mark a job whose publish failed; if its message reached the "
+                "queue, it will run",
+                extra={"job_id": job_id},
+                exc_info=True,
+            )
+
+    async def _prune_pending(self) -> None:
+        """Drop from the pending set the jobs that ended or whose record expired.
+
+        The worker removes a job when it ends; this covers a worker that died between
+        writing the outcome and removing it, and records that expired.
+        """
+        pending = await self.client.zrange(self.keys.pending, 0, -1)
+        if not pending:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in pending:
+                pipe.hget(self.keys.record(job_id), RecordField.status.value)
+            statuses = await pipe.execute()
+        ended = [
+            job_id
+            for job_id, status in zip(pending, statuses, strict=True)
+            if status is None or status in TERMINAL_STATUSES
+        ]
+        if ended:
+            await self.client.zrem(self.keys.pending, *ended)
 
     async def get(self, job_id: str) -> TrainingJob:
         try:
-            record, raw_meta = await self._read(job_id)
+            record = await self.client.hgetall(self.keys.record(job_id))
         except redis.RedisError as exc:
-            raise JobStoreUnavailable(str(exc)) from exc
+            raise self.unavailable(exc) from exc
         if not record:
             raise JobNotFound(job_id)
-        return await self._merge(job_id, record, raw_meta)
+        return job_from_record(job_id, record)
 
     async def recent(self, limit: int) -> list[TrainingJob]:
         try:
-            ids = await self.client.zrevrange(JOBS_INDEX, 0, limit - 1)
-            jobs = []
-            for job_id in map(str, ids):
-                record, raw_meta = await self._read(job_id)
-                if record:
-                    jobs.append(await self._merge(job_id, record, raw_meta))
+            ids = await self.client.zrevrange(self.keys.index, 0, limit - 1)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self.keys.record(job_id))
+                records: list[dict[str, Any]] = await pipe.execute()
         except redis.RedisError as exc:
-            raise JobStoreUnavailable(str(exc)) from exc
-        return jobs
-
-    async def _read(self, job_id: str) -> tuple[dict[str, str], str | None]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(JOB_KEY.format(job_id=job_id))
-            pipe.get(CELERY_META_KEY.format(job_id=job_id))
-            record, raw_meta = await pipe.execute()
-        return record, raw_meta
-
-    async def _merge(
-        self, job_id: str, record: dict[str, str], raw_meta: str | None
-    ) -> TrainingJob:
-        state = _celery_state(raw_meta)
-        if state is None and "status" in record:
-            # Celery's result expired; the outcome cached in the record remains.
-            return _from_record(job_id, record)
-        status = job_status(state.status) if state else JobStatus.queued
-        progress = None
-        recorded_start = _parse_time(record.get("started_at"))
-        started_at = recorded_start
-        if state is not None and state.status == "PROGRESS" and isinstance(state.meta, dict):
-            try:
-                progress = JobProgress.model_validate(state.meta)
-            except ValidationError:
-                logger.warning("Ignoring malformed job progress", extra={"job_id": job_id})
-        if progress is not None and progress.started_at is not None:
-            started_at = progress.started_at
-        if status is JobStatus.running and started_at is None:
-            # Running, but no progress reported yet: the first sighting is the best estimate.
-            started_at = _now()
-        if started_at is not None and started_at != recorded_start:
-            # Kept so that the start time is still known once progress gives way to the result;
-            # the worker's own start time (in progress) replaces a first-sighting estimate.
-            await self.client.hset(
-                JOB_KEY.format(job_id=job_id), "started_at", started_at.isoformat()
-            )
-        job = TrainingJob(
-            job_id=job_id,
-            status=status,
-            progress=progress,
-            submitted_at=_parse_time(record.get("submitted_at")),
-            started_at=started_at,
-            finished_at=state.date_done if state and status in _TERMINAL else None,
-            parameters=_parameters(record),
-        )
-        if state is not None and status is JobStatus.succeeded:
-            try:
-                job.result = TrainingResult.model_validate(state.meta)
-            except ValidationError:
-                logger.warning("Ignoring malformed job result", extra={"job_id": job_id})
-        elif state is not None and status is JobStatus.failed:
-            job.error = failure_message(state.meta, state.status)
-        if status in _TERMINAL and "status" not in record:
-            await self._cache_outcome(job)
-        return job
-
-    async def _cache_outcome(self, job: TrainingJob) -> None:
-        outcome = {
-            "status": job.status.value,
-            "outcome": job.model_dump_json(
-                include={"result", "error", "started_at", "finished_at"}
-            ),
-        }
-        await self.client.hset(JOB_KEY.format(job_id=job.job_id), mapping=outcome)
-
-
-_TERMINAL = {JobStatus.succeeded, JobStatus.failed}
-
-
-def _celery_state(raw: str | None) -> CeleryState | None:
-    if raw is None:
-        return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
-        logger.warning("Ignoring a Celery result that is not JSON")
-        return None
-    return CeleryState(
-        status=str(meta.get("status", "PENDING")),
-        meta=meta.get("result"),
-        date_done=_parse_time(meta.get("date_done")),
-    )
-
-
-def _parameters(record: dict[str, str]) -> RetrainRequest | None:
-    raw = record.get("parameters")
-    if not raw:
-        return None
-    try:
-        return RetrainRequest.model_validate_json(raw)
-    except ValidationError:
-        return None
-
-
-def _from_record(job_id: str, record: dict[str, str]) -> TrainingJob:
-    outcome = json.loads(record.get("outcome") or "{}")
-    return TrainingJob.model_validate(
-        {
-            **outcome,
-            "job_id": job_id,
-            "status": record["status"],
-            "submitted_at": record.get("submitted_at"),
-            "parameters": _parameters(record),
-        }
-    )
+            raise self.unavailable(exc) from exc
+        return [
+            job_from_record(job_id, record)
+            for job_id, record in zip(ids, records, strict=True)
+            if record
+        ]

@@ -1,107 +1,198 @@
-"""Move the `production` alias through MLflow's REST API (no MLflow client in the gateway).
+"""Promotion through MLflow's REST API (no MLflow client in the gateway): the one door to
+production.
 
-Same steps as the trainer's `registry.promote`: check the version exists, remember what
-`production` pointed at, move it, and drop `challenger` when it named the promoted version.
+`promote` moves `production` only to a version that exists, is READY and meets the serving
+contract (`iris_shared.servable`: skops format, the four measurements as its signature), read
+from the version's own MLmodel file through the tracking server. Then, holding a Redis lock so
+that concurrent promotions (from any gateway process or replica) happen one after the other,
+it reads the previous version, moves the alias and drops `challenger` when it named the
+promoted version.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-import httpx
+import redis.asyncio as redis
+import yaml
 
-from iris_gateway.upstream import UpstreamUnavailable, send
+from iris_gateway.upstream import Upstream, UpstreamUnavailable
+from iris_shared.http import ServiceError
+from iris_shared.registry import CHALLENGER, NOT_FOUND_ERRORS, PRODUCTION
+from iris_shared.servable import servability_problems
 
-PRODUCTION = "production"
-CHALLENGER = "challenger"
+logger = logging.getLogger(__name__)
+
 API = "/api/2.0/mlflow"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+PROXIED_ARTIFACTS = "mlflow-artifacts:/"
+# Long enough for the few MLflow calls of one promotion; a crashed holder frees it by then.
+LOCK_TIMEOUT_S = 30
+LOCK_WAIT_S = 10
 
 
-class UnknownModelVersion(Exception):
+class ModelVersionNotFound(ServiceError):
     """The registered model, or this version of it, does not exist."""
 
+    status_code = 404
+    error = "model_version_not_found"
 
-class RegistryError(Exception):
+
+class ModelVersionNotServable(ServiceError):
+    """The version exists but is not READY or breaks the serving contract."""
+
+    status_code = 422
+    error = "model_version_not_servable"
+
+
+class PromotionBusy(ServiceError):
+    """Another promotion held the lock for longer than a client should wait."""
+
+    status_code = 409
+    error = "promotion_in_progress"
+
+
+class PromotionUnavailable(ServiceError):
+    """Redis, which holds the promotion lock, cannot be reached."""
+
+    status_code = 503
+    error = "promotion_unavailable"
+
+
+class RegistryError(ServiceError):
     """MLflow answered with an error the gateway cannot do anything about."""
 
-    def __init__(self, status_code: int, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.error_code = error_code
-        self.message = message
+    status_code = 502
+    error = "registry_error"
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.error_code = str(body.get("error_code", "UNKNOWN"))
+        super().__init__(
+            f"MLflow refused the request: {body.get('message', '')}",
+            detail={"upstream": "mlflow", "error_code": self.error_code},
+        )
+        self.upstream_status = status
 
 
 class ModelRegistry:
-    upstream = "mlflow"
-
-    def __init__(
-        self, client: httpx.AsyncClient, tracking_uri: str, timeout: httpx.Timeout
-    ) -> None:
-        self.client = client
-        self.base_url = f"{tracking_uri}{API}"
-        self.timeout = timeout
+    def __init__(self, mlflow: Upstream, locks: redis.Redis, lock_name: str) -> None:
+        self.mlflow = mlflow
+        self.locks = locks
+        self.lock_name = lock_name
 
     async def _call(
         self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None
-    ) -> tuple[int, dict[str, Any]]:
-        response = await send(
-            self.client,
-            self.upstream,
-            method,
-            f"{self.base_url}{path}",
-            timeout=self.timeout,
-            params=params,
-            json=json,
-        )
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
+    ) -> tuple[int, Any]:
+        response = await self.mlflow.request(method, path, params=params, json_body=json)
         if response.status_code >= 500:
-            raise UpstreamUnavailable(
-                self.upstream, "status_5xx", f"MLflow answered {response.status_code}."
+            raise self.mlflow.failed(
+                UpstreamUnavailable, "status_5xx", f"MLflow answered {response.status_code}."
             )
+        if path.startswith(ARTIFACTS_API):
+            return response.status_code, response.content
+        body = response.json()
         return response.status_code, body if isinstance(body, dict) else {}
-
-    @staticmethod
-    def _error(status: int, body: dict[str, Any]) -> RegistryError:
-        return RegistryError(
-            status, str(body.get("error_code", "UNKNOWN")), str(body.get("message", ""))
-        )
 
     async def alias_version(self, name: str, alias: str) -> str | None:
         status, body = await self._call(
-            "GET", "/registered-models/alias", params={"name": name, "alias": alias}
+            "GET", f"{API}/registered-models/alias", params={"name": name, "alias": alias}
         )
         if status == 200:
             return str(body["model_version"]["version"])
-        # A missing alias is 400 INVALID_PARAMETER_VALUE (not 404); a missing model, 404.
-        if body.get("error_code") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+        if body.get("error_code") in NOT_FOUND_ERRORS:
             return None
-        raise self._error(status, body)
+        raise RegistryError(status, body)
 
     async def promote(self, name: str, version: str) -> str | None:
         """Point `production` at `version`; return the version it pointed at before."""
-        status, body = await self._call(
-            "GET", "/model-versions/get", params={"name": name, "version": version}
-        )
-        if status != 200:
-            if body.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
-                raise UnknownModelVersion(f"{name} has no version {version}.")
-            raise self._error(status, body)
-        previous = await self.alias_version(name, PRODUCTION)
+        await self._check_servable(name, version)
+        lock = self.locks.lock(self.lock_name, timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_WAIT_S)
+        try:
+            acquired = await lock.acquire()
+        except redis.RedisError as exc:
+            raise PromotionUnavailable(
+                "Promotions are unavailable right now (Redis cannot be reached); retry later.",
+                headers={"Retry-After": "5"},
+            ) from exc
+        if not acquired:
+            raise PromotionBusy(
+                "Another promotion is in progress; retry in a moment.",
+                headers={"Retry-After": "2"},
+            )
+        try:
+            previous = await self.alias_version(name, PRODUCTION)
+            await self._set_alias(name, PRODUCTION, version)
+            if await self.alias_version(name, CHALLENGER) == version:
+                # The challenger won; leaving the alias would advertise a contest that is over.
+                status, body = await self._call(
+                    "DELETE",
+                    f"{API}/registered-models/alias",
+                    json={"name": name, "alias": CHALLENGER},
+                )
+                if status != 200:
+                    raise RegistryError(status, body)
+            return previous
+        finally:
+            try:
+                await lock.release()
+            except redis.RedisError:
+                # It expires on its own after LOCK_TIMEOUT_S.
+                logger.warning("Unable to release the promotion lock", exc_info=True)
+
+    async def _set_alias(self, name: str, alias: str, version: str) -> None:
         status, body = await self._call(
             "POST",
-            "/registered-models/alias",
-            json={"name": name, "alias": PRODUCTION, "version": version},
+            f"{API}/registered-models/alias",
+            json={"name": name, "alias": alias, "version": version},
         )
         if status != 200:
-            raise self._error(status, body)
-        if await self.alias_version(name, CHALLENGER) == version:
-            # The challenger won; leaving the alias would advertise a contest that is over.
-            status, body = await self._call(
-                "DELETE", "/registered-models/alias", json={"name": name, "alias": CHALLENGER}
+            raise RegistryError(status, body)
+
+    async def _check_servable(self, name: str, version: str) -> None:
+        status, body = await self._call(
+            "GET", f"{API}/model-versions/get", params={"name": name, "version": version}
+        )
+        if status != 200:
+            # A name MLflow finds invalid names no model either.
+            if body.get("error_code") in NOT_FOUND_ERRORS:
+                raise ModelVersionNotFound(f"{name} has no version {version}.")
+            raise RegistryError(status, body)
+        model_version = body["model_version"]
+        if model_version.get("status") != "READY":
+            raise ModelVersionNotServable(
+                f"{name} version {version} is {model_version.get('status')}, not READY."
             )
+        mlmodel = await self._mlmodel(model_version)
+        problems = (
+            servability_problems(mlmodel)
+            if mlmodel is not None
+            else ["its MLmodel file cannot be read through the tracking server"]
+        )
+        if problems:
+            raise ModelVersionNotServable(
+                f"{name} version {version} cannot be served: {'; '.join(problems)}.",
+                detail={"problems": problems},
+            )
+
+    async def _mlmodel(self, model_version: dict[str, Any]) -> dict[str, Any] | None:
+        """The version's MLmodel, read through the tracking server's artefact proxy."""
+        artifact_uri = str(model_version.get("source", ""))
+        if artifact_uri.startswith("models:/"):
+            # MLflow 3: the version points at a logged model, which knows where it lives.
+            model_id = artifact_uri.removeprefix("models:/")
+            status, body = await self._call("GET", f"{API}/logged-models/{model_id}")
             if status != 200:
-                raise self._error(status, body)
-        return previous
+                return None
+            artifact_uri = str(body.get("model", {}).get("info", {}).get("artifact_uri", ""))
+        if not artifact_uri.startswith(PROXIED_ARTIFACTS):
+            return None
+        path = artifact_uri.removeprefix(PROXIED_ARTIFACTS).strip("/")
+        status, content = await self._call("GET", f"{ARTIFACTS_API}/{path}/MLmodel")
+        if status != 200:
+            return None
+        try:
+            mlmodel = yaml.safe_load(content)
+        except yaml.YAMLError:
+            return None
+        return mlmodel if isinstance(mlmodel, dict) else None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,9 +16,21 @@ import redis
 from pydantic import ValidationError
 
 from iris_gateway.config import GatewaySettings
-from iris_shared.jobs import RETRAIN_TASK, TRAINING_QUEUE
+from iris_shared.jobs import (
+    RETRAIN_TASK,
+    JobKeys,
+    JobProgress,
+    JobStatus,
+    TrainingResult,
+    TrainingStage,
+    record_fields,
+)
 
 SETOSA_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+# The module's gateway: its own namespace, and room for every job its tests submit (nothing
+# consumes them here).
+UNIT_NAMESPACE = f"unit-{uuid.uuid4().hex[:8]}"
+UNIT_KEYS = JobKeys(UNIT_NAMESPACE)
 TYPO_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal--width": 0.2}
 
 
@@ -26,7 +40,12 @@ def gateway(
     stub_predictor: tuple[str, dict[str, Any]],
     unit_redis: str,
 ) -> str:
-    return start_gateway_app(predictor_url=stub_predictor[0], REDIS_URL=unit_redis)
+    return start_gateway_app(
+        predictor_url=stub_predictor[0],
+        REDIS_URL=unit_redis,
+        JOBS_NAMESPACE=UNIT_NAMESPACE,
+        RETRAIN_MAX_PENDING=1000,
+    )
 
 
 @pytest.fixture
@@ -118,8 +137,8 @@ def test_predictor_down_gives_502_quickly(
     started = time.monotonic()
     response = httpx.post(f"{gateway}/predict", json=SETOSA_ROW)
     elapsed = time.monotonic() - started
-    ready = httpx.get(f"{gateway}/readyz")
     metrics = httpx.get(f"{gateway}/metrics").text
+    ready = httpx.get(f"{gateway}/readyz")
 
     assert response.status_code == 502
     assert response.json()["error"] == "upstream_unavailable"
@@ -173,12 +192,16 @@ def test_oversized_and_non_json_bodies_are_refused(
 # --- auth -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/retrain", "/promote"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/retrain"), ("POST", "/promote"), ("GET", "/jobs"), ("GET", "/jobs/abc")],
+)
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "x"}])
-def test_state_changing_routes_require_the_token(
-    gateway: str, path: str, headers: dict[str, str]
+def test_job_and_promotion_routes_require_the_token(
+    gateway: str, method: str, path: str, headers: dict[str, str]
 ) -> None:
-    response = httpx.post(f"{gateway}{path}", json={"model_version": "1"}, headers=headers)
+    body = {"model_version": "1"} if method == "POST" else None
+    response = httpx.request(method, f"{gateway}{path}", json=body, headers=headers)
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -188,22 +211,34 @@ def test_state_changing_routes_require_the_token(
 # --- jobs -----------------------------------------------------------------------------------
 
 
-def test_retrain_queues_a_job_by_name(gateway: str, token: str, redis_client: Any) -> None:
+def queued_messages(redis_client: Any, keys: JobKeys) -> list[dict[str, Any]]:
+    """The messages waiting in the namespace's queue, as kombu's Redis transport stores them."""
+    raw = redis_client.lrange(f"{keys.broker_prefix}{keys.queue}", 0, -1)
+    return [json.loads(m) for m in raw]
+
+
+def test_retrain_queues_a_job_by_name_in_its_namespace(
+    gateway: str, token: str, redis_client: Any
+) -> None:
     params = {"models": {"random_forest": {"n_estimators": 10}}}
     response = httpx.post(f"{gateway}/retrain", json={"params": params}, headers=auth(token))
 
     assert response.status_code == 202
     job_id = response.json()["job_id"]
-    assert response.json() == {"job_id": job_id, "status": "queued"}
+    assert response.json()["status"] == "queued"
     assert response.headers["Location"] == f"/jobs/{job_id}"
-    messages = [json.loads(m) for m in redis_client.lrange(TRAINING_QUEUE, 0, -1)]
-    message = next(m for m in messages if m["headers"]["id"] == job_id)
+    message = next(
+        m for m in queued_messages(redis_client, UNIT_KEYS) if m["headers"]["id"] == job_id
+    )
     assert message["headers"]["task"] == RETRAIN_TASK
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert args == []
     assert kwargs == {"data_rev": None, "params": params}
+    # Nothing of the job lands outside a namespace (Celery's default queue, result keys).
+    defaults = ("celery", "_kombu", "unacked")
+    assert not [key for key in redis_client.keys("*") if key.startswith(defaults)]
 
-    job = httpx.get(f"{gateway}{response.headers['Location']}").json()
+    job = httpx.get(f"{gateway}{response.headers['Location']}", headers=auth(token)).json()
     assert job["status"] == "queued"
     assert job["parameters"] == {"data_rev": None, "params": params}
     assert job["submitted_at"]
@@ -224,70 +259,122 @@ def test_retrain_refuses_unknown_fields(gateway: str, token: str) -> None:
     assert "data-rev" in response.json()["message"]
 
 
+def test_the_same_idempotency_key_returns_the_same_job_and_queues_it_once(
+    gateway: str, token: str, redis_client: Any
+) -> None:
+    headers = {**auth(token), "Idempotency-Key": f"client-retry-{uuid.uuid4()}"}
+
+    first = httpx.post(f"{gateway}/retrain", headers=headers)
+    again = httpx.post(f"{gateway}/retrain", headers=headers)
+    other = httpx.post(f"{gateway}/retrain", headers=auth(token))
+
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert other.json()["job_id"] != first.json()["job_id"]
+    ids = [m["headers"]["id"] for m in queued_messages(redis_client, UNIT_KEYS)]
+    assert ids.count(first.json()["job_id"]) == 1
+
+
+def test_beyond_the_pending_cap_retrain_answers_429_until_a_job_ends(
+    start_gateway_app: Callable[..., str], unit_redis: str, token: str, redis_client: Any
+) -> None:
+    namespace = f"cap-{uuid.uuid4().hex[:8]}"
+    keys = JobKeys(namespace)
+    gateway = start_gateway_app(
+        REDIS_URL=unit_redis, JOBS_NAMESPACE=namespace, RETRAIN_MAX_PENDING=2
+    )
+    accepted = [httpx.post(f"{gateway}/retrain", headers=auth(token)) for _ in range(2)]
+
+    refused = httpx.post(f"{gateway}/retrain", headers=auth(token))
+
+    assert [r.status_code for r in accepted] == [202, 202]
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "too_many_pending_jobs"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert len(queued_messages(redis_client, keys)) == 2
+    # A job ends (the worker writes its outcome): there is room again.
+    ended = accepted[0].json()["job_id"]
+    redis_client.hset(keys.record(ended), mapping=record_fields(status=JobStatus.succeeded))
+    assert httpx.post(f"{gateway}/retrain", headers=auth(token)).status_code == 202
+
+
+def test_a_failed_publish_answers_503_and_leaves_a_failed_job_that_never_runs(
+    start_gateway_app: Callable[..., str], unit_redis: str, token: str, redis_client: Any
+) -> None:
+    namespace = f"broken-{uuid.uuid4().hex[:8]}"
+    keys = JobKeys(namespace)
+    gateway = start_gateway_app(REDIS_URL=unit_redis, JOBS_NAMESPACE=namespace)
+    # The queue's key holds a string: the broker refuses the push (WRONGTYPE).
+    redis_client.set(f"{keys.broker_prefix}{keys.queue}", "not a list")
+    headers = {**auth(token), "Idempotency-Key": "k-1"}
+
+    response = httpx.post(f"{gateway}/retrain", headers=headers)
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "jobs_unavailable"
+    [job] = httpx.get(f"{gateway}/jobs", headers=auth(token)).json()
+    assert job["status"] == "failed"
+    assert "Not queued" in job["error"]
+    assert redis_client.zcard(keys.pending) == 0
+    # The client was told 503, so its retry with the same key is a new attempt.
+    redis_client.delete(f"{keys.broker_prefix}{keys.queue}")
+    retried = httpx.post(f"{gateway}/retrain", headers=headers)
+    assert retried.status_code == 202
+    assert retried.json()["job_id"] != job["job_id"]
+
+
 def test_jobs_are_listed_newest_first(gateway: str, token: str) -> None:
     ids = [httpx.post(f"{gateway}/retrain", headers=auth(token)).json()["job_id"] for _ in range(3)]
 
-    listed = httpx.get(f"{gateway}/jobs", params={"limit": 2})
+    listed = httpx.get(f"{gateway}/jobs", params={"limit": 2}, headers=auth(token))
 
     assert listed.status_code == 200
     assert [job["job_id"] for job in listed.json()] == ids[::-1][:2]
-    assert httpx.get(f"{gateway}/jobs", params={"limit": 0}).status_code == 400
+    too_few = httpx.get(f"{gateway}/jobs", params={"limit": 0}, headers=auth(token))
+    assert too_few.status_code == 400
 
 
-def test_unknown_job_is_404(gateway: str) -> None:
-    response = httpx.get(f"{gateway}/jobs/00000000-0000-0000-0000-000000000000")
-    malformed = httpx.get(f"{gateway}/jobs/not%20an%20id")
+def test_unknown_job_is_404(gateway: str, token: str) -> None:
+    response = httpx.get(
+        f"{gateway}/jobs/00000000-0000-0000-0000-000000000000", headers=auth(token)
+    )
+    malformed = httpx.get(f"{gateway}/jobs/not%20an%20id", headers=auth(token))
 
     assert response.status_code == 404
     assert response.json()["error"] == "job_not_found"
     assert malformed.status_code == 400
 
 
-def _celery_meta(job_id: str, status: str, result: Any, date_done: str | None = None) -> str:
-    """A result record exactly as Celery's Redis backend writes it (result_extended=True)."""
-    return json.dumps(
-        {
-            "status": status,
-            "result": result,
-            "traceback": None,
-            "children": [],
-            "date_done": date_done,
-            "task_id": job_id,
-            "name": RETRAIN_TASK,
-            "args": [],
-            "kwargs": {},
-            "worker": "trainer@host",
-            "retries": 0,
-            "queue": TRAINING_QUEUE,
-        }
-    )
-
-
-def test_job_status_follows_the_celery_state(gateway: str, token: str, redis_client: Any) -> None:
+def test_job_status_is_what_the_worker_wrote_in_the_record(
+    gateway: str, token: str, redis_client: Any
+) -> None:
     job_id = httpx.post(f"{gateway}/retrain", headers=auth(token)).json()["job_id"]
-    key = f"celery-task-meta-{job_id}"
+    record = UNIT_KEYS.record(job_id)
 
     def job() -> dict[str, Any]:
-        return httpx.get(f"{gateway}/jobs/{job_id}").json()
+        return httpx.get(f"{gateway}/jobs/{job_id}", headers=auth(token)).json()
 
-    redis_client.set(key, _celery_meta(job_id, "STARTED", {"pid": 1, "hostname": "h"}))
-    started = job()
-    assert started["status"] == "running"
-    assert started["started_at"] is not None
-    assert started["progress"] is None
-
-    progress = {
-        "stage": "training",
-        "model_name": "Iris-RandomForest",
-        "step": 6,
-        "total_steps": 8,
-        "started_at": "2026-01-01T10:00:00Z",
-    }
-    redis_client.set(key, _celery_meta(job_id, "PROGRESS", progress))
+    progress = JobProgress(
+        stage=TrainingStage.training, model_name="Iris-RandomForest", step=6, total_steps=8
+    )
+    redis_client.hset(
+        record,
+        mapping=record_fields(
+            status=JobStatus.running,
+            started_at=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+            heartbeat_at=datetime(2026, 1, 1, 10, 0, 5, tzinfo=UTC),
+            deliveries=1,
+            progress=progress,
+        ),
+    )
     running = job()
     assert running["status"] == "running"
     assert running["progress"]["stage"] == "training"
     assert running["started_at"] == "2026-01-01T10:00:00Z"
+    assert running["heartbeat_at"] == "2026-01-01T10:00:05Z"
+    assert running["deliveries"] == 1
 
     outcome = {
         "model_name": "Iris-RandomForest",
@@ -298,42 +385,35 @@ def test_job_status_follows_the_celery_state(gateway: str, token: str, redis_cli
         "gate_reason": "ok",
         "aliases_set": ["challenger"],
     }
-    result = {"data_md5": "d" * 32, "rows": 150, "models": {"Iris-RandomForest": outcome}}
-    redis_client.set(key, _celery_meta(job_id, "SUCCESS", result, "2026-01-01T10:01:00.5"))
+    result = TrainingResult.model_validate(
+        {"data_md5": "d" * 32, "rows": 150, "models": {"Iris-RandomForest": outcome}}
+    )
+    redis_client.hdel(record, "progress")
+    redis_client.hset(
+        record,
+        mapping=record_fields(
+            status=JobStatus.succeeded,
+            finished_at=datetime(2026, 1, 1, 10, 1, 0, 500000, tzinfo=UTC),
+            result=result,
+        ),
+    )
     done = job()
     assert done["status"] == "succeeded"
     assert done["result"]["models"]["Iris-RandomForest"]["version"] == "2"
     assert done["finished_at"] == "2026-01-01T10:01:00.500000Z"
     assert done["started_at"] == "2026-01-01T10:00:00Z"
+    assert done["progress"] is None
     assert done["error"] is None
 
-    # The outcome is kept with the job record, so it outlives Celery's own result.
-    redis_client.delete(key)
-    assert job() == done
 
-
-@pytest.mark.parametrize(
-    ("exc_type", "message", "expected"),
-    [
-        ("TrainingJobFailed", "Invalid training parameters: x", "Invalid training parameters: x"),
-        ("KeyError", "'boom'", "KeyError: 'boom'"),
-    ],
-)
-def test_failed_job_reports_its_error(
-    gateway: str, token: str, redis_client: Any, exc_type: str, message: str, expected: str
-) -> None:
+def test_reading_a_job_writes_nothing(gateway: str, token: str, redis_client: Any) -> None:
     job_id = httpx.post(f"{gateway}/retrain", headers=auth(token)).json()["job_id"]
-    failure = {"exc_type": exc_type, "exc_message": [message], "exc_module": "x"}
-    redis_client.set(
-        f"celery-task-meta-{job_id}",
-        _celery_meta(job_id, "FAILURE", failure, "2026-01-01T10:01:00"),
-    )
+    before = redis_client.hgetall(UNIT_KEYS.record(job_id))
 
-    job = httpx.get(f"{gateway}/jobs/{job_id}").json()
+    httpx.get(f"{gateway}/jobs/{job_id}", headers=auth(token))
+    httpx.get(f"{gateway}/jobs", headers=auth(token))
 
-    assert job["status"] == "failed"
-    assert job["error"] == expected
-    assert job["result"] is None
+    assert redis_client.hgetall(UNIT_KEYS.record(job_id)) == before
 
 
 def test_submitted_jobs_are_counted(gateway: str, token: str) -> None:

@@ -2,7 +2,7 @@
 
 Endpoints:
 
-    POST /predict            one flower -> species, probabilities, model version
+    POST /predict            one flower -> species, probabilities, model version, request id
     POST /predict/batch      {"instances": [...]} -> predictions in input order
     GET  /model              the served model: name, version, alias, run, metrics, source
     GET  /healthz            200 while the process is alive
@@ -10,7 +10,7 @@ Endpoints:
     GET  /metrics            Prometheus metrics
     POST /webhooks/mlflow    MLflow webhook receiver (only when PREDICTOR_WEBHOOK_SECRET is set)
 
-Run it with `uvicorn --factory iris_predictor.app:create_app --port 8001`.
+Run it with `python -m iris_predictor` (one process per core, see iris_shared.server).
 """
 
 from __future__ import annotations
@@ -18,33 +18,29 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from prometheus_fastapi_instrumentator import Instrumentator
+from fastapi import FastAPI
 
 from iris_predictor.config import PredictorSettings, get_settings
-from iris_predictor.metrics import HTTP_LATENCY_BUCKETS, PredictorMetrics
+from iris_predictor.inference import LoadedModel, MicroBatcher
+from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.prediction_log import PredictionLog
+from iris_predictor.recorder import PredictionRecorder
 from iris_predictor.registry import ModelRegistry
 from iris_predictor.routes import health, model, predict, webhooks
-from iris_predictor.serving import LoadedModel, ModelHolder, ModelNotReadyError
+from iris_predictor.serving import ModelHolder
 from iris_predictor.state import PredictorState
 from iris_predictor.watcher import ModelWatcher
-from iris_shared.http import RequestGuardMiddleware, error_response, install_error_handlers
 from iris_shared.logging import configure_logging
+from iris_shared.server import WorkerPeers
+from iris_shared.service import create_service_app
 
 ModelSource = LoadedModel | ModelRegistry
-
-
-async def _model_not_ready(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ModelNotReadyError)
-    return error_response(503, "model_not_ready", str(exc), headers={"Retry-After": "5"})
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: PredictorState = app.state.predictor
-    state.prediction_log.start()
+    state.recorder.start()
     if state.watcher is not None:
         # The first load happens in the watcher's thread: /healthz answers at once and
         # /readyz turns 200 when the model is in.
@@ -54,7 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if state.watcher is not None:
             state.watcher.stop()
-        state.prediction_log.stop()
+        state.batcher.close()
+        state.recorder.stop()
 
 
 def create_app(
@@ -66,10 +63,12 @@ def create_app(
     configure_logging("predictor", settings.log_level)
 
     metrics = PredictorMetrics()
+    peers = WorkerPeers(settings.workers)
     watcher: ModelWatcher | None = None
     if isinstance(model_source, LoadedModel):
         holder = ModelHolder(model_source.info.name, model_source.info.alias, model_source)
         metrics.model_served(model_source.info.name, model_source.version, model_source.info.alias)
+        peers.mark_ready()
     else:
         registry = model_source or ModelRegistry(
             tracking_uri=settings.mlflow_tracking_uri,
@@ -79,41 +78,36 @@ def create_app(
             probe_timeout_s=settings.mlflow_probe_timeout_s,
         )
         holder = ModelHolder(registry.name, registry.alias)
-        watcher = ModelWatcher(registry, holder, metrics, settings.poll_interval_s)
+        watcher = ModelWatcher(registry, holder, metrics, settings.poll_interval_s, peers)
 
-    app = FastAPI(
+    routers = [predict.router, model.router, health.router]
+    if settings.webhook_secret is not None:
+        routers.append(webhooks.router)
+    app = create_service_app(
         title="iris-mlops predictor",
-        version="0.1.0",
         description=(__doc__ or "").split("\n\n")[0],
+        version="0.1.0",
+        settings=settings,
+        metrics=metrics,
+        routers=routers,
+        json_bodies=predict.JSON_BODIES,
         lifespan=lifespan,
     )
     app.state.predictor = PredictorState(
         settings=settings,
         holder=holder,
         metrics=metrics,
-        prediction_log=PredictionLog(
-            settings.prediction_log_dir,
-            max_bytes=settings.prediction_log_max_bytes,
-            backup_count=settings.prediction_log_backup_count,
+        batcher=MicroBatcher(settings.max_queued_rows, on_call=metrics.model_called),
+        recorder=PredictionRecorder(
+            PredictionLog(
+                settings.prediction_log_dir,
+                max_bytes=settings.prediction_log_max_bytes,
+                backup_count=settings.prediction_log_backup_count,
+            ),
+            metrics,
             queue_size=settings.prediction_log_queue_size,
-            on_drop=metrics.prediction_log_dropped.inc,
         ),
         watcher=watcher,
+        peers=peers,
     )
-    install_error_handlers(app)
-    app.add_exception_handler(ModelNotReadyError, _model_not_ready)
-
-    app.include_router(predict.router)
-    app.include_router(model.router)
-    app.include_router(health.router)
-    if settings.webhook_secret is not None:
-        app.include_router(webhooks.router)
-
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
-    # Added last, so outermost: requests the guard refuses (413, 415) are counted too.
-    Instrumentator(
-        should_group_status_codes=True,
-        excluded_handlers=["/metrics"],
-        registry=metrics.registry,
-    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS)
     return app

@@ -8,23 +8,25 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.settings import ServiceSettings
+from iris_shared.registry import DEFAULT_MODEL, PRODUCTION
+from iris_shared.schemas import MAX_BATCH_ROWS
+from iris_shared.settings import HTTPServiceSettings
 
 MIB = 1024 * 1024
 
 
-class PredictorSettings(ServiceSettings):
+class PredictorSettings(HTTPServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", env_file=".env", extra="ignore")
+
+    port: int = Field(default=8001, ge=1, le=65535, description="Port to listen on.")
 
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5002",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PREDICTOR_MLFLOW_TRACKING_URI"),
         description="The MLflow server holding the registry and the model artefacts.",
     )
-    model_name: str = Field(
-        default="Iris-LogisticRegression", description="Registered model to serve."
-    )
-    model_alias: str = Field(default="production", description="Alias to follow.")
+    model_name: str = Field(default=DEFAULT_MODEL, description="Registered model to serve.")
+    model_alias: str = Field(default=PRODUCTION, description="Alias to follow.")
     poll_interval_s: float = Field(
         default=5.0, gt=0, description="Seconds between two checks of the alias."
     )
@@ -53,11 +55,14 @@ class PredictorSettings(ServiceSettings):
         description="Prediction log lines waiting to be written; beyond it lines are dropped "
         "(and counted) rather than slowing requests down.",
     )
-    max_batch_rows: int = Field(default=10_000, gt=0, description="Rows per /predict/batch.")
-    max_body_bytes: int = Field(
-        default=2 * MIB,
+    max_batch_rows: int = Field(
+        default=MAX_BATCH_ROWS, gt=0, description="Rows per /predict/batch."
+    )
+    max_queued_rows: int = Field(
+        default=50_000,
         gt=0,
-        description="Largest request body; 2 MiB fits a full batch of 10000 rows.",
+        description="Rows waiting for the model in this process; beyond it /predict answers 503 "
+        "at once rather than queueing work that would answer too late.",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,

@@ -1,111 +1,82 @@
-"""Every prediction as one JSON line in a rotating file, written off the request path.
+"""The prediction log: one JSON line per answered request, in rotating files that survive restarts.
 
-The route only puts a record on a bounded queue (`QueueHandler`); a `QueueListener` thread
-writes it through a `RotatingFileHandler`. A full queue drops the line and counts it rather
-than slowing requests. The file is opened for appending, so it survives restarts. With
-several workers, give each its own PREDICTOR_PREDICTION_LOG_DIR: rotation is per process.
+    {"time": "2026-11-28T09:00:00.123+00:00", "request_id": "...", "model_version": "1",
+     "latency_ms": 0.61, "rows": 1, "inputs": {"sepal_length": [5.1], ...},
+     "predicted_species": ["Iris-setosa"], "probabilities": {"Iris-setosa": [0.97], ...}}
+
+Columns, not one object per row, so a 10,000-row batch is one line written in one call. Row i
+of a batch is named by the request id and i (the batch answer carries the same id).
+
+Each server process writes its own file: two processes cannot rotate one file safely. A
+process claims the first free slot of the folder with an exclusive lock that dies with it,
+so a restarted worker reuses its predecessor's file: `predictions.jsonl` for slot 0,
+`predictions-1.jsonl` for slot 1, ..., each rotated to `.1`, `.2`, ... at `max_bytes`.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
+import itertools
 import logging
-import queue
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
-
-from iris_shared.schemas import FEATURE_NAMES
+from typing import IO
 
 LOG_FILE = "predictions.jsonl"
-_RECORD_NAME = "iris_predictor.predictions"
+LOG_GLOB = "predictions*.jsonl*"
 
 
-class _DroppingQueueHandler(QueueHandler):
-    def __init__(self, records: queue.Queue[Any], on_drop: Callable[[], None]) -> None:
-        super().__init__(records)
-        self._on_drop = on_drop
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self._on_drop()
+def log_files(directory: Path) -> list[Path]:
+    """Every prediction log file in `directory`, rotated ones included."""
+    return sorted(directory.glob(LOG_GLOB))
 
 
 class PredictionLog:
-    def __init__(
-        self,
-        directory: Path,
-        max_bytes: int,
-        backup_count: int,
-        queue_size: int,
-        on_drop: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.path = directory / LOG_FILE
+    def __init__(self, directory: Path, max_bytes: int, backup_count: int) -> None:
+        self.directory = directory
         self._max_bytes = max_bytes
         self._backup_count = backup_count
-        self._records: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._on_drop = on_drop
-        self._listener: QueueListener | None = None
-        # Records go straight to this handler, not through a logger: prediction lines never
-        # reach the service log, and no logger outlives the app.
-        self._handler: QueueHandler | None = None
+        self._slot_lock: IO[str] | None = None
+        self._handler: RotatingFileHandler | None = None
+        self.path: Path | None = None
 
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = RotatingFileHandler(
+    def open(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        slot = self._claim_slot()
+        self.path = self.directory / (LOG_FILE if slot == 0 else f"predictions-{slot}.jsonl")
+        self._handler = RotatingFileHandler(
             self.path,
             mode="a",
             maxBytes=self._max_bytes,
             backupCount=self._backup_count,
             encoding="utf-8",
         )
-        file_handler.setFormatter(logging.Formatter("%(message)s"))
-        self._listener = QueueListener(self._records, file_handler)
-        self._listener.start()
-        self._handler = _DroppingQueueHandler(self._records, self._on_drop)
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        return self.path
 
-    def stop(self) -> None:
-        """Write what is queued, then close the file."""
-        self._handler = None
-        if self._listener is not None:
-            self._listener.stop()
-            for handler in self._listener.handlers:
-                handler.close()
-            self._listener = None
+    def _claim_slot(self) -> int:
+        for slot in itertools.count():
+            lock = (self.directory / f".slot-{slot}.lock").open("w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            self._slot_lock = lock
+            return slot
+        raise AssertionError("unreachable")
 
-    def record(
-        self,
-        *,
-        request_id: str | None,
-        rows: Sequence[Sequence[float]],
-        species: Sequence[str],
-        probabilities: Sequence[dict[str, float]],
-        model_version: str,
-        latency_ms: float,
-    ) -> None:
-        """Queue one line per prediction (a batch gives one line per row, with its index)."""
-        handler = self._handler
-        if handler is None:
+    def write(self, lines: list[str]) -> None:
+        """Append lines (JSON documents without newlines) in one write, rotating first if due."""
+        if self._handler is None or not lines:
             return
-        now = datetime.now(UTC).isoformat()
-        batch = len(rows) > 1
-        for index, (row, label, probs) in enumerate(zip(rows, species, probabilities, strict=True)):
-            line: dict[str, Any] = {
-                "time": now,
-                "request_id": request_id,
-                "inputs": dict(zip(FEATURE_NAMES, row, strict=True)),
-                "prediction": label,
-                "probabilities": probs,
-                "model_version": model_version,
-                "latency_ms": round(latency_ms, 3),
-            }
-            if batch:
-                line["batch_index"] = index
-            message = json.dumps(line, separators=(",", ":"))
-            handler.handle(
-                logging.LogRecord(_RECORD_NAME, logging.INFO, __file__, 0, message, None, None)
-            )
+        record = logging.LogRecord("predictions", logging.INFO, "", 0, "\n".join(lines), None, None)
+        self._handler.handle(record)
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()
+            self._handler = None
+        if self._slot_lock is not None:
+            self._slot_lock.close()
+            self._slot_lock = None

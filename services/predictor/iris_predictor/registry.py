@@ -1,5 +1,10 @@
 """The MLflow side: what an alias points at, downloading and loading it, and the local copy.
 
+MLflow's client finds and downloads a version; loading it is done here, not by MLflow's
+loaders: only versions that meet `iris_shared.servable` (skops format, the four measurements
+as the signature) are loaded, with skops and this deployment's list of trusted types. A
+version saved with pickle is refused, never unpickled.
+
 The local copy (`<cache_dir>/<name>@<alias>/`) holds the last loaded model's directory and
 `served.json` describing it; it lets a predictor that starts while MLflow is down serve the
 model it served before instead of nothing.
@@ -18,18 +23,21 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow.artifacts
-import mlflow.sklearn
+import skops.io
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from iris_predictor.serving import LoadedModel
+from iris_predictor.inference import LoadedModel
+from iris_shared.registry import NOT_FOUND_ERRORS
 from iris_shared.schemas import ServedModel
+from iris_shared.servable import SKOPS_TRUSTED_TYPES, servability_problems
 
 logger = logging.getLogger(__name__)
 
-_MISSING_ALIAS_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
 _METADATA_FILE = "served.json"
 
 
@@ -39,6 +47,20 @@ class RegistryUnavailableError(Exception):
 
 class ModelLoadError(Exception):
     """A registered version could not be downloaded or loaded."""
+
+
+class UnservableModelError(Exception):
+    """The version breaks the serving contract (format or signature); it is never loaded."""
+
+
+def load_servable(model_dir: Path) -> Any:
+    """The estimator of a downloaded MLflow model, if it meets the serving contract."""
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    problems = servability_problems(mlmodel if isinstance(mlmodel, dict) else {})
+    if problems:
+        raise UnservableModelError("; ".join(problems))
+    model_file = model_dir / mlmodel["flavors"]["sklearn"]["pickled_model"]
+    return skops.io.load(model_file, trusted=list(SKOPS_TRUSTED_TYPES))
 
 
 @dataclass(frozen=True)
@@ -93,8 +115,7 @@ class ModelRegistry:
         try:
             version = self._client.get_model_version_by_alias(self.name, self.alias)
         except RestException as exc:
-            # MLflow answers a missing alias with 400 INVALID_PARAMETER_VALUE, not 404.
-            if exc.error_code in _MISSING_ALIAS_CODES:
+            if exc.error_code in NOT_FOUND_ERRORS:
                 return None
             raise RegistryUnavailableError(f"MLflow refused {self.uri}: {exc}") from exc
         except MlflowException as exc:
@@ -129,23 +150,27 @@ class ModelRegistry:
                 tracking_uri=self.tracking_uri,
                 registry_uri=self.tracking_uri,
             )
-            model = mlflow.sklearn.load_model(local)
+            info = ServedModel(
+                name=ref.name,
+                version=ref.version,
+                alias=ref.alias,
+                run_id=ref.run_id,
+                metrics=self._metrics(ref.run_id),
+                data_md5=ref.data_md5,
+                loaded_at=datetime.now(UTC),
+                source="registry",
+            )
+            loaded = LoadedModel(model=load_servable(Path(local)), info=info)
         except Exception as exc:
-            # MLflow, network, disk or unpickling errors alike: the caller keeps the old model.
+            # MLflow, network, disk, unpickling or shape errors alike: the caller keeps the old
+            # model.
             shutil.rmtree(target, ignore_errors=True)
-            raise ModelLoadError(f"Unable to load {ref.name} version {ref.version}") from exc
-        info = ServedModel(
-            name=ref.name,
-            version=ref.version,
-            alias=ref.alias,
-            run_id=ref.run_id,
-            metrics=self._metrics(ref.run_id),
-            data_md5=ref.data_md5,
-            loaded_at=datetime.now(UTC),
-            source="registry",
-        )
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            raise ModelLoadError(
+                f"Unable to load {ref.name} version {ref.version}: {reason}"
+            ) from exc
         self._remember(info, Path(local).relative_to(self.cache_dir))
-        return LoadedModel(model=model, info=info)
+        return loaded
 
     def _remember(self, info: ServedModel, model_dir: Path) -> None:
         metadata = {"model_dir": str(model_dir), "served": info.model_dump(mode="json")}
@@ -153,9 +178,11 @@ class ModelRegistry:
         tmp.write_text(json.dumps(metadata, indent=2))
         # os.replace is atomic: a crash leaves the old or the new description, never half.
         os.replace(tmp, self.cache_dir / _METADATA_FILE)
-        keep = model_dir.parts[0]
+        # Other copies of this version may belong to another worker process loading it right
+        # now; copies of other versions are stale.
+        current = f"v{info.version}-"
         for child in self.cache_dir.iterdir():
-            if child.is_dir() and child.name != keep:
+            if child.is_dir() and not child.name.startswith(current):
                 shutil.rmtree(child, ignore_errors=True)
 
     def load_cached(self) -> LoadedModel | None:
@@ -166,9 +193,9 @@ class ModelRegistry:
         try:
             metadata = json.loads(metadata_path.read_text())
             info = ServedModel.model_validate(metadata["served"])
-            model = mlflow.sklearn.load_model(str(self.cache_dir / metadata["model_dir"]))
+            info = info.model_copy(update={"source": "local-cache", "loaded_at": datetime.now(UTC)})
+            model = load_servable(self.cache_dir / metadata["model_dir"])
+            return LoadedModel(model=model, info=info)
         except Exception:
             logger.exception("Unable to load the local copy of the model")
             return None
-        info = info.model_copy(update={"source": "local-cache", "loaded_at": datetime.now(UTC)})
-        return LoadedModel(model=model, info=info)

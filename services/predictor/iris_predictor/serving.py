@@ -8,61 +8,23 @@ holding it finishes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from iris_shared.schemas import FEATURE_NAMES, ServedModel
+from iris_predictor.inference import LoadedModel
+from iris_shared.http import ServiceError
+from iris_shared.schemas import LoadFailure, ServedModel
 
 
-class ModelNotReadyError(Exception):
+class ModelNotReady(ServiceError):
     """No model has been loaded yet (the alias does not exist, or nothing could be loaded)."""
 
+    status_code = 503
+    error = "model_not_ready"
+
     def __init__(self, name: str, alias: str) -> None:
-        super().__init__(f"No model is served yet: waiting for {name}@{alias} in MLflow.")
-        self.name = name
-        self.alias = alias
-
-
-@dataclass(frozen=True)
-class Prediction:
-    species: str
-    probabilities: dict[str, float]
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A fitted scikit-learn classifier together with what the registry says about it."""
-
-    model: Any
-    info: ServedModel
-
-    @property
-    def version(self) -> str:
-        return self.info.version
-
-    def with_source(self, source: str) -> LoadedModel:
-        return replace(self, info=self.info.model_copy(update={"source": source}))
-
-    def predict(self, rows: Sequence[Sequence[float]]) -> list[Prediction]:
-        """Classify rows of the four measurements, in FEATURE_NAMES order (CPU-bound: no loop)."""
-        # The pipelines were fitted on a DataFrame: the same column names avoid sklearn's
-        # feature-name warning and any chance of a column mix-up.
-        frame = pd.DataFrame(list(rows), columns=list(FEATURE_NAMES), dtype="float64")
-        if not hasattr(self.model, "predict_proba"):
-            return [
-                Prediction(str(label), {str(label): 1.0}) for label in self.model.predict(frame)
-            ]
-        probabilities = np.asarray(self.model.predict_proba(frame), dtype="float64")
-        classes = [str(label) for label in self.model.classes_]
-        best = probabilities.argmax(axis=1)
-        return [
-            Prediction(classes[index], dict(zip(classes, row.tolist(), strict=True)))
-            for index, row in zip(best, probabilities, strict=True)
-        ]
+        super().__init__(
+            f"No model is served yet: waiting for {name}@{alias} in MLflow.",
+            headers={"Retry-After": "5"},
+        )
 
 
 class ModelHolder:
@@ -72,6 +34,8 @@ class ModelHolder:
         self.name = name
         self.alias = alias
         self._current = initial
+        # Set by the watcher while the alias points at a version that fails to load.
+        self.load_failure: LoadFailure | None = None
         # Writers (the watcher, a webhook) are serialised; readers never take the lock.
         self._swap_lock = threading.Lock()
 
@@ -82,8 +46,14 @@ class ModelHolder:
     def require(self) -> LoadedModel:
         model = self._current
         if model is None:
-            raise ModelNotReadyError(self.name, self.alias)
+            raise ModelNotReady(self.name, self.alias)
         return model
+
+    def describe(self) -> ServedModel:
+        """What GET /model says: the served model, and a failing newer version if any."""
+        info = self.require().info
+        failure = self.load_failure
+        return info if failure is None else info.model_copy(update={"load_error": failure})
 
     def swap(self, new: LoadedModel) -> LoadedModel | None:
         """Serve `new` from now on; returns the model it replaced."""

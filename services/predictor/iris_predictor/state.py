@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from iris_predictor.config import PredictorSettings
+from iris_predictor.inference import MicroBatcher
 from iris_predictor.metrics import PredictorMetrics
-from iris_predictor.prediction_log import PredictionLog
+from iris_predictor.recorder import PredictionRecorder
 from iris_predictor.serving import ModelHolder
 from iris_predictor.watcher import ModelWatcher
+from iris_shared.server import WorkerPeers
 
 
 @dataclass
@@ -19,11 +21,14 @@ class PredictorState:
     settings: PredictorSettings
     holder: ModelHolder
     metrics: PredictorMetrics
-    prediction_log: PredictionLog
+    batcher: MicroBatcher
+    recorder: PredictionRecorder
     watcher: ModelWatcher | None
+    peers: WorkerPeers
 
 
-def get_state(request: Request) -> PredictorState:
+# async: FastAPI runs a plain `def` dependency in its threadpool, a hop per request.
+async def get_state(request: Request) -> PredictorState:
     state: PredictorState = request.app.state.predictor
     return state
 

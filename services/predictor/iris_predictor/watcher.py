@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import UTC, datetime
 
+from iris_predictor.inference import LoadedModel
 from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.registry import ModelLoadError, ModelRegistry, RegistryUnavailableError
-from iris_predictor.serving import LoadedModel, ModelHolder
+from iris_predictor.serving import ModelHolder
+from iris_shared.schemas import LoadFailure
+from iris_shared.server import WorkerPeers
 
 logger = logging.getLogger(__name__)
+
+# How often a sleeping watcher looks whether another worker process was told to check now.
+_NUDGE_TICK_S = 0.25
 
 
 class ModelWatcher:
@@ -24,11 +32,13 @@ class ModelWatcher:
         holder: ModelHolder,
         metrics: PredictorMetrics,
         poll_interval_s: float,
+        peers: WorkerPeers,
     ) -> None:
         self.registry = registry
         self.holder = holder
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
+        self.peers = peers
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -46,7 +56,8 @@ class ModelWatcher:
             self._thread.join(timeout)
 
     def check_soon(self) -> None:
-        """Check the alias now instead of at the next tick (webhook deliveries call this)."""
+        """Check the alias now in every worker process, not at the next tick (webhooks)."""
+        self.peers.nudge()
         self._wake.set()
 
     def _run(self) -> None:
@@ -57,8 +68,15 @@ class ModelWatcher:
                 # The watcher must outlive any surprise, or the service stops following the alias.
                 logger.exception("Unexpected error while checking the model alias")
                 self.metrics.reload_failures.inc()
-            self._wake.wait(self.poll_interval_s)
-            self._wake.clear()
+            self._sleep_until_next_check()
+
+    def _sleep_until_next_check(self) -> None:
+        """Wait a poll interval, or less when woken here or nudged by another worker."""
+        deadline = time.monotonic() + self.poll_interval_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._wake.wait(min(remaining, _NUDGE_TICK_S)) or self.peers.nudged():
+                break
+        self._wake.clear()
 
     def _log_state(self, state: str, level: int, message: str, **extra: object) -> None:
         if state != self._last_state:
@@ -86,6 +104,7 @@ class ModelWatcher:
                 )
             return
         if ref is None:
+            self._loaded_fine()
             if current is None:
                 self._log_state(
                     "no-alias",
@@ -105,6 +124,7 @@ class ModelWatcher:
                 )
             return
         if current is not None and current.version == ref.version:
+            self._loaded_fine()
             if current.info.source != "registry":
                 # MLflow is back and still points at the version served from the local copy.
                 self.holder.swap(current.with_source("registry"))
@@ -112,19 +132,35 @@ class ModelWatcher:
             return
         try:
             new = registry.load(ref)
-        except (ModelLoadError, RegistryUnavailableError):
-            logger.exception(
-                "Unable to load model", extra={"model": ref.name, "version": ref.version}
-            )
-            self.metrics.reload_failures.inc()
+        except (ModelLoadError, RegistryUnavailableError) as exc:
+            self._load_failed(ref.version, str(exc))
             if current is None:
                 self._fall_back_to_cache("the registry's version failed to load")
             return
+        self._loaded_fine()
         self._install(new, previous=current)
+
+    def _load_failed(self, version: str, reason: str) -> None:
+        failure = self.holder.load_failure
+        if failure is None or failure.version != version:
+            # Logged with its traceback once per version, not at every check.
+            logger.exception(
+                "Unable to load model", extra={"model": self.registry.name, "version": version}
+            )
+            failure = LoadFailure(version=version, reason=reason, since=datetime.now(UTC))
+            self.holder.load_failure = failure
+        self.metrics.reload_failures.inc()
+        self.metrics.load_failing.set(1)
+
+    def _loaded_fine(self) -> None:
+        if self.holder.load_failure is not None:
+            self.holder.load_failure = None
+            self.metrics.load_failing.set(0)
 
     def _install(self, new: LoadedModel, previous: LoadedModel | None) -> None:
         self.holder.swap(new)
         self.metrics.model_served(new.info.name, new.version, new.info.alias)
+        self.peers.mark_ready()
         if new.info.source == "registry":
             self.metrics.reloads.inc()
         self._last_state = "serving"

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,12 +23,21 @@ SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_w
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
 
+def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait for what the recorder thread does just after an answer."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.02)
+
+
 def test_predict_one_flower(client: httpx.Client) -> None:
     response = client.post("/predict", json=SETOSA)
     assert response.status_code == 200
     body = response.json()
     assert body["predicted_species"] == "Iris-setosa"
     assert body["model_version"] == "7"
+    assert body["request_id"] == response.headers["X-Request-ID"]
     assert set(body["probabilities"]) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
     assert sum(body["probabilities"].values()) == pytest.approx(1.0)
     assert max(body["probabilities"], key=body["probabilities"].get) == "Iris-setosa"
@@ -90,27 +100,37 @@ def test_metrics_count_predictions(client: httpx.Client) -> None:
         text
     )
     assert "iris_model_ready 1.0" in text
-    assert 'iris_feature_value_cm_bucket{feature="petal_width",le="0.5"} 1.0' in text
     assert 'http_request_duration_seconds_bucket{handler="/predict",le="0.0025"' in text
+    eventually(
+        lambda: (
+            'iris_feature_value_cm_bucket{feature="petal_width",le="0.5"} 1.0'
+            in client.get("/metrics").text
+        )
+    )
 
 
-def test_prediction_log_gets_a_line_with_the_request_id(
+def test_prediction_log_gets_a_line_per_request_with_its_id(
     settings: PredictorSettings, client: httpx.Client
 ) -> None:
     client.post("/predict", json=SETOSA, headers={"X-Request-ID": "unit-req-1"})
-    client.post("/predict/batch", json={"instances": [SETOSA, VIRGINICA]})
+    batch = client.post("/predict/batch", json={"instances": [SETOSA, VIRGINICA]}).json()
     log = settings.prediction_log_dir / "predictions.jsonl"
-    deadline = time.monotonic() + 5
-    lines: list[dict[str, object]] = []
-    while time.monotonic() < deadline and len(lines) < 3:
-        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        time.sleep(0.05)
-    assert len(lines) == 3
-    assert lines[0]["request_id"] == "unit-req-1"
-    assert lines[0]["inputs"] == SETOSA
-    assert lines[0]["prediction"] == "Iris-setosa"
-    assert lines[0]["model_version"] == "7"
-    assert [line.get("batch_index") for line in lines[1:]] == [0, 1]
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    eventually(lambda: len(lines()) == 2)
+    single, rows = lines()
+    assert single["request_id"] == "unit-req-1"
+    assert single["rows"] == 1
+    assert single["inputs"] == {name: [value] for name, value in SETOSA.items()}
+    assert single["predicted_species"] == ["Iris-setosa"]
+    assert single["model_version"] == "7"
+    assert single["probabilities"]["Iris-setosa"][0] > 0.5
+    assert rows["request_id"] == batch["request_id"]
+    assert rows["rows"] == 2
+    assert rows["predicted_species"] == ["Iris-setosa", "Iris-virginica"]
+    assert rows["inputs"]["petal_length"] == [SETOSA["petal_length"], VIRGINICA["petal_length"]]
 
 
 def test_no_model_yet_is_503_with_the_envelope(settings: PredictorSettings, serve: Serve) -> None:
@@ -153,6 +173,14 @@ def test_webhook_needs_a_valid_signature(client: httpx.Client) -> None:
     )
     assert forged.status_code == 401
     assert forged.json()["error"] == "invalid_signature"
+    huge = "9" * 5000
+    malformed = client.post(
+        "/webhooks/mlflow",
+        content=body,
+        headers={**headers, "X-MLflow-Timestamp": huge, "X-MLflow-Signature": good},
+    )
+    assert malformed.status_code == 400
+    assert malformed.json()["error"] == "invalid_timestamp"
 
 
 def test_webhook_route_absent_without_a_secret(tmp_path: Path, serve: Serve) -> None:

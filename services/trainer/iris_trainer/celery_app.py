@@ -1,100 +1,75 @@
-"""The Celery app of the retrain worker: Redis as broker and result backend.
+"""The Celery app of the retrain worker: Redis as broker; the job records are the results.
 
 Run it from the repository root (the checkout holding params.yaml and data/):
 
-    celery -A iris_trainer.celery_app worker -Q training --concurrency 1 --loglevel INFO
+    celery -A iris_trainer.celery_app worker --concurrency 1 --loglevel INFO
 
-Reliability choices, and why:
+It consumes `<JOBS_NAMESPACE>.training`, and every key Celery writes starts with the namespace:
+two deployments sharing one Redis never run each other's jobs. Reliability choices, and why:
 
 - `task_acks_late` + `task_reject_on_worker_lost` + prefetch 1: a job is acknowledged only
-  once it has finished, so a worker that dies mid-job leaves it on the broker for another.
+  once it has ended, so a worker that dies mid-job leaves it on the broker for another.
 - After a SIGKILL of the whole worker nothing is left to requeue the job: Redis hands it out
-  again only after `visibility_timeout`, and kombu only looks for abandoned jobs every
-  `unacked_restore_interval` x `unacked_restore_throttle` seconds. The visibility timeout must
-  exceed the longest job, or a healthy worker's job runs twice.
+  again once its delivery is older than `visibility_timeout`, which kombu checks every
+  `unacked_restore_interval` x `unacked_restore_throttle` seconds. A running job's heartbeat
+  keeps its delivery fresh (iris_trainer.job_record), so the timeout can be 40 s: a dead
+  worker's job comes back within a minute, a healthy long one is never handed out twice.
+- On SIGTERM (supervisord, compose, Kubernetes) the running job gets `soft_shutdown_timeout`
+  to finish, then goes back to the queue at once (Celery's soft shutdown) instead of waiting
+  for the visibility timeout. This needs `REMAP_SIGTERM=SIGQUIT` in the worker's environment
+  (the image and supervisord set it): without it SIGTERM waits for the job to end.
+- A job that runs again (redelivered, or retried after MLflow failed) finds the versions it
+  registered already by their `job_id` tag and reuses them: one job never yields two versions.
+- Task events are on, for the exporter that turns them into Prometheus metrics.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
-from iris_shared.jobs import TRAINING_QUEUE
+from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
-from iris_shared.settings import ServiceSettings
-from iris_trainer.config import TrainerSettings, get_settings
+from iris_trainer.config import WorkerSettings, get_worker_settings
 
 
-class WorkerSettings(ServiceSettings):
-    """Worker-only settings (prefix TRAINER_); the pipeline's live in iris_trainer.config."""
-
-    model_config = SettingsConfigDict(env_prefix="TRAINER_", env_file=".env", extra="ignore")
-
-    worker_concurrency: int = Field(
-        default=1, ge=1, description="Jobs run at once; training is CPU-bound, so one per core."
-    )
-    unacked_restore_interval_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="How often kombu looks for jobs abandoned by a dead worker.",
-    )
-    unacked_restore_throttle_s: float = Field(
-        default=10.0,
-        ge=0,
-        description="Minimum seconds between two restores of abandoned jobs.",
-    )
-    result_expires_s: int = Field(
-        default=7 * 24 * 3600,
-        ge=60,
-        description="How long Redis keeps each job's state and result (GATEWAY_JOB_TTL_S should "
-        "not exceed it).",
-    )
-
-
-@lru_cache
-def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()
-
-
-def celery_config(trainer: TrainerSettings, worker: WorkerSettings) -> dict[str, Any]:
+def celery_config(worker: WorkerSettings) -> dict[str, Any]:
+    keys = JobKeys(worker.jobs_namespace)
     return {
-        "broker_url": trainer.redis_url,
-        "result_backend": trainer.redis_url,
+        "broker_url": worker.redis_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
-            "visibility_timeout": trainer.visibility_timeout_s,
+            "global_keyprefix": keys.broker_prefix,
+            "visibility_timeout": worker.visibility_timeout_s,
             "unacked_restore_interval": worker.unacked_restore_interval_s,
             "unacked_restore_throttle": worker.unacked_restore_throttle_s,
         },
-        "task_default_queue": TRAINING_QUEUE,
+        # The job record is the result: no result backend.
+        "task_ignore_result": True,
+        "task_default_queue": keys.queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": worker.worker_concurrency,
-        "task_time_limit": trainer.task_time_limit_s,
-        "task_soft_time_limit": trainer.task_soft_time_limit_s,
+        "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout_s,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_time_limit": worker.task_time_limit_s,
+        "task_soft_time_limit": worker.task_soft_time_limit_s,
         "task_serializer": "json",
-        "result_serializer": "json",
         "accept_content": ["json"],
-        "task_track_started": True,
-        "result_extended": True,
-        "result_expires": worker.result_expires_s,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }
 
 
-def create_celery_app(
-    trainer: TrainerSettings | None = None, worker: WorkerSettings | None = None
-) -> Celery:
+def create_celery_app(worker: WorkerSettings | None = None) -> Celery:
     app = Celery("trainer", include=["iris_trainer.tasks"])
-    app.conf.update(celery_config(trainer or get_settings(), worker or get_worker_settings()))
+    app.conf.update(celery_config(worker or get_worker_settings()))
     return app
 
 
@@ -104,7 +79,7 @@ def _configure_json_logging(loglevel: int | str | None = None, **_: Any) -> None
     if isinstance(loglevel, int):
         level = logging.getLevelName(loglevel)
     else:
-        level = loglevel or get_settings().log_level
+        level = loglevel or get_worker_settings().log_level
     configure_logging("trainer", level)
 
 

@@ -4,7 +4,7 @@ iris-mlops data bootstrap        make data/iris.csv match its DVC pointer (offli
 iris-mlops validate [CSV]        check a data file; non-zero exit with a report on failure
 iris-mlops train                 validate, train, log, register and gate every candidate
 iris-mlops models                versions, aliases, key metrics and lineage
-iris-mlops promote VERSION       move the `production` alias (--model NAME)
+iris-mlops promote VERSION       move the `production` alias through the gateway (--model NAME)
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+import httpx
 
 from iris_shared.logging import configure_logging
+from iris_shared.registry import DEFAULT_MODEL, VersionTag
 from iris_trainer.config import get_settings
 
-DEFAULT_MODEL = "Iris-LogisticRegression"
+PROMOTE_TIMEOUT_S = 30.0
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
 
@@ -70,7 +72,6 @@ def validate_command(csv_path: Path | None, report_path: Path | None) -> None:
             dataset = load_dataset(csv_path.resolve().parent, csv_path.name)
     except DataUnavailableError as exc:
         _fail(str(exc))
-        return
     report = validate(dataset.raw_frame())
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,38 +100,30 @@ def train_command(data_rev: str | None, overrides: tuple[str, ...], write_report
     """Validate, train, log to MLflow, register and gate every candidate model."""
     from mlflow.exceptions import MlflowException
 
-    from iris_trainer.pipeline import run_training
-    from iris_trainer.pipeline.data import DataUnavailableError
-    from iris_trainer.pipeline.params import InvalidParamsError, load_params
+    from iris_trainer.pipeline.run import TrainingRefused, train_from_settings
     from iris_trainer.pipeline.run import write_reports as write_metrics
-    from iris_trainer.pipeline.validation import DataValidationError
 
     settings = get_settings()
     try:
-        params = load_params(settings.path(settings.params_file), _parse_overrides(overrides))
-        result = run_training(
-            params,
-            settings.repo_root,
+        result = train_from_settings(
+            settings,
             data_rev=data_rev,
-            tracking_uri=settings.mlflow_tracking_uri,
+            overrides=_parse_overrides(overrides),
             on_progress=lambda p: click.echo(
                 f"[{p.step}/{p.total_steps}] {p.stage.value}"
                 + (f" {p.model_name}" if p.model_name else ""),
                 err=True,
             ),
         )
-    except DataValidationError as exc:
-        _fail(f"data failed validation; nothing was trained\n{exc.report.summary()}")
-        return
-    except (InvalidParamsError, DataUnavailableError) as exc:
+    except TrainingRefused as exc:
+        if exc.report is not None:
+            # Local and trusted: the full report, values included, helps fix the file.
+            _fail(f"data failed validation; nothing was trained\n{exc.report.summary()}")
         _fail(str(exc))
-        return
     except MlflowException as exc:
         _fail(f"MLflow at {settings.mlflow_tracking_uri} refused the request: {exc}")
-        return
     except OSError as exc:
         _fail(f"cannot reach MLflow at {settings.mlflow_tracking_uri}: {exc}")
-        return
     for name, outcome in result.models.items():
         aliases = ", ".join(outcome.aliases_set) or "no alias"
         click.echo(
@@ -138,6 +131,8 @@ def train_command(data_rev: str | None, overrides: tuple[str, ...], write_report
             f"f1_macro {outcome.metrics['f1_macro']:.4f}; gate {outcome.gate} ({aliases}): "
             f"{outcome.gate_reason}"
         )
+    seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in result.stage_seconds.items())
+    click.echo(f"time per stage: {seconds}", err=True)
     if write_reports:
         write_metrics(result, settings.path(settings.reports_dir))
 
@@ -173,7 +168,6 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
         versions = list_versions(MlflowClient(settings.mlflow_tracking_uri), list(names) or None)
     except (MlflowException, OSError) as exc:
         _fail(f"cannot list models from {settings.mlflow_tracking_uri}: {exc}")
-        return
     if as_json:
         click.echo(json.dumps([v.__dict__ for v in versions], indent=2))
         return
@@ -189,8 +183,10 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
         click.echo(
             f"{v.name:<26}{v.version:>4}  {','.join(v.aliases) or '-':<22}"
             f"{v.metrics.get('accuracy', nan):>7.3f}{v.metrics.get('f1_macro', nan):>7.3f}  "
-            f"{v.tags.get('data_md5', '-')[:8]:<10} {v.tags.get('data_rows', '-'):>5}  "
-            f"{v.tags.get('git_commit', '-')[:7]:<8} {v.tags.get('gate.outcome', '-')}"
+            f"{v.tags.get(VersionTag.DATA_MD5, '-')[:8]:<10} "
+            f"{v.tags.get(VersionTag.DATA_ROWS, '-'):>5}  "
+            f"{v.tags.get(VersionTag.GIT_COMMIT, '-')[:7]:<8} "
+            f"{v.tags.get(VersionTag.GATE_OUTCOME, '-')}"
         )
 
 
@@ -198,20 +194,36 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
 @click.argument("version")
 @click.option("--model", "name", default=DEFAULT_MODEL, show_default=True)
 def promote_command(version: str, name: str) -> None:
-    """Move the `production` alias of a registered model to VERSION."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    """Move the `production` alias of a registered model to VERSION, through the gateway.
 
-    from iris_trainer.pipeline.registry import UnknownModelVersionError, promote
-
+    The gateway's POST /promote, behind its bearer token, is the only way to production;
+    this command calls it with TRAINER_GATEWAY_URL and API_TOKEN.
+    """
     settings = get_settings()
+    token = settings.api_token.get_secret_value()
+    if not token:
+        _fail("API_TOKEN is not set (environment or .env): the gateway requires it to promote")
+    url = f"{settings.gateway_url}/promote"
     try:
-        previous = promote(MlflowClient(settings.mlflow_tracking_uri), name, version)
-    except UnknownModelVersionError as exc:
-        _fail(str(exc))
-        return
-    except (MlflowException, OSError) as exc:
-        _fail(f"cannot promote through {settings.mlflow_tracking_uri}: {exc}")
-        return
+        response = httpx.post(
+            url,
+            json={"model_name": name, "model_version": version},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=PROMOTE_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the gateway at {settings.gateway_url}: {exc}")
+    if response.status_code == 401:
+        _fail(f"the gateway at {settings.gateway_url} refused API_TOKEN (401)")
+    if response.status_code != 200:
+        _fail(f"the gateway answered {response.status_code}: {_error_message(response)}")
+    previous = response.json().get("previous_version")
     was = f" (was v{previous})" if previous else ""
     click.echo(f"{name}: production -> v{version}{was}")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason_phrase

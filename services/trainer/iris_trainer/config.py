@@ -1,13 +1,19 @@
-"""Trainer settings, read from the environment (prefix TRAINER_) and `.env`."""
+"""Trainer settings, read from the environment (prefix TRAINER_) and `.env`.
+
+`TrainerSettings` is what the pipeline, the CLI and the task read; `WorkerSettings` holds the
+Celery worker's own knobs. Names other tools read keep their own names: `MLFLOW_TRACKING_URI`,
+`REDIS_URL`, `API_TOKEN`.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
 from iris_shared.settings import ServiceSettings
 
 
@@ -25,23 +31,90 @@ class TrainerSettings(ServiceSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_TRACKING_URI"),
         description="The MLflow server every client talks to over HTTP.",
     )
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "TRAINER_REDIS_URL"),
-        description="Celery broker and result backend.",
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="The gateway `iris-mlops promote` asks to move `production` (POST /promote).",
     )
-    task_time_limit_s: int = Field(default=1800, description="Hard limit of one retrain job.")
-    task_soft_time_limit_s: int = Field(default=1500, description="Soft limit (raises in task).")
-    visibility_timeout_s: int = Field(
-        default=3600,
-        description="Seconds before Redis redelivers an unacknowledged job; must exceed the "
-        "longest job, or a healthy worker's job runs twice.",
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("API_TOKEN", "TRAINER_API_TOKEN"),
+        description="The gateway's bearer token, sent by `iris-mlops promote`.",
     )
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
     def path(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.repo_root / relative
 
 
+class WorkerSettings(ServiceSettings):
+    """The Celery worker's broker, limits and reliability knobs (same TRAINER_ prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINER_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "TRAINER_REDIS_URL"),
+        description="Celery broker; also holds the job records.",
+    )
+    jobs_namespace: str = Field(
+        default=DEFAULT_JOBS_NAMESPACE,
+        pattern=JOBS_NAMESPACE_PATTERN,
+        validation_alias=AliasChoices("JOBS_NAMESPACE", "TRAINER_JOBS_NAMESPACE"),
+        description="Prefix of the queue and of every Redis key of this deployment's jobs "
+        "(the gateway's must match); `make up` writes a unique one to .env.",
+    )
+    worker_concurrency: int = Field(
+        default=1, ge=1, description="Jobs run at once; training is CPU-bound, so one per core."
+    )
+    task_time_limit_s: int = Field(default=1800, description="Hard limit of one retrain job.")
+    task_soft_time_limit_s: int = Field(default=1500, description="Soft limit (raises in task).")
+    visibility_timeout_s: int = Field(
+        default=40,
+        ge=10,
+        description="Seconds without a heartbeat after which Redis hands a job to another "
+        "worker: a running job's heartbeat keeps it fresh, however long it runs.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a running job beats (well under the visibility timeout).",
+    )
+    unacked_restore_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often kombu looks for jobs abandoned by a dead worker.",
+    )
+    unacked_restore_throttle_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Look for abandoned jobs on every n-th of those checks only.",
+    )
+    soft_shutdown_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM, how long the running job gets to finish before it is handed "
+        "back to the queue (the stop grace period of supervisord and compose exceeds it).",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_beats_the_visibility_timeout(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 3 > self.visibility_timeout_s:
+            raise ValueError(
+                "TRAINER_HEARTBEAT_INTERVAL_S must be at most a third of "
+                "TRAINER_VISIBILITY_TIMEOUT_S, or a healthy job is handed out twice"
+            )
+        return self
+
+
 @lru_cache
 def get_settings() -> TrainerSettings:
     return TrainerSettings()
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()

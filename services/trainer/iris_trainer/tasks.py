@@ -1,44 +1,58 @@
-"""Celery entry points of the trainer. They hold no logic: they call the pipeline.
+"""Celery entry points of the trainer. They hold no logic: they call the pipeline, and write
+the job's record (iris_trainer.job_record) as it goes: running, progress, succeeded or failed.
 
 `trainer.retrain` is sent by name (the gateway never imports this module). Failures are of
 three kinds:
 
-- expected (invalid parameters, data that fails validation, data that cannot be read):
-  retrying cannot help, so the job fails at once with `TrainingJobFailed` and a clear message;
+- expected (a request outside the allow-list, data that fails validation or cannot be read):
+  retrying cannot help, so the job fails at once with `TrainingJobFailed` and a clear message
+  that never quotes the data;
 - transient (MLflow unreachable, or answering 5xx): retried with backoff, at most 3 times;
+  the retry reuses any version the job already registered;
 - anything else is a bug: logged with its traceback and the job fails.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Any
 
+import redis
 import requests
 from celery import Task
 from mlflow.exceptions import MlflowException, RestException
+from pydantic import ValidationError
 
-from iris_shared.jobs import RETRAIN_TASK, JobProgress
+from iris_shared.jobs import RETRAIN_TASK, JobKeys, RetrainRequest, TrainingResult
 from iris_shared.logging import request_id_var
 from iris_trainer.celery_app import app
-from iris_trainer.config import get_settings
-from iris_trainer.pipeline import run_training
-from iris_trainer.pipeline.data import DataUnavailableError
-from iris_trainer.pipeline.params import InvalidParamsError, load_params
-from iris_trainer.pipeline.validation import DataValidationError
+from iris_trainer.config import get_settings, get_worker_settings
+from iris_trainer.job_record import JobRecorder, Verdict
+from iris_trainer.pipeline.params import describe_errors
+from iris_trainer.pipeline.run import TrainingRefused, train_from_settings
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 3
-RETRY_BACKOFF_S = 10
-PROGRESS_STATE = "PROGRESS"
+# 5, 10, 20 s: a waiting retry must come due well within the visibility timeout (40 s), or
+# Redis hands its message out a second time.
+RETRY_BACKOFF_S = 5
 
 
 class TrainingJobFailed(Exception):
-    """An expected failure of a retrain job (bad parameters or data); retrying cannot help.
+    """An expected failure of a retrain job (bad parameters or data); retrying cannot help."""
 
-    Raised with a single message argument so it survives Celery's JSON result serialization.
-    """
+
+@lru_cache
+def job_recorder() -> JobRecorder:
+    """One per worker process, made where the task runs (after the pool forked)."""
+    worker = get_worker_settings()
+    return JobRecorder(
+        redis.Redis.from_url(worker.redis_url, socket_timeout=10, socket_connect_timeout=5),
+        JobKeys(worker.jobs_namespace),
+        worker.heartbeat_interval_s,
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -57,11 +71,12 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-@app.task(name=RETRAIN_TASK, bind=True, max_retries=MAX_RETRIES)
+# throws: an expected failure is logged by Celery as one line, not as an unexpected traceback.
+@app.task(name=RETRAIN_TASK, bind=True, max_retries=MAX_RETRIES, throws=(TrainingJobFailed,))
 def retrain(
     self: Task, *, data_rev: str | None = None, params: dict[str, Any] | None = None
 ) -> Any:
-    """Train, register and gate every candidate model; return the `TrainingResult` as JSON."""
+    """Train, register and gate every candidate model; the outcome goes to the job record."""
     # The job id plays the request id in the worker's logs, tying them to GET /jobs/{id}.
     token = request_id_var.set(self.request.id)
     try:
@@ -71,45 +86,71 @@ def retrain(
 
 
 def _retrain(task: Task, *, data_rev: str | None, params: dict[str, Any] | None) -> Any:
-    settings = get_settings()
-
-    def report_progress(progress: JobProgress) -> None:
-        task.update_state(state=PROGRESS_STATE, meta=progress.model_dump(mode="json"))
-
-    job = {"job_id": task.request.id, "data_rev": data_rev, "attempt": task.request.retries + 1}
+    job_id: str = task.request.id
+    record = job_recorder()
+    verdict, deliveries = record.start(job_id)
+    job = {"job_id": job_id, "data_rev": data_rev, "delivery": deliveries}
+    if verdict is Verdict.finished:
+        logger.info("Retrain job already ended; not run again", extra=job)
+        return None
+    if verdict is Verdict.poison:
+        logger.error("Poison retrain job: failed without running", extra=job)
+        return None
     logger.info("Retrain job started", extra=job)
-    try:
-        training_params = load_params(settings.path(settings.params_file), params)
-        result = run_training(
-            training_params,
-            settings.repo_root,
-            data_rev=data_rev,
-            tracking_uri=settings.mlflow_tracking_uri,
-            on_progress=report_progress,
-        )
-    except InvalidParamsError as exc:
-        logger.warning("Retrain job refused: invalid parameters", extra={**job, "reason": str(exc)})
-        raise TrainingJobFailed(str(exc)) from exc
-    except DataValidationError as exc:
-        logger.warning("Retrain job refused: data failed validation", extra=job)
-        raise TrainingJobFailed(
-            f"The data failed validation; nothing was trained. {exc.report.summary()}"
-        ) from exc
-    except DataUnavailableError as exc:
-        logger.warning("Retrain job refused: data unavailable", extra={**job, "reason": str(exc)})
-        raise TrainingJobFailed(str(exc)) from exc
-    except Exception as exc:
-        if is_transient(exc) and task.request.retries < MAX_RETRIES:
-            countdown = RETRY_BACKOFF_S * 2**task.request.retries
-            logger.warning(
-                "MLflow unavailable; retrying the retrain job",
-                extra={**job, "reason": str(exc), "retry_in_s": countdown},
-            )
-            raise task.retry(exc=exc, countdown=countdown) from exc
-        logger.exception("Retrain job failed", extra=job)
-        raise
+    delivery_tag = (task.request.properties or {}).get("delivery_tag")
+    with record.heartbeat(job_id, delivery_tag):
+        try:
+            result = _run(task, data_rev, params, record)
+            record.succeeded(job_id, result)
+        except TrainingJobFailed as exc:
+            logger.warning("Retrain job refused", extra={**job, "reason": str(exc)})
+            record.failed(job_id, str(exc))
+            raise
+        except Exception as exc:
+            if is_transient(exc) and task.request.retries < MAX_RETRIES:
+                countdown = RETRY_BACKOFF_S * 2**task.request.retries
+                logger.warning(
+                    "MLflow unavailable; retrying the retrain job",
+                    extra={**job, "reason": str(exc), "retry_in_s": countdown},
+                )
+                record.waiting_for_retry(job_id, f"MLflow unavailable; retrying in {countdown} s")
+                raise task.retry(exc=exc, countdown=countdown) from exc
+            logger.exception("Retrain job failed", extra=job)
+            record.failed(job_id, f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+        except SystemExit:
+            # A stopping worker ends its pool processes with SIGTERM, which billiard turns
+            # into SystemExit: the job goes back to the queue (acks_late), and the mark keeps
+            # its next delivery from counting as lost to a crash (SIGKILL leaves none).
+            logger.info("Retrain job handed back: the worker is stopping", extra=job)
+            record.handed_back(job_id)
+            raise
     logger.info(
         "Retrain job succeeded",
-        extra={**job, "versions": {n: o.version for n, o in result.models.items()}},
+        extra={
+            **job,
+            "versions": {n: o.version for n, o in result.models.items()},
+            "stage_seconds": result.stage_seconds,
+        },
     )
-    return result.model_dump(mode="json")
+    return None
+
+
+def _run(
+    task: Task, data_rev: str | None, params: dict[str, Any] | None, record: JobRecorder
+) -> TrainingResult:
+    try:
+        # The gateway validated this already; a job sent another way must pass the same check.
+        request = RetrainRequest.model_validate({"data_rev": data_rev, "params": params})
+    except ValidationError as exc:
+        raise TrainingJobFailed(f"Invalid retrain request: {describe_errors(exc)}") from exc
+    try:
+        return train_from_settings(
+            get_settings(),
+            data_rev=request.data_rev,
+            overrides=request.params.model_dump() if request.params is not None else None,
+            job_id=task.request.id,
+            on_progress=lambda progress: record.progress(task.request.id, progress),
+        )
+    except TrainingRefused as exc:
+        raise TrainingJobFailed(str(exc)) from exc

@@ -1,22 +1,22 @@
-"""Liveness and readiness."""
+"""Liveness and readiness (GET /metrics comes with the service stack)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from iris_gateway.dependencies import JobStoreDep, PredictorDep
 from iris_gateway.jobs import JobStoreUnavailable
+from iris_gateway.state import StateDep
 from iris_gateway.upstream import UpstreamError
-from iris_shared.http import error_response, error_responses
+from iris_shared.http import DocstringRoute, error_response, error_responses
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=DocstringRoute)
 
 # Readiness probes run often; a slow upstream counts as not ready.
-READY_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
+READY_TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
 
 
 @router.get("/healthz")
@@ -26,15 +26,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=error_responses(503))
-async def readyz(predictor: PredictorDep, jobs: JobStoreDep) -> Any:
+async def readyz(state: StateDep) -> Any:
     """Report whether the predictor and Redis are both reachable and ready."""
     checks: dict[str, str] = {}
     try:
-        checks["predictor"] = "ok" if await predictor.ready(READY_TIMEOUT) else "not ready"
+        answer = await state.predictor.request("GET", "/readyz", timeout=READY_TIMEOUT)
+        checks["predictor"] = "ok" if answer.status_code == 200 else "not ready"
     except UpstreamError as exc:
         checks["predictor"] = exc.message
     try:
-        await jobs.ping()
+        await state.jobs.ping()
         checks["redis"] = "ok"
     except JobStoreUnavailable:
         checks["redis"] = "unreachable"

@@ -7,28 +7,26 @@ import logging
 from fastapi import APIRouter
 
 from iris_gateway.auth import TokenRequired
-from iris_gateway.dependencies import RegistryDep, SettingsDep
-from iris_gateway.registry import PRODUCTION
-from iris_shared.http import error_responses
+from iris_gateway.state import StateDep
+from iris_shared.http import DocstringRoute, error_responses
+from iris_shared.registry import PRODUCTION
 from iris_shared.schemas import PromoteRequest, PromoteResponse
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=DocstringRoute)
 
 
 @router.post(
     "/promote",
     response_model=PromoteResponse,
-    responses=error_responses(400, 401, 404, 413, 415, 502, 504),
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 502, 503, 504),
     dependencies=[TokenRequired],
 )
-async def promote(
-    request: PromoteRequest, registry: RegistryDep, settings: SettingsDep
-) -> PromoteResponse:
+async def promote(request: PromoteRequest, state: StateDep) -> PromoteResponse:
     """Serve a model version in production (the predictor follows within seconds)."""
-    name = request.model_name or settings.default_model_name
-    previous = await registry.promote(name, request.model_version)
+    name = request.model_name or state.settings.default_model_name
+    previous = await state.registry.promote(name, request.model_version)
     logger.info(
         "Model version promoted",
         extra={"model": name, "version": request.model_version, "previous": previous},

@@ -1,31 +1,34 @@
-"""GET /healthz, GET /readyz and GET /metrics."""
+"""GET /healthz and GET /readyz (GET /metrics comes with the service stack)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
-from iris_predictor.metrics import CONTENT_TYPE
-from iris_predictor.routes import DocstringRoute
 from iris_predictor.state import StateDep
-from iris_shared.http import error_responses
+from iris_shared.http import DocstringRoute, ServiceError, error_responses
 
 router = APIRouter(tags=["operations"], route_class=DocstringRoute)
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Report that the process is alive (it may still have no model)."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses=error_responses(503))
-def readyz(state: StateDep) -> dict[str, str]:
-    """Report whether a model is loaded and predictions can be served."""
+async def readyz(state: StateDep) -> dict[str, str]:
+    """Report whether a model is loaded and predictions can be served (by every worker)."""
     served = state.holder.require()
+    if not state.peers.all_ready():
+        raise WorkersNotReady(
+            f"{state.peers.ready_count()} of {state.peers.workers} worker processes have a "
+            "model so far.",
+            headers={"Retry-After": "1"},
+        )
     return {"status": "ready", "model_version": served.version, "source": served.info.source}
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(state: StateDep) -> Response:
-    """Expose Prometheus metrics."""
-    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+class WorkersNotReady(ServiceError):
+    status_code = 503
+    error = "model_not_ready"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from iris_predictor.routes import DocstringRoute
 from iris_predictor.state import StateDep
-from iris_shared.http import error_responses
+from iris_shared.http import DocstringRoute, error_responses
 from iris_shared.schemas import ServedModel
 
 router = APIRouter(tags=["model"], route_class=DocstringRoute)
 
 
 @router.get("/model", response_model=ServedModel, responses=error_responses(503))
-def served_model(state: StateDep) -> ServedModel:
-    """Describe the model being served: name, version, alias, run, metrics and source."""
-    return state.holder.require().info
+async def served_model(state: StateDep) -> ServedModel:
+    """Describe the model being served: name, version, alias, run, metrics, source, load error."""
+    return state.holder.describe()

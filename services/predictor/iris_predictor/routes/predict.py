@@ -1,79 +1,82 @@
-"""POST /predict and POST /predict/batch."""
+"""POST /predict and POST /predict/batch: the hot path.
+
+Both are `RawRoute`s: the body is decoded and checked by `iris_predictor.inputs` (the shared
+schemas' rules, with their 400s), scored by the micro-batcher, and answered with JSON encoded
+once (`answers.py`). The log line and the per-row metrics are left to the recorder's thread.
+"""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, Request
+import numpy as np
+from fastapi import APIRouter, Request, Response
 
-from iris_predictor.routes import DocstringRoute
-from iris_predictor.state import PredictorState, StateDep
-from iris_shared.http import error_responses
+from iris_predictor import answers, inputs
+from iris_predictor.recorder import PredictionRecord
+from iris_predictor.state import PredictorState
+from iris_shared.http import RawRoute, error_responses, json_body
 from iris_shared.schemas import (
-    BatchPrediction,
     BatchPredictionRequest,
     BatchPredictionResponse,
     PredictionRequest,
     PredictionResponse,
 )
 
-router = APIRouter(tags=["predictions"], route_class=DocstringRoute)
+router = APIRouter(tags=["predictions"], route_class=RawRoute)
+
+JSON_BODIES = (PredictionRequest, BatchPredictionRequest)
+_JSON = "application/json"
 
 
-def _predict_rows(
-    state: PredictorState, request: Request, rows: list[list[float]]
-) -> tuple[str, list[BatchPrediction]]:
+async def _score(
+    state: PredictorState, request: Request, rows: np.ndarray
+) -> tuple[str, str, np.ndarray, tuple[str, ...]]:
     # Read the reference once: a swap during this request does not change the model it uses.
     served = state.holder.require()
     started = time.perf_counter()
-    predictions = served.predict(rows)
+    probabilities = await state.batcher.score(served, rows)
     latency_ms = (time.perf_counter() - started) * 1000
-    species = [p.species for p in predictions]
-    state.metrics.observe(rows, species, served.version)
-    state.prediction_log.record(
-        request_id=getattr(request.state, "request_id", None),
-        rows=rows,
-        species=species,
-        probabilities=[p.probabilities for p in predictions],
-        model_version=served.version,
-        latency_ms=latency_ms,
+    request_id: str = request.scope["state"]["request_id"]
+    classes = served.classes
+    state.metrics.count_predictions(probabilities, classes, served.version)
+    state.recorder.record(
+        PredictionRecord(
+            time=time.time(),
+            request_id=request_id,
+            model_version=served.version,
+            latency_ms=latency_ms,
+            rows=rows,
+            probabilities=probabilities,
+            classes=classes,
+        )
     )
-    return served.version, [
-        BatchPrediction(predicted_species=p.species, probabilities=p.probabilities)
-        for p in predictions
-    ]
+    return request_id, served.version, probabilities, classes
 
 
-# Plain `def` routes: FastAPI runs them in its threadpool, so scikit-learn never blocks the loop.
 @router.post(
     "/predict",
     response_model=PredictionResponse,
     responses=error_responses(400, 413, 415, 503),
+    openapi_extra=json_body(PredictionRequest),
 )
-def predict(body: PredictionRequest, request: Request, state: StateDep) -> PredictionResponse:
+async def predict(request: Request) -> Response:
     """Predict the species of one flower from its four measurements."""
-    version, [prediction] = _predict_rows(state, request, [body.as_row()])
-    return PredictionResponse(
-        predicted_species=prediction.predicted_species,
-        probabilities=prediction.probabilities,
-        model_version=version,
-    )
+    state: PredictorState = request.app.state.predictor
+    rows = inputs.one_flower(await request.body())
+    request_id, version, probabilities, classes = await _score(state, request, rows)
+    return Response(answers.one(probabilities, classes, version, request_id), media_type=_JSON)
 
 
 @router.post(
     "/predict/batch",
     response_model=BatchPredictionResponse,
     responses=error_responses(400, 413, 415, 503),
+    openapi_extra=json_body(BatchPredictionRequest),
 )
-def predict_batch(
-    body: BatchPredictionRequest, request: Request, state: StateDep
-) -> BatchPredictionResponse:
+async def predict_batch(request: Request) -> Response:
     """Predict the species of many flowers, answering in input order."""
-    limit = state.settings.max_batch_rows
-    if len(body.instances) > limit:
-        raise HTTPException(
-            status_code=413,
-            detail=f"The batch has {len(body.instances)} rows; the limit is {limit}.",
-        )
-    version, predictions = _predict_rows(state, request, [i.as_row() for i in body.instances])
-    return BatchPredictionResponse(predictions=predictions, model_version=version)
+    state: PredictorState = request.app.state.predictor
+    rows = inputs.batch_of_flowers(await request.body(), state.settings.max_batch_rows)
+    request_id, version, probabilities, classes = await _score(state, request, rows)
+    return Response(answers.batch(probabilities, classes, version, request_id), media_type=_JSON)

@@ -9,10 +9,9 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from iris_predictor.routes import DocstringRoute
 from iris_predictor.state import StateDep
-from iris_predictor.webhooks import InvalidSignatureError, verify
-from iris_shared.http import error_response, error_responses
+from iris_predictor.webhooks import InvalidSignatureError, MalformedTimestampError, verify
+from iris_shared.http import DocstringRoute, error_response, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +24,8 @@ ALIAS_EVENTS = {("model_version_alias", "created")}
 async def mlflow_webhook(request: Request, state: StateDep) -> JSONResponse:
     """Receive an MLflow webhook delivery and check the alias at once when it concerns ours."""
     secret = state.settings.webhook_secret
-    if secret is None:
-        return error_response(404, "not_found", "The webhook receiver is not configured.")
+    # The router is included only when a secret is set.
+    assert secret is not None
     body = await request.body()
     try:
         verify(
@@ -38,6 +37,8 @@ async def mlflow_webhook(request: Request, state: StateDep) -> JSONResponse:
             now=time.time(),
             max_age_s=state.settings.webhook_max_age_s,
         )
+    except MalformedTimestampError as exc:
+        return error_response(400, "invalid_timestamp", str(exc))
     except InvalidSignatureError as exc:
         logger.warning("Rejected a webhook delivery", extra={"reason": str(exc)})
         return error_response(401, "invalid_signature", str(exc))

@@ -50,7 +50,7 @@ def load_dataset(
             raise DataUnavailableError(
                 f"{path} does not exist; run `make data` (or `dvc pull`) to fetch it"
             ) from exc
-        return Dataset(content.decode("utf-8"), md5_of(content), str(path), None)
+        return _dataset(content, str(path), None)
 
     import dvc.api  # imported here: DVC is slow to import and only revisions need it
 
@@ -60,7 +60,16 @@ def load_dataset(
         raise DataUnavailableError(
             f"Unable to read {data_path} at revision {rev!r}: {exc}"
         ) from exc
-    return Dataset(content.decode("utf-8"), md5_of(content), f"{data_path}@{rev}", rev)
+    return _dataset(content, f"{data_path}@{rev}", rev)
+
+
+def _dataset(content: bytes, source: str, rev: str | None) -> Dataset:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Not the codec's message: it quotes the offending bytes.
+        raise DataUnavailableError(f"{source} is not UTF-8 text") from exc
+    return Dataset(text, md5_of(content), source, rev)
 
 
 def dvc_recorded_md5(repo_root: Path, data_path: str = DATA_RELATIVE_PATH) -> str | None:

@@ -1,14 +1,30 @@
-"""params.yaml, typed; job overrides are merged in before validation."""
+"""params.yaml, typed; overrides (a job's or the CLI's `--set`) are merged in before validation.
+
+The bounds are the ones a retrain job's overrides are checked against (iris_shared.jobs), so a
+value a job may send is always one params.yaml accepts.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iris_shared.jobs import (
+    InverseRegularisation,
+    Iterations,
+    Seed,
+    TestSize,
+    TreeCount,
+    TreeDepth,
+)
+from iris_shared.registry import LOGISTIC_REGRESSION, RANDOM_FOREST
+from iris_trainer.pipeline.data import DATA_RELATIVE_PATH
 
 
 class InvalidParamsError(Exception):
@@ -20,25 +36,26 @@ class _Strict(BaseModel):
 
 
 class DataParams(_Strict):
-    path: str = "data/iris.csv"
+    # For the CLI and DVC only: a retrain job cannot set it (see iris_shared.jobs.ParamOverrides).
+    path: str = DATA_RELATIVE_PATH
 
 
 class SplitParams(_Strict):
-    test_size: float = Field(0.2, gt=0, lt=1)
-    random_state: int = 42
+    test_size: TestSize = 0.2
+    random_state: Seed = 42
 
 
 class LogisticRegressionParams(_Strict):
-    registered_name: str = "Iris-LogisticRegression"
-    C: float = Field(1.0, gt=0)
-    max_iter: int = Field(500, ge=1)
+    registered_name: str = LOGISTIC_REGRESSION
+    C: InverseRegularisation = 1.0
+    max_iter: Iterations = 500
 
 
 class RandomForestParams(_Strict):
-    registered_name: str = "Iris-RandomForest"
-    n_estimators: int = Field(100, ge=1, le=5000)
-    max_depth: int | None = Field(5, ge=1)
-    random_state: int = 42
+    registered_name: str = RANDOM_FOREST
+    n_estimators: TreeCount = 100
+    max_depth: TreeDepth | None = 5
+    random_state: Seed = 42
 
 
 class ModelsParams(_Strict):
@@ -70,17 +87,17 @@ class TrainingParams(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def load_params(path: Path, overrides: dict[str, Any] | None = None) -> TrainingParams:
+def load_params(path: Path, overrides: Mapping[str, Any] | None = None) -> TrainingParams:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
@@ -88,5 +105,9 @@ def load_params(path: Path, overrides: dict[str, Any] | None = None) -> Training
     try:
         return TrainingParams.model_validate(_deep_merge(raw, overrides or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidParamsError(f"Invalid training parameters: {problems}") from exc
+        raise InvalidParamsError(f"Invalid training parameters: {describe_errors(exc)}") from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Each problem as `dotted.field: reason`, without the offending input."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -1,11 +1,14 @@
-"""The MLflow Model Registry side: aliases, the promotion gate, and reading versions back.
+"""The MLflow Model Registry side: registration, the promotion gate, reading versions back.
 
-Aliases carry the lifecycle: `production` is what the predictor serves, `challenger` is a
-newer version that passed the gate and waits for a deliberate promotion.
+Aliases carry the lifecycle (iris_shared.registry): the gate gives a new version `challenger`,
+or `production` when the model has none yet. Moving `production` afterwards is a deliberate
+act that goes through the gateway's POST /promote, never through this module.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,21 +17,32 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 
-PRODUCTION = "production"
-CHALLENGER = "challenger"
+from iris_shared.registry import CHALLENGER, NOT_FOUND_ERRORS, PRODUCTION, GateOutcome, VersionTag
+
+# Longest wait for a new version to become READY (the server may copy artefacts first).
+REGISTRATION_TIMEOUT_S = 300
+# Job ids go into a search filter between quotes; Celery's are UUIDs.
+_SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 
-class UnknownModelVersionError(Exception):
-    """The registered model or the version does not exist."""
+# The aliases each gate outcome gives the new version.
+_GATE_ALIASES = {
+    GateOutcome.FIRST_VERSION: (PRODUCTION,),
+    GateOutcome.PASSED: (CHALLENGER,),
+    GateOutcome.FAILED: (),
+}
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    outcome: str  # first_version | passed | failed
+    outcome: GateOutcome
     reason: str
-    aliases: list[str]
     production_version: str | None
     production_score: float | None
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(_GATE_ALIASES[self.outcome])
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -36,10 +50,52 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     try:
         return client.get_model_version_by_alias(name, alias)
     except RestException as exc:
-        # MLflow answers a missing alias with 400 INVALID_PARAMETER_VALUE, not 404.
-        if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+        if exc.error_code in NOT_FOUND_ERRORS:
             return None
         raise
+
+
+def register_version(
+    client: MlflowClient,
+    name: str,
+    *,
+    model_uri: str,
+    model_id: str | None,
+    run_id: str,
+    tags: Mapping[str, str],
+) -> ModelVersion:
+    """Create a version of `name` from a logged model, with its tags, and wait until READY.
+
+    The tags travel in the creating call, so no version ever exists without its lineage
+    (tagging afterwards left untagged versions behind when a tag call failed).
+    """
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run_id,
+        tags=dict(tags),
+        model_id=model_id,
+        await_creation_for=REGISTRATION_TIMEOUT_S,
+    )
+
+
+def version_for_job(client: MlflowClient, name: str, job_id: str) -> ModelVersion | None:
+    """The version of `name` a retrain job already registered, if any.
+
+    A job runs again after a retry or a redelivery; finding its version first is what keeps
+    one job from ever registering two.
+    """
+    if not _SAFE_JOB_ID.match(job_id):
+        raise ValueError(f"job id {job_id!r} cannot be searched for")
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{VersionTag.JOB_ID}` = '{job_id}'"
+    )
+    return min(found, key=lambda v: int(v.version), default=None)
 
 
 def decide(
@@ -54,36 +110,46 @@ def decide(
     """The promotion policy, free of I/O so it can be read (and tested) on its own."""
     if production_version is None or production_score is None:
         return GateDecision(
-            "first_version",
+            GateOutcome.FIRST_VERSION,
             f"no version had alias '{PRODUCTION}'; this one serves at once",
-            [PRODUCTION],
             None,
             None,
         )
     if candidate_score < floor:
         return GateDecision(
-            "failed",
+            GateOutcome.FAILED,
             f"{metric} {candidate_score:.4f} is below the floor {floor:.4f}",
-            [],
             production_version,
             production_score,
         )
     if candidate_score < production_score - tolerance:
         return GateDecision(
-            "failed",
+            GateOutcome.FAILED,
             f"{metric} {candidate_score:.4f} is worse than production v{production_version} "
             f"({production_score:.4f}) by more than the tolerance {tolerance:.4f}",
-            [],
             production_version,
             production_score,
         )
     return GateDecision(
-        "passed",
+        GateOutcome.PASSED,
         f"{metric} {candidate_score:.4f} vs production v{production_version} "
         f"{production_score:.4f} (tolerance {tolerance:.4f}, floor {floor:.4f})",
-        [CHALLENGER],
         production_version,
         production_score,
+    )
+
+
+def recorded_decision(version: ModelVersion) -> GateDecision | None:
+    """The gate's decision on `version` if it was recorded (by an earlier attempt of a job)."""
+    tags = version.tags or {}
+    outcome = tags.get(VersionTag.GATE_OUTCOME)
+    if outcome is None:
+        return None
+    return GateDecision(
+        GateOutcome(outcome),
+        tags.get(VersionTag.GATE_REASON, ""),
+        tags.get(VersionTag.GATE_COMPARED_WITH),
+        None,
     )
 
 
@@ -94,21 +160,6 @@ def load_version(name: str, version: str) -> Any:
 def set_aliases(client: MlflowClient, name: str, version: str, aliases: list[str]) -> None:
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
-
-
-def promote(client: MlflowClient, name: str, version: str) -> str | None:
-    """Point `production` at `version`; returns the version it pointed at before."""
-    try:
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise UnknownModelVersionError(f"{name} has no version {version}") from exc
-    previous = version_by_alias(client, name, PRODUCTION)
-    client.set_registered_model_alias(name, PRODUCTION, version)
-    challenger = version_by_alias(client, name, CHALLENGER)
-    if challenger is not None and challenger.version == version:
-        # The challenger won; leaving the alias would advertise a contest that is over.
-        client.delete_registered_model_alias(name, CHALLENGER)
-    return previous.version if previous is not None else None
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,18 @@
-"""`run_training`: the whole pipeline, with progress reported through a callback."""
+"""The whole pipeline: `train_from_settings` for the CLI and the task, `run_training` under it.
+
+Expected failures (parameters, data that cannot be read or fails validation) come out as one
+exception, `TrainingRefused`, whose message is safe to show to whoever asked for the run;
+anything else (MLflow unreachable, a bug) propagates unchanged for the caller to retry or report.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,30 +20,76 @@ from typing import Any
 import matplotlib.pyplot as plt
 import mlflow
 import mlflow.sklearn
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
 from iris_shared.jobs import CandidateOutcome, JobProgress, TrainingResult, TrainingStage
+from iris_shared.registry import PRODUCTION, VersionTag
+from iris_trainer.config import TrainerSettings
 from iris_trainer.pipeline import registry
 from iris_trainer.pipeline.data import (
     Dataset,
+    DataUnavailableError,
     dvc_recorded_md5,
     git_commit,
     git_resolve,
     load_dataset,
 )
-from iris_trainer.pipeline.evaluate import evaluate, score
-from iris_trainer.pipeline.params import TrainingParams
-from iris_trainer.pipeline.train import build_candidates, fit, split
-from iris_trainer.pipeline.validation import DataValidationError, to_training_frame, validate
+from iris_trainer.pipeline.evaluate import Evaluation, evaluate, score
+from iris_trainer.pipeline.params import InvalidParamsError, TrainingParams, load_params
+from iris_trainer.pipeline.train import Candidate, Split, build_candidates, fit, split
+from iris_trainer.pipeline.validation import (
+    DataValidationError,
+    Problem,
+    ValidationReport,
+    to_training_frame,
+    validate,
+)
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[JobProgress], None]
 
 
-def _no_progress(_: JobProgress) -> None:
-    return None
+class TrainingRefused(Exception):
+    """Nothing was trained: the parameters or the data are wrong, and retrying cannot help.
+
+    The message names lines, columns and reasons but never quotes the data, so it can go back
+    to a remote caller; `report`, when the data failed validation, holds the values as well.
+    """
+
+    def __init__(self, message: str, report: ValidationReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def train_from_settings(
+    settings: TrainerSettings,
+    *,
+    data_rev: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TrainingResult:
+    """Load params.yaml with `overrides` merged in, then train, register and gate."""
+    try:
+        params = load_params(settings.path(settings.params_file), overrides)
+        return run_training(
+            params,
+            settings.repo_root,
+            data_rev=data_rev,
+            tracking_uri=settings.mlflow_tracking_uri,
+            job_id=job_id,
+            on_progress=on_progress,
+        )
+    except DataValidationError as exc:
+        raise TrainingRefused(
+            f"The data failed validation; nothing was trained. {exc}", exc.report
+        ) from exc
+    except (InvalidParamsError, DataUnavailableError) as exc:
+        raise TrainingRefused(str(exc)) from exc
 
 
 def serving_requirements() -> list[str]:
@@ -47,13 +99,12 @@ def serving_requirements() -> list[str]:
     and takes seconds per model.
     """
     import numpy
-    import pandas
     import sklearn
 
     return [
         f"mlflow=={mlflow.__version__}",
         f"scikit-learn=={sklearn.__version__}",
-        f"pandas=={pandas.__version__}",
+        f"pandas=={pd.__version__}",
         f"numpy=={numpy.__version__}",
     ]
 
@@ -61,15 +112,54 @@ def serving_requirements() -> list[str]:
 def lineage_tags(dataset: Dataset, params: TrainingParams, repo_root: Path) -> dict[str, str]:
     recorded = dvc_recorded_md5(repo_root, params.data.path)
     commit = git_resolve(repo_root, dataset.rev) if dataset.rev else git_commit(repo_root)
+    tracked = dataset.rev is not None or recorded == dataset.md5
     return {
-        "data_md5": dataset.md5,
-        "data_rows": str(dataset.rows),
-        "data_source": dataset.source,
+        VersionTag.DATA_MD5: dataset.md5,
+        VersionTag.DATA_ROWS: str(dataset.rows),
+        VersionTag.DATA_SOURCE: dataset.source,
         # The working copy can differ from what `dvc add` recorded: say so rather than guess.
-        "data_dvc_tracked": str(dataset.rev is not None or recorded == dataset.md5).lower(),
-        "git_commit": commit,
-        "params_hash": params.fingerprint(),
+        VersionTag.DATA_DVC_TRACKED: str(tracked).lower(),
+        VersionTag.GIT_COMMIT: commit,
+        VersionTag.PARAMS_HASH: params.fingerprint(),
     }
+
+
+class _Stages:
+    """Reports each stage as it starts and adds up the seconds spent in each."""
+
+    def __init__(self, total_steps: int, on_progress: ProgressCallback | None) -> None:
+        self.total_steps = total_steps
+        self.on_progress = on_progress
+        self.started_at = datetime.now(UTC)
+        self.step = 0
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[TrainingStage, float] | None = None
+
+    def start(self, stage: TrainingStage, model_name: str | None = None) -> None:
+        self.stop()
+        self.step += 1
+        if self.on_progress is not None:
+            self.on_progress(
+                JobProgress(
+                    stage=stage,
+                    model_name=model_name,
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    started_at=self.started_at,
+                )
+            )
+        # Timed after the report: the time a progress update takes is not the stage's.
+        self._current = (stage, time.perf_counter())
+
+    def stop(self) -> None:
+        if self._current is not None:
+            stage, started = self._current
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+            self._current = None
+
+    def totals(self) -> dict[str, float]:
+        self.stop()
+        return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
 
 
 def run_training(
@@ -78,117 +168,165 @@ def run_training(
     *,
     data_rev: str | None = None,
     tracking_uri: str | None = None,
-    on_progress: ProgressCallback = _no_progress,
+    job_id: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainingResult:
-    """Validate the data, train every candidate, log it to MLflow, register it and gate it."""
-    started_at = datetime.now(UTC)
+    """Validate the data, train every candidate, log it to MLflow, register it and gate it.
+
+    With a `job_id`, each version is tagged with it, and a version this job registered on an
+    earlier attempt is reused instead of trained and registered again.
+    """
     candidates = build_candidates(params)
-    total = 2 + 3 * len(candidates)
-    step = 0
+    client = MlflowClient(tracking_uri)
+    registered: dict[str, ModelVersion] = {}
+    if job_id is not None:
+        for candidate in candidates:
+            earlier = registry.version_for_job(client, candidate.registered_name, job_id)
+            if earlier is not None:
+                registered[candidate.registered_name] = earlier
+    # Reused versions only go through the registering stage.
+    stages = _Stages(
+        2 + sum(1 if c.registered_name in registered else 3 for c in candidates), on_progress
+    )
 
-    def report(stage: TrainingStage, model_name: str | None = None) -> None:
-        nonlocal step
-        step += 1
-        on_progress(
-            JobProgress(
-                stage=stage,
-                model_name=model_name,
-                step=step,
-                total_steps=total,
-                started_at=started_at,
-            )
-        )
-
-    report(TrainingStage.loading_data)
+    stages.start(TrainingStage.loading_data)
     dataset = load_dataset(repo_root, params.data.path, data_rev)
 
-    report(TrainingStage.validating)
-    raw = dataset.raw_frame()
+    stages.start(TrainingStage.validating)
+    data, validation = validated_split(dataset, params)
+
+    # Set only now, so that data which fails validation leaves MLflow's global state alone.
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(params.mlflow.experiment)
+    tags = lineage_tags(dataset, params, repo_root)
+    if job_id is not None:
+        tags[VersionTag.JOB_ID] = job_id
+
+    outcomes: dict[str, CandidateOutcome] = {}
+    for candidate in candidates:
+        name = candidate.registered_name
+        earlier = registered.get(name)
+        if earlier is None:
+            stages.start(TrainingStage.training, name)
+            model = fit(candidate, data)
+            stages.start(TrainingStage.evaluating, name)
+            evaluation = evaluate(model, data.x_test, data.y_test, name)
+            stages.start(TrainingStage.registering, name)
+            version = _log_and_register(
+                client, candidate, model, evaluation, validation, data, params, tags
+            )
+            metrics = evaluation.metrics
+        else:
+            stages.start(TrainingStage.registering, name)
+            version = earlier
+            metrics = dict(client.get_run(str(version.run_id)).data.metrics)
+            logger.info(
+                "Reusing the version this job registered before",
+                extra={"model": name, "version": version.version, "job_id": job_id},
+            )
+        decision = registry.recorded_decision(version) or _gate(
+            client, name, str(version.version), metrics[params.gate.metric], data, params
+        )
+        outcomes[name] = CandidateOutcome(
+            model_name=name,
+            version=str(version.version),
+            run_id=str(version.run_id),
+            metrics=metrics,
+            gate=decision.outcome.value,
+            gate_reason=decision.reason,
+            aliases_set=decision.aliases,
+        )
+        logger.info(
+            "Registered model version",
+            extra={"model": name, "version": version.version, "gate": decision.outcome},
+        )
+    return TrainingResult(
+        data_md5=dataset.md5, rows=dataset.rows, models=outcomes, stage_seconds=stages.totals()
+    )
+
+
+def validated_split(dataset: Dataset, params: TrainingParams) -> tuple[Split, ValidationReport]:
+    """The train/test split of data that passed validation, and the validation report."""
+    try:
+        raw = dataset.raw_frame()
+    except pd.errors.ParserError as exc:
+        # pandas names the line and the field counts, never the cells.
+        raise DataValidationError(
+            ValidationReport(problems=[Problem(None, None, None, f"not a CSV table: {exc}")])
+        ) from exc
     validation = validate(raw)
     if not validation.ok:
         raise DataValidationError(validation)
     features, labels = to_training_frame(raw)
-    data = split(features, labels, params.split)
+    return split(features, labels, params.split), validation
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    mlflow.set_experiment(params.mlflow.experiment)
-    tags = lineage_tags(dataset, params, repo_root)
 
-    outcomes: dict[str, CandidateOutcome] = {}
-    for candidate in candidates:
-        report(TrainingStage.training, candidate.registered_name)
-        model = fit(candidate, data)
-
-        report(TrainingStage.evaluating, candidate.registered_name)
-        evaluation = evaluate(model, data.x_test, data.y_test, f"{candidate.registered_name}")
-
-        report(TrainingStage.registering, candidate.registered_name)
-        with mlflow.start_run(
-            run_name=f"{candidate.key}-{tags['params_hash'][:8]}", tags=tags
-        ) as run:
-            mlflow.log_params(
-                {
-                    **candidate.hyperparameters,
-                    "model_type": candidate.key,
-                    "test_size": params.split.test_size,
-                    "split_random_state": params.split.random_state,
-                    "train_rows": len(data.x_train),
-                    "test_rows": len(data.x_test),
-                }
+def _log_and_register(
+    client: MlflowClient,
+    candidate: Candidate,
+    model: Any,
+    evaluation: Evaluation,
+    validation: ValidationReport,
+    data: Split,
+    params: TrainingParams,
+    tags: dict[str, str],
+) -> ModelVersion:
+    with mlflow.start_run(
+        run_name=f"{candidate.key}-{tags[VersionTag.PARAMS_HASH][:8]}", tags=tags
+    ) as run:
+        mlflow.log_params(
+            {
+                **candidate.hyperparameters,
+                "model_type": candidate.key,
+                "test_size": params.split.test_size,
+                "split_random_state": params.split.random_state,
+                "train_rows": len(data.x_train),
+                "test_rows": len(data.x_test),
+            }
+        )
+        mlflow.log_metrics(evaluation.metrics)
+        mlflow.log_figure(evaluation.confusion_matrix, "confusion_matrix.png")
+        plt.close(evaluation.confusion_matrix)
+        mlflow.log_text(evaluation.report_text, "classification_report.txt")
+        mlflow.log_dict(evaluation.report_dict, "classification_report.json")
+        mlflow.log_dict(validation.as_dict(), "data_validation.json")
+        signature = infer_signature(data.x_train, model.predict(data.x_train))
+        with warnings.catch_warnings():
+            # MLflow's own input-example code trips pandas' deprecation warnings.
+            warnings.simplefilter("ignore")
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=data.x_train.head(3),
+                pip_requirements=serving_requirements(),
+                skops_trusted_types=list(candidate.trusted_types) or None,
             )
-            mlflow.log_metrics(evaluation.metrics)
-            mlflow.log_figure(evaluation.confusion_matrix, "confusion_matrix.png")
-            plt.close(evaluation.confusion_matrix)
-            mlflow.log_text(evaluation.report_text, "classification_report.txt")
-            mlflow.log_dict(evaluation.report_dict, "classification_report.json")
-            mlflow.log_dict(validation.as_dict(), "data_validation.json")
-            signature = infer_signature(data.x_train, model.predict(data.x_train))
-            with warnings.catch_warnings():
-                # MLflow's own input-example code trips pandas' deprecation warnings.
-                warnings.simplefilter("ignore")
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=data.x_train.head(3),
-                    registered_model_name=candidate.registered_name,
-                    pip_requirements=serving_requirements(),
-                    skops_trusted_types=list(candidate.trusted_types) or None,
-                )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            client.set_model_version_tag(candidate.registered_name, version, key, value)
-
-        outcome = _gate(client, candidate.registered_name, version, model, data, params)
-        outcomes[candidate.registered_name] = CandidateOutcome(
-            model_name=candidate.registered_name,
-            version=version,
-            run_id=run.info.run_id,
-            metrics=evaluation.metrics,
-            gate=outcome.outcome,
-            gate_reason=outcome.reason,
-            aliases_set=outcome.aliases,
-        )
-        logger.info(
-            "Registered model version",
-            extra={"model": candidate.registered_name, "version": version, "gate": outcome.outcome},
-        )
-    return TrainingResult(data_md5=dataset.md5, rows=dataset.rows, models=outcomes)
+    return registry.register_version(
+        client,
+        candidate.registered_name,
+        model_uri=info.model_uri,
+        model_id=info.model_id,
+        run_id=run.info.run_id,
+        tags=tags,
+    )
 
 
 def _gate(
     client: MlflowClient,
     name: str,
     version: str,
-    model: Any,
-    data: Any,
+    candidate_score: float,
+    data: Split,
     params: TrainingParams,
 ) -> registry.GateDecision:
     gate = params.gate
-    production = registry.version_by_alias(client, name, registry.PRODUCTION)
-    candidate_score = score(model, data.x_test, data.y_test)[gate.metric]
+    production = registry.version_by_alias(client, name, PRODUCTION)
+    if production is not None and str(production.version) == version:
+        # An earlier attempt of this job made it the first production version, then stopped
+        # before recording the outcome; comparing it with itself would call it a challenger.
+        production = None
     production_score: float | None = None
     if production is not None:
         # Both models answer the same held-out rows, so the comparison is like for like.
@@ -203,12 +341,13 @@ def _gate(
         floor=gate.floor,
     )
     registry.set_aliases(client, name, version, decision.aliases)
-    client.set_model_version_tag(name, version, "gate.outcome", decision.outcome)
-    client.set_model_version_tag(name, version, "gate.reason", decision.reason)
     if decision.production_version is not None:
         client.set_model_version_tag(
-            name, version, "gate.compared_with", decision.production_version
+            name, version, VersionTag.GATE_COMPARED_WITH, decision.production_version
         )
+    client.set_model_version_tag(name, version, VersionTag.GATE_REASON, decision.reason)
+    # Written last: its presence tells a later attempt that the whole decision was recorded.
+    client.set_model_version_tag(name, version, VersionTag.GATE_OUTCOME, decision.outcome)
     return decision
 
 

@@ -28,9 +28,12 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
+        return self.describe(with_value=True)
+
+    def describe(self, *, with_value: bool) -> str:
         where = f"line {self.line}" if self.line is not None else "file"
         what = f", column {self.column}" if self.column else ""
-        value = f" (value {self.value!r})" if self.value is not None else ""
+        value = f" (value {self.value!r})" if with_value and self.value is not None else ""
         return f"{where}{what}: {self.reason}{value}"
 
 
@@ -52,19 +55,24 @@ class ValidationReport:
             "duplicate_rows_kept": self.duplicate_rows,
         }
 
-    def summary(self, limit: int = 20) -> str:
+    def summary(self, limit: int = 20, *, with_values: bool = True) -> str:
+        """One line per problem; `with_values=False` for messages that leave this machine.
+
+        A file that is not the data set (a `.env`, say) must not be quoted back to whoever
+        pointed the pipeline at it, so job errors name line, column and reason only.
+        """
         lines = [f"{len(self.problems)} problem(s) in {self.rows} rows:"]
-        lines += [f"  - {p}" for p in self.problems[:limit]]
+        lines += [f"  - {p.describe(with_value=with_values)}" for p in self.problems[:limit]]
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more")
         return "\n".join(lines)
 
 
 class DataValidationError(Exception):
-    """The data failed validation; `report` names every offending row."""
+    """The data failed validation; `report` names every offending row (with its values)."""
 
     def __init__(self, report: ValidationReport) -> None:
-        super().__init__(report.summary())
+        super().__init__(report.summary(with_values=False))
         self.report = report
 
 

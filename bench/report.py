@@ -1,0 +1,228 @@
+"""Write the run's results: bench/results.json (everything), bench/results.md (tables) and the
+goals table between the bench markers of the README's Performance section."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def goals_table(results: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            g["goal"],
+            g["target"],
+            g["measured"],
+            "-" if g["ratio"] is None else f"{g['ratio']:.3g}x",
+            "✅" if g["met"] else "❌",
+        ]
+        for g in results["goals"]
+    ]
+    met = sum(1 for g in results["goals"] if g["met"])
+    return [
+        *_table(["Goal", "Target", "Measured", "Ratio", "Met"], rows),
+        "",
+        f"{met} of {len(results['goals'])} goals met. {provenance(results)}",
+    ]
+
+
+def provenance(results: dict[str, Any]) -> str:
+    git, machine = results["git"], results["machine"]
+    commit = git["commit"][:10] + (" with uncommitted changes" if git["dirty"] else "")
+    return (
+        f"Measured {results['timestamp']} on commit {commit}, {machine['cores']} cores "
+        f"({machine['cpu']}), by `{results['command']}` in {results['elapsed_s'] / 60:.1f} min."
+    )
+
+
+def load_table(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, entry in results["load"]["servers"].items():
+        median = entry["median"]
+        rounds = ", ".join(f"{r['requests_per_s']:,.0f}" for r in entry["rounds"])
+        rows.append(
+            [
+                name,
+                entry["request"],
+                entry["connections"],
+                median["requests_per_s"],
+                median["rows_per_s"] if entry["rows_per_request"] > 1 else None,
+                f"{median['p50_ms']:.2f}",
+                f"{median['p90_ms']:.2f}",
+                f"{median['p99_ms']:.2f}",
+                f"{median['max_ms']:.1f}",
+                median["failed"],
+                rounds,
+            ]
+        )
+    header = ["Server", "Request", "Conn.", "req/s", "rows/s", "p50 ms", "p90 ms", "p99 ms"]
+    return _table([*header, "max ms", "failed", "req/s per round"], rows)
+
+
+def swap_section(results: dict[str, Any]) -> list[str]:
+    swap = results["hot_swap"]
+    if "error" in swap:
+        return [f"Not measured: {swap['error']}"]
+    load = swap["load"]
+    return [
+        f"wrk drove the gateway `POST /predict` ({load['requests']:,} requests over "
+        f"{load['duration_s']:.1f} s) while `production` moved from version "
+        f"{swap['from_version']} to {swap['to_version']}, {swap['alias_moved_after_load_start_s']}"
+        f" s in. Failed requests: {swap['failed_requests']}. The predictor's `GET /model` "
+        f"first named version {swap['to_version']} after {_cell(swap['first_new_answer_s'], 2)} s "
+        f"and on {swap['consecutive_answers_required']} polls in a row after "
+        f"{_cell(swap['all_new_answers_s'], 2)} s (poll interval "
+        f"{swap['predictor_poll_interval_s']:g} s; {swap['polls']} polls, "
+        f"{swap['failed_polls']} failed).",
+    ]
+
+
+def reports_section(results: dict[str, Any]) -> list[str]:
+    reports = results["reports"]
+    lines = ["### Cold start to ready", ""]
+    lines += _table(
+        ["Server", "Seconds", "How"],
+        [
+            [name, entry.get("seconds"), entry.get("how") or entry.get("error", "")]
+            for name, entry in reports["cold_start"].items()
+        ],
+    )
+    lines += ["", "### Memory after the load rounds (whole process tree)", ""]
+    lines += _table(
+        ["Service", "Processes", "RSS MiB", "PSS MiB"],
+        [
+            [name, m["processes"], m["rss_mib"], m["pss_mib"]]
+            if m
+            else [name, "-", "not running", "-"]
+            for name, m in reports["memory"].items()
+        ],
+    )
+    lines += [
+        "",
+        "PSS shares pages common to forked workers between them; RSS counts them in every process.",
+        "",
+        "### Where a retrain's seconds go",
+        "",
+    ]
+    retrain = reports["retrain"]
+    if "error" in retrain:
+        lines.append(f"Not measured: {retrain['error']}")
+        return lines
+    reported = retrain["reported_stage_seconds"] or {}
+    rows: list[list[Any]] = [["queued", None, retrain["queued_s"]]]
+    rows.append(["running, no stage reported", None, retrain["no_stage_s"]])
+    rows += [
+        [stage, reported.get(stage), seconds]
+        for stage, seconds in retrain["polled_stage_seconds"].items()
+    ]
+    rows.append(["**total** (submitted → finished)", None, retrain["total_s"]])
+    lines += _table(
+        ["Stage", "Seconds (job result)", f"Seconds (polled every {retrain['poll_interval_s']} s)"],
+        [[stage, _cell(a, 2), _cell(b, 2)] for stage, a, b in rows],
+    )
+    sequence = " → ".join(
+        f"{step['phase']}{' ' + step['model'] if step['model'] else ''} {step['seconds']:.2f}"
+        for step in retrain["steps"]
+    )
+    lines += [
+        "",
+        f"Job {retrain['status']}. `registering` covers MLflow logging, model registration and "
+        "the promotion gate; each stage sums both models (logistic regression and random "
+        "forest). Polling misses stages shorter than its interval (their time goes to the one "
+        f"before) and sees every attempt of a retried job. As polled: {sequence}.",
+    ]
+    return lines
+
+
+def machine_section(results: dict[str, Any]) -> list[str]:
+    machine = results["machine"]
+    phases = ", ".join(f"{name} {seconds:g}" for name, seconds in results["phase_seconds"].items())
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    return [
+        f"- CPU: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB",
+        f"- OS: {machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
+        f"- Load average (1, 5, 15 min) before: {results['load_average']['before']}, "
+        f"after: {results['load_average']['after']}",
+        f"- Load generator: {results['wrk']} (`-t{results['load']['wrk_threads']}`, "
+        f"`--timeout {results['load']['wrk_timeout']}`)",
+        f"- Predictor worker processes: {_cell(results['servers']['predictor_workers'])}",
+        f"- This run: {results['elapsed_s'] / 60:.1f} min; seconds per phase: {phases}",
+        f"- Libraries: {versions}",
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    load = results["load"]
+    lines = [
+        "# `make bench` results",
+        "",
+        "Written by `bench/run.py`; every figure is also in `bench/results.json`.",
+        "",
+        "## Goals",
+        "",
+        *goals_table(results),
+        "",
+        "## Load rounds",
+        "",
+        f"Median of {load['rounds']} round(s) of {load['round_seconds']} s per server, servers "
+        f"alternated round by round after a {load['warmup_seconds']} s warm-up each. req/s "
+        "counts 2xx answers; `failed` sums non-2xx and socket errors over all rounds. "
+        f"`mlflow models serve` gets `{load['mlflow_shape']['one_row']}` for one row and "
+        f"`{load['mlflow_shape']['batch']}` for batches, the faster shape of a short probe. "
+        f"Model version {results['model_version']} everywhere.",
+        "",
+        *load_table(results),
+        "",
+        "## Hot swap under load",
+        "",
+        *swap_section(results),
+        "",
+        "## Reports (not goals)",
+        "",
+        *reports_section(results),
+        "",
+        "## Machine and versions",
+        "",
+        *machine_section(results),
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results: dict[str, Any]) -> bool:
+    """Replace the table between the bench markers; False when the markers are missing."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        return False
+    block = "\n".join([README_START, *goals_table(results), README_END])
+    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+    return True
+
+
+def write_results(results: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    md_path.write_text(markdown(results))

@@ -1,0 +1,16 @@
+"""`python -m iris_predictor`: serve the predictor (settings from PREDICTOR_* and .env)."""
+
+import os
+
+from iris_predictor.config import get_settings
+from iris_shared.server import run
+
+if __name__ == "__main__":
+    # The predictor loads models itself (skops, a fixed allow-list) and never unpickles: with
+    # this, no MLflow loader would either.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    # MLflow's client waits 120 s per request and retries for minutes by default; the alias
+    # watcher must notice a dead MLflow within seconds. The environment can say otherwise.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    run("predictor", "iris_predictor.app:create_app", get_settings())

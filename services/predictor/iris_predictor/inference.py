@@ -1,0 +1,154 @@
+"""Scoring: a loaded model, and the micro-batcher that scores concurrent requests in one call.
+
+Why batch: scikit-learn's cost per call (input checks, one pass per pipeline step) is about the
+same for one row as for a thousand, so thirty-two concurrent one-row requests scored in one
+call cost about what one does. The batcher does what Triton's dynamic batcher does with a
+queue delay of zero: requests queue while the model is busy, and when it frees up everything
+queued is scored together. A lone request waits for nothing, and under load the batch grows
+with the load by itself, so no timing model is needed. Beyond `max_queued_rows` waiting rows,
+a request is refused at once (503) instead of joining a queue it would leave too late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from iris_shared.http import Overloaded
+from iris_shared.schemas import FEATURE_NAMES, ServedModel
+
+# Models fitted on a DataFrame remember its column names and warn on every call with an array.
+# LoadedModel checks at load that those names are FEATURE_NAMES in that order, and the arrays
+# are built in that order, so the warning can only ever say what was already checked.
+warnings.filterwarnings(
+    "ignore", message="X does not have valid feature names", category=UserWarning
+)
+
+
+class IncompatibleModelError(Exception):
+    """The model does not take the four measurements in FEATURE_NAMES order."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A fitted scikit-learn classifier together with what the registry says about it."""
+
+    model: Any
+    info: ServedModel
+
+    def __post_init__(self) -> None:
+        names = getattr(self.model, "feature_names_in_", None)
+        if names is not None and tuple(names) != FEATURE_NAMES:
+            raise IncompatibleModelError(
+                f"The model expects columns {list(names)}, not {list(FEATURE_NAMES)}."
+            )
+        if not hasattr(self.model, "classes_"):
+            raise IncompatibleModelError("The model is not a fitted classifier (no classes_).")
+
+    @property
+    def version(self) -> str:
+        return self.info.version
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(str(label) for label in self.model.classes_)
+
+    def with_source(self, source: str) -> LoadedModel:
+        return replace(self, info=self.info.model_copy(update={"source": source}))
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities for rows of the four measurements (columns in FEATURE_NAMES order).
+
+        A classifier without probabilities gives 1.0 to the class it predicts.
+        """
+        if hasattr(self.model, "predict_proba"):
+            return np.asarray(self.model.predict_proba(rows), dtype=np.float64)
+        labels = np.asarray(self.model.predict(rows))
+        return (labels[:, None] == np.asarray(self.model.classes_)[None, :]).astype(np.float64)
+
+
+@dataclass
+class _Waiting:
+    model: LoadedModel
+    rows: np.ndarray
+    answer: asyncio.Future[np.ndarray]
+
+
+class MicroBatcher:
+    """Scores the rows of concurrent requests together, in one thread off the event loop."""
+
+    def __init__(
+        self, max_queued_rows: int, on_call: Callable[[int], None] = lambda _requests: None
+    ) -> None:
+        self.max_queued_rows = max_queued_rows
+        # Told how many requests each model call scores: how well batching works.
+        self.on_call = on_call
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._queue: list[_Waiting] = []
+        self._queued_rows = 0
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def score(self, model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+        """The probabilities of `rows` under `model`, scored with whatever else is waiting."""
+        if self._queued_rows + len(rows) > self.max_queued_rows:
+            raise Overloaded(
+                f"{self._queued_rows} rows are already waiting for the model; retry in a moment.",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(model, rows, loop.create_future())
+        self._queue.append(waiting)
+        self._queued_rows += len(rows)
+        if self._drain_task is None:
+            self._drain_task = loop.create_task(self._drain())
+        return await waiting.answer
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._queued_rows -= sum(len(w.rows) for w in batch)
+                for group in _by_model(batch):
+                    await self._score_group(loop, group)
+        finally:
+            self._drain_task = None
+
+    async def _score_group(
+        self, loop: asyncio.AbstractEventLoop, group: Sequence[_Waiting]
+    ) -> None:
+        rows = group[0].rows if len(group) == 1 else np.concatenate([w.rows for w in group])
+        self.on_call(len(group))
+        try:
+            probabilities = await loop.run_in_executor(
+                self._executor, group[0].model.predict_proba, rows
+            )
+        except Exception as exc:
+            for waiting in group:
+                if not waiting.answer.done():
+                    waiting.answer.set_exception(exc)
+            return
+        start = 0
+        for waiting in group:
+            end = start + len(waiting.rows)
+            # A request whose client went away was cancelled: nobody waits for its answer.
+            if not waiting.answer.done():
+                waiting.answer.set_result(probabilities[start:end])
+            start = end
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _by_model(batch: list[_Waiting]) -> list[list[_Waiting]]:
+    """Split a batch by model, keeping order: a swap can fall between two queued requests."""
+    groups: dict[int, list[_Waiting]] = {}
+    for waiting in batch:
+        groups.setdefault(id(waiting.model), []).append(waiting)
+    return list(groups.values())

@@ -1,0 +1,120 @@
+"""The micro-batcher and the per-batch metrics, with the real scikit-learn pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from iris_predictor.inference import IncompatibleModelError, LoadedModel, MicroBatcher
+from iris_predictor.metrics import FEATURE_BUCKETS, observe_many
+from iris_shared.http import Overloaded
+
+ROWS = np.array(
+    [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3], [4.9, 3.0, 1.4, 0.2]]
+)
+
+
+class CountingModel:
+    """Wraps a fitted pipeline and remembers the size of every call."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.classes_ = model.classes_
+        self.feature_names_in_ = model.feature_names_in_
+        self.calls: list[int] = []
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        self.calls.append(len(rows))
+        return np.asarray(self.model.predict_proba(rows))
+
+
+def test_concurrent_requests_are_scored_together_and_each_gets_its_rows(
+    loaded_model: LoadedModel,
+) -> None:
+    counting = CountingModel(loaded_model.model)
+    model = replace(loaded_model, model=counting)
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(max_queued_rows=1000)
+        try:
+            return await asyncio.gather(
+                *(batcher.score(model, ROWS[i % 4 : i % 4 + 1]) for i in range(40))
+            )
+        finally:
+            batcher.close()
+
+    answers = asyncio.run(run())
+
+    assert sum(counting.calls) == 40
+    assert len(counting.calls) < 40, "every request was scored on its own"
+    expected = loaded_model.model.predict_proba(ROWS)
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(answer, expected[i % 4 : i % 4 + 1])
+
+
+def test_requests_for_two_models_are_never_mixed(loaded_model: LoadedModel) -> None:
+    class Constant:
+        classes_ = loaded_model.model.classes_
+
+        def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+            return np.tile([0.0, 0.0, 1.0], (len(rows), 1))
+
+    other = replace(loaded_model, model=Constant())
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(max_queued_rows=1000)
+        try:
+            return await asyncio.gather(
+                *(batcher.score(loaded_model if i % 2 else other, ROWS[:1]) for i in range(10))
+            )
+        finally:
+            batcher.close()
+
+    for i, answer in enumerate(asyncio.run(run())):
+        assert answer.argmax() == (0 if i % 2 else 2)
+
+
+def test_a_full_queue_refuses_at_once(loaded_model: LoadedModel) -> None:
+    async def run() -> None:
+        batcher = MicroBatcher(max_queued_rows=3)
+        try:
+            with pytest.raises(Overloaded):
+                await batcher.score(loaded_model, ROWS)
+        finally:
+            batcher.close()
+
+    asyncio.run(run())
+
+
+def test_a_model_for_other_columns_is_refused(loaded_model: LoadedModel) -> None:
+    class Shuffled:
+        classes_ = loaded_model.model.classes_
+        feature_names_in_ = np.array(["petal_width", "petal_length", "sepal_width", "sepal_length"])
+
+    with pytest.raises(IncompatibleModelError, match="expects columns"):
+        replace(loaded_model, model=Shuffled())
+
+
+def test_observe_many_matches_one_observe_per_value() -> None:
+    values = np.array([0.1, 0.5, 0.5000001, 2.5, 7.9, 10.0, 14.99, 49.0, 50.0, 0.25])
+    bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=bulk_registry)
+    single = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=single_registry)
+
+    observe_many(bulk, values)
+    for value in values:
+        single.observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return [
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if not line.startswith("h_created")
+        ]
+
+    assert samples(bulk_registry) == samples(single_registry)
