@@ -139,6 +139,9 @@ class ServedModel(BaseModel):
     run_id: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     data_md5: str | None = None
+    created_at: datetime | None = Field(
+        default=None, description="When the version was registered (its age counts from here)."
+    )
     loaded_at: datetime
     source: str = Field(
         default="registry",
@@ -148,6 +151,11 @@ class ServedModel(BaseModel):
     load_error: LoadFailure | None = Field(
         default=None,
         description="Set while the alias points at another version that fails to load.",
+    )
+    challenger: ServedModel | None = Field(
+        default=None,
+        description="The `challenger` version, scoring the same inputs in the shadow of this "
+        "one (its answers are compared, never returned); absent without a challenger.",
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.core import JOBS_NAMESPACE
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
 
 
@@ -59,10 +60,20 @@ def wait_ready(process: ManagedProcess, url: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="session")
-def predictor_service(trained_registry: str, logs_dir: Path) -> Iterator[PredictorService]:
+def predictor_service(
+    trained_registry: str, logs_dir: Path, redis_url: str
+) -> Iterator[PredictorService]:
     """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1),
-    with two worker processes as on a two-core machine (metrics merged across them)."""
-    process, url = start_predictor(logs_dir, trained_registry, PREDICTOR_WORKERS="2")
+    with two worker processes as on a two-core machine (metrics merged across them), keeping
+    its answers in the session Redis for feedback, and scoring drift every second."""
+    process, url = start_predictor(
+        logs_dir,
+        trained_registry,
+        PREDICTOR_WORKERS="2",
+        REDIS_URL=redis_url,
+        JOBS_NAMESPACE=JOBS_NAMESPACE,
+        PREDICTOR_DRIFT_INTERVAL_S="1",
+    )
     try:
         wait_ready(process, url)
         env = process.env or {}

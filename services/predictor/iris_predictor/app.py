@@ -4,7 +4,8 @@ Endpoints:
 
     POST /predict            one flower -> species, probabilities, model version, request id
     POST /predict/batch      {"instances": [...]} -> predictions in input order
-    GET  /model              the served model: name, version, alias, run, metrics, source
+    GET  /model              the served model (name, version, alias, run, metrics, source)
+                             and the challenger scoring in its shadow
     GET  /healthz            200 while the process is alive
     GET  /readyz             200 once a model is loaded, 503 before
     GET  /metrics            Prometheus metrics
@@ -18,19 +19,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
 
 from iris_predictor.config import PredictorSettings, get_settings
 from iris_predictor.inference import LoadedModel, MicroBatcher
 from iris_predictor.metrics import PredictorMetrics
+from iris_predictor.monitoring import DriftMonitor, PredictionStore, ShadowScorer
 from iris_predictor.prediction_log import PredictionLog
-from iris_predictor.recorder import PredictionRecorder
+from iris_predictor.recorder import Monitors, PredictionRecorder
 from iris_predictor.registry import ModelRegistry
 from iris_predictor.routes import health, model, predict, webhooks
 from iris_predictor.serving import ModelHolder
 from iris_predictor.state import PredictorState
 from iris_predictor.watcher import ModelWatcher
 from iris_shared.logging import configure_logging
+from iris_shared.monitoring import FeedbackKeys
 from iris_shared.server import WorkerPeers
 from iris_shared.service import create_service_app
 
@@ -41,15 +45,16 @@ ModelSource = LoadedModel | ModelRegistry
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: PredictorState = app.state.predictor
     state.recorder.start()
-    if state.watcher is not None:
-        # The first load happens in the watcher's thread: /healthz answers at once and
-        # /readyz turns 200 when the model is in.
-        state.watcher.start()
+    watchers = [w for w in (state.watcher, state.challenger_watcher) if w is not None]
+    # The first load happens in the watcher's thread: /healthz answers at once and /readyz
+    # turns 200 when the model is in.
+    for watcher in watchers:
+        watcher.start()
     try:
         yield
     finally:
-        if state.watcher is not None:
-            state.watcher.stop()
+        for watcher in watchers:
+            watcher.stop()
         state.batcher.close()
         state.recorder.stop()
 
@@ -65,20 +70,43 @@ def create_app(
     metrics = PredictorMetrics()
     peers = WorkerPeers(settings.workers)
     watcher: ModelWatcher | None = None
+    challenger: ModelHolder | None = None
+    challenger_watcher: ModelWatcher | None = None
     if isinstance(model_source, LoadedModel):
         holder = ModelHolder(model_source.info.name, model_source.info.alias, model_source)
         metrics.model_served(model_source.info.name, model_source.version, model_source.info.alias)
         peers.mark_ready()
     else:
-        registry = model_source or ModelRegistry(
-            tracking_uri=settings.mlflow_tracking_uri,
-            name=settings.model_name,
-            alias=settings.model_alias,
-            cache_dir=settings.cache_dir,
-            probe_timeout_s=settings.mlflow_probe_timeout_s,
-        )
+        registry = model_source or registry_for(settings, settings.model_alias)
         holder = ModelHolder(registry.name, registry.alias)
         watcher = ModelWatcher(registry, holder, metrics, settings.poll_interval_s, peers)
+        if settings.challenger_alias:
+            challenger_registry = registry_for(settings, settings.challenger_alias, registry)
+            challenger = ModelHolder(challenger_registry.name, challenger_registry.alias)
+            challenger_watcher = ModelWatcher(
+                challenger_registry,
+                challenger,
+                metrics,
+                settings.poll_interval_s,
+                peers,
+                answers=False,
+            )
+    store = None
+    if settings.redis_url is not None:
+        store = PredictionStore(
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            FeedbackKeys(settings.jobs_namespace),
+            metrics,
+            window_s=settings.feedback_window_s,
+            max_predictions=settings.max_stored_predictions,
+        )
+    monitors = Monitors(
+        drift=DriftMonitor(holder, metrics, settings.drift_window_rows, settings.drift_interval_s),
+        store=store,
+        shadow=ShadowScorer(challenger, metrics, settings.shadow_queue_size, store)
+        if challenger is not None
+        else None,
+    )
 
     routers = [predict.router, model.router, health.router]
     if settings.webhook_secret is not None:
@@ -106,8 +134,24 @@ def create_app(
             ),
             metrics,
             queue_size=settings.prediction_log_queue_size,
+            monitors=monitors,
         ),
         watcher=watcher,
         peers=peers,
+        challenger=challenger,
+        challenger_watcher=challenger_watcher,
     )
     return app
+
+
+def registry_for(
+    settings: PredictorSettings, alias: str, like: ModelRegistry | None = None
+) -> ModelRegistry:
+    """The registry to follow `alias` in: the settings' MLflow, or the same as `like`'s."""
+    return ModelRegistry(
+        tracking_uri=like.tracking_uri if like else settings.mlflow_tracking_uri,
+        name=like.name if like else settings.model_name,
+        alias=alias,
+        cache_dir=settings.cache_dir,
+        probe_timeout_s=settings.mlflow_probe_timeout_s,
+    )

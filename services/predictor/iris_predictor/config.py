@@ -8,7 +8,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.registry import DEFAULT_MODEL, PRODUCTION
+from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
+from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
+from iris_shared.registry import CHALLENGER, DEFAULT_MODEL, PRODUCTION
 from iris_shared.schemas import MAX_BATCH_ROWS
 from iris_shared.settings import HTTPServiceSettings
 
@@ -64,6 +66,49 @@ class PredictorSettings(HTTPServiceSettings):
         description="Rows waiting for the model in this process; beyond it /predict answers 503 "
         "at once rather than queueing work that would answer too late.",
     )
+    challenger_alias: str = Field(
+        default=CHALLENGER,
+        description="Alias whose version scores the same inputs after each answer (shadow "
+        "scoring), to compare with production; empty turns shadow scoring off.",
+    )
+    shadow_queue_size: int = Field(
+        default=256,
+        gt=0,
+        description="Answered requests waiting for the shadow model; beyond it shadow work is "
+        "dropped (and counted), never slowing a live request.",
+    )
+    drift_window_rows: int = Field(
+        default=2000,
+        ge=100,
+        description="Recent input rows compared with the training data's profile (PSI).",
+    )
+    drift_interval_s: float = Field(
+        default=10.0, gt=0, description="Seconds between two drift scores."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "PREDICTOR_REDIS_URL"),
+        description="Where answered predictions are kept for feedback (POST /feedback on the "
+        "gateway joins labels with them); unset keeps none.",
+    )
+    jobs_namespace: str = Field(
+        default=DEFAULT_JOBS_NAMESPACE,
+        pattern=JOBS_NAMESPACE_PATTERN,
+        validation_alias=AliasChoices("JOBS_NAMESPACE", "PREDICTOR_JOBS_NAMESPACE"),
+        description="Prefix of this deployment's Redis keys (the gateway's must match).",
+    )
+    feedback_window_s: int = Field(
+        default=DEFAULT_FEEDBACK_WINDOW_S,
+        ge=60,
+        validation_alias=AliasChoices("FEEDBACK_WINDOW", "PREDICTOR_FEEDBACK_WINDOW"),
+        description="Seconds an answered prediction stays joinable with its label.",
+    )
+    max_stored_predictions: int = Field(
+        default=200_000,
+        ge=1,
+        description="Answered requests kept for feedback at most (the oldest go first): "
+        "bounds Redis' memory whatever the traffic (about 0.5 KB each for one row).",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="Shared secret of the MLflow webhook; POST /webhooks/mlflow exists only "
@@ -73,9 +118,9 @@ class PredictorSettings(HTTPServiceSettings):
         default=300, gt=0, description="Oldest webhook timestamp accepted (replay protection)."
     )
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "redis_url", mode="before")
     @classmethod
-    def _empty_secret_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         # `PREDICTOR_WEBHOOK_SECRET=` in .env must disable the receiver, not sign with "".
         return None if value == "" else value
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from iris_shared.http import Overloaded
+from iris_shared.monitoring import ReferenceProfile
 from iris_shared.schemas import FEATURE_NAMES, ServedModel
 
 # Models fitted on a DataFrame remember its column names and warn on every call with an array.
@@ -41,6 +42,8 @@ class LoadedModel:
 
     model: Any
     info: ServedModel
+    # The training data's profile, for drift scores; None for versions logged without one.
+    profile: ReferenceProfile | None = None
 
     def __post_init__(self) -> None:
         names = getattr(self.model, "feature_names_in_", None)

@@ -78,22 +78,73 @@ class PredictorMetrics(ServiceMetrics):
             "Prediction log records dropped because the log queue was full.",
             registry=registry,
         )
+        # Whether the model is still right (iris_shared.monitoring), scored off the request path.
+        self.drift_psi = Gauge(
+            "iris_feature_drift_psi",
+            "Population stability index of recent inputs against the served version's "
+            "training data, per feature (above 0.2: the inputs have shifted).",
+            ["feature"],
+            registry=registry,
+            # Each process scores the inputs it saw; the worst of them is the one to watch.
+            multiprocess_mode="livemax",
+        )
+        self.shadow_predictions = Counter(
+            "iris_shadow_predictions_total",
+            "Rows the challenger scored after production answered, by agreement with it.",
+            ["model_version", "agree"],
+            registry=registry,
+        )
+        self.shadow_seconds = Histogram(
+            "iris_shadow_inference_seconds",
+            "Time the challenger took to score one batch of answered requests.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "iris_shadow_dropped_total",
+            "Answered requests not shadow-scored because the shadow queue was full.",
+            registry=registry,
+        )
+        self.model_age = Gauge(
+            "iris_model_age_seconds",
+            "Seconds since the served version was registered, per alias.",
+            ["alias"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.prediction_store_failures = Counter(
+            "iris_prediction_store_failures_total",
+            "Answered requests not kept for feedback because Redis failed.",
+            registry=registry,
+        )
         self.ready.set(0)
         self.load_failing.set(0)
-        self._served_labels: tuple[str, str, str] | None = None
+        self._served_labels: dict[str, tuple[str, str, str]] = {}
         # `labels()` validates and locks on every call; (species, version) pairs are few.
         self._predictions_of = functools.lru_cache(maxsize=1024)(self.predictions.labels)
 
-    def model_served(self, name: str, version: str, alias: str) -> None:
+    def model_served(self, name: str, version: str, alias: str, *, answers: bool = True) -> None:
+        """`version` is served under `alias` now; `answers`: it is the one requests get."""
+        self._forget_served(alias)
         labels = (name, version, alias)
-        if self._served_labels is not None and self._served_labels != labels:
+        self.model_info.labels(*labels).set(1)
+        self._served_labels[alias] = labels
+        if answers:
+            self.ready.set(1)
+
+    def model_dropped(self, alias: str) -> None:
+        """Nothing is served under `alias` any more (the challenger alias was removed)."""
+        self._forget_served(alias)
+        self.model_age.labels(alias).set(0)
+        self.model_age.remove(alias)
+
+    def _forget_served(self, alias: str) -> None:
+        previous = self._served_labels.pop(alias, None)
+        if previous is not None:
             # Zero, not only removed: with several processes the old value lives on in a file,
             # and the exposition leaves out info series at 0.
-            self.model_info.labels(*self._served_labels).set(0)
-            self.model_info.remove(*self._served_labels)
-        self.model_info.labels(*labels).set(1)
-        self._served_labels = labels
-        self.ready.set(1)
+            self.model_info.labels(*previous).set(0)
+            self.model_info.remove(*previous)
 
     def count_predictions(
         self, probabilities: np.ndarray, classes: tuple[str, ...], version: str

@@ -1,4 +1,5 @@
-"""What happens after an answer is sent: the prediction log and the per-row metrics.
+"""What happens after an answer is sent: the prediction log, the per-row metrics, and the
+monitors that tell whether the model is still right (iris_predictor.monitoring).
 
 A request only puts one `PredictionRecord` on a bounded queue; one thread takes what has
 accumulated, observes all of its rows in the feature histograms at once and writes one log line
@@ -20,6 +21,7 @@ import numpy as np
 import orjson
 
 from iris_predictor.metrics import PredictorMetrics
+from iris_predictor.monitoring import Answered, DriftMonitor, PredictionStore, ShadowScorer
 from iris_predictor.prediction_log import PredictionLog
 from iris_shared.schemas import FEATURE_NAMES
 
@@ -54,16 +56,44 @@ class PredictionRecord:
         }
         return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
+    def answered(self) -> Answered:
+        return Answered(
+            time=self.time,
+            request_id=self.request_id,
+            model_version=self.model_version,
+            rows=self.rows,
+            predicted=self.probabilities.argmax(axis=1),
+            classes=self.classes,
+        )
+
+
+@dataclass(frozen=True)
+class Monitors:
+    """What watches the answers besides the log; each is optional."""
+
+    drift: DriftMonitor | None = None
+    store: PredictionStore | None = None
+    shadow: ShadowScorer | None = None
+
 
 class PredictionRecorder:
-    def __init__(self, log: PredictionLog, metrics: PredictorMetrics, queue_size: int) -> None:
+    def __init__(
+        self,
+        log: PredictionLog,
+        metrics: PredictorMetrics,
+        queue_size: int,
+        monitors: Monitors | None = None,
+    ) -> None:
         self.log = log
         self.metrics = metrics
+        self.monitors = monitors or Monitors()
         self._records: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.log.open()
+        if self.monitors.shadow is not None:
+            self.monitors.shadow.start()
         self._thread = threading.Thread(target=self._run, name="prediction-recorder", daemon=True)
         self._thread.start()
 
@@ -81,6 +111,8 @@ class PredictionRecorder:
             self._thread.join(timeout)
             self._thread = None
         self.log.close()
+        if self.monitors.shadow is not None:
+            self.monitors.shadow.stop()
 
     def _run(self) -> None:
         stopping = False
@@ -105,3 +137,13 @@ class PredictionRecorder:
         rows = records[0].rows if len(records) == 1 else np.concatenate([r.rows for r in records])
         self.metrics.observe_features(rows)
         self.log.write([record.log_line() for record in records])
+        monitors = self.monitors
+        if monitors.drift is not None:
+            monitors.drift.add(rows)
+        if monitors.store is None and monitors.shadow is None:
+            return
+        answered = [record.answered() for record in records]
+        if monitors.store is not None:
+            monitors.store.keep(answered)
+        if monitors.shadow is not None:
+            monitors.shadow.submit(answered)

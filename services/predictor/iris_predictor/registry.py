@@ -32,7 +32,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
 from iris_predictor.inference import LoadedModel
-from iris_shared.registry import NOT_FOUND_ERRORS
+from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
+from iris_shared.registry import NOT_FOUND_ERRORS, VersionTag
 from iris_shared.schemas import ServedModel
 from iris_shared.servable import SKOPS_TRUSTED_TYPES, servability_problems
 
@@ -63,6 +64,16 @@ def load_servable(model_dir: Path) -> Any:
     return skops.io.load(model_file, trusted=list(SKOPS_TRUSTED_TYPES))
 
 
+def _read_profile(path: Path | None) -> ReferenceProfile | None:
+    if path is None:
+        return None
+    try:
+        return ReferenceProfile.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("Unreadable reference profile; no drift scores", extra={"path": str(path)})
+        return None
+
+
 @dataclass(frozen=True)
 class VersionRef:
     name: str
@@ -70,6 +81,7 @@ class VersionRef:
     version: str
     run_id: str | None
     data_md5: str | None
+    created_at: datetime | None = None
 
 
 class ModelRegistry:
@@ -121,13 +133,33 @@ class ModelRegistry:
         except MlflowException as exc:
             raise RegistryUnavailableError(f"MLflow failed to resolve {self.uri}") from exc
         tags = dict(version.tags or {})
+        created = version.creation_timestamp
         return VersionRef(
             name=self.name,
             alias=self.alias,
             version=str(version.version),
             run_id=version.run_id,
-            data_md5=tags.get("data_md5"),
+            data_md5=tags.get(VersionTag.DATA_MD5),
+            created_at=datetime.fromtimestamp(created / 1000, UTC) if created else None,
         )
+
+    def _profile(self, run_id: str | None, target: Path) -> Path | None:
+        """Download the training data's reference profile; None when the run has none."""
+        if not run_id:
+            return None
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=REFERENCE_PROFILE_ARTIFACT,
+                    dst_path=str(target),
+                    tracking_uri=self.tracking_uri,
+                )
+            )
+        except Exception:
+            # Versions trained before profiles existed: served all the same, without drift.
+            logger.warning("No reference profile for drift scores", extra={"run_id": run_id})
+            return None
 
     def _metrics(self, run_id: str | None) -> dict[str, float]:
         if not run_id:
@@ -157,10 +189,16 @@ class ModelRegistry:
                 run_id=ref.run_id,
                 metrics=self._metrics(ref.run_id),
                 data_md5=ref.data_md5,
+                created_at=ref.created_at,
                 loaded_at=datetime.now(UTC),
                 source="registry",
             )
-            loaded = LoadedModel(model=load_servable(Path(local)), info=info)
+            profile_path = self._profile(ref.run_id, target)
+            loaded = LoadedModel(
+                model=load_servable(Path(local)),
+                info=info,
+                profile=_read_profile(profile_path),
+            )
         except Exception as exc:
             # MLflow, network, disk, unpickling or shape errors alike: the caller keeps the old
             # model.
@@ -169,11 +207,19 @@ class ModelRegistry:
             raise ModelLoadError(
                 f"Unable to load {ref.name} version {ref.version}: {reason}"
             ) from exc
-        self._remember(info, Path(local).relative_to(self.cache_dir))
+        self._remember(
+            info,
+            Path(local).relative_to(self.cache_dir),
+            profile_path.relative_to(self.cache_dir) if profile_path is not None else None,
+        )
         return loaded
 
-    def _remember(self, info: ServedModel, model_dir: Path) -> None:
-        metadata = {"model_dir": str(model_dir), "served": info.model_dump(mode="json")}
+    def _remember(self, info: ServedModel, model_dir: Path, profile: Path | None) -> None:
+        metadata = {
+            "model_dir": str(model_dir),
+            "profile": str(profile) if profile is not None else None,
+            "served": info.model_dump(mode="json"),
+        }
         tmp = self.cache_dir / f".{_METADATA_FILE}.{uuid.uuid4().hex[:8]}"
         tmp.write_text(json.dumps(metadata, indent=2))
         # os.replace is atomic: a crash leaves the old or the new description, never half.
@@ -195,7 +241,12 @@ class ModelRegistry:
             info = ServedModel.model_validate(metadata["served"])
             info = info.model_copy(update={"source": "local-cache", "loaded_at": datetime.now(UTC)})
             model = load_servable(self.cache_dir / metadata["model_dir"])
-            return LoadedModel(model=model, info=info)
+            profile = metadata.get("profile")
+            return LoadedModel(
+                model=model,
+                info=info,
+                profile=_read_profile(self.cache_dir / profile if profile else None),
+            )
         except Exception:
             logger.exception("Unable to load the local copy of the model")
             return None

@@ -49,14 +49,20 @@ class ModelHolder:
             raise ModelNotReady(self.name, self.alias)
         return model
 
-    def describe(self) -> ServedModel:
-        """What GET /model says: the served model, and a failing newer version if any."""
+    def describe(self, challenger: ModelHolder | None = None) -> ServedModel:
+        """What GET /model says: the served model, a failing newer version if any, and the
+        challenger scoring in its shadow."""
         info = self.require().info
-        failure = self.load_failure
-        return info if failure is None else info.model_copy(update={"load_error": failure})
+        shadow = challenger.current if challenger is not None else None
+        return info.model_copy(
+            update={
+                "load_error": self.load_failure,
+                "challenger": shadow.info if shadow is not None else None,
+            }
+        )
 
-    def swap(self, new: LoadedModel) -> LoadedModel | None:
-        """Serve `new` from now on; returns the model it replaced."""
+    def swap(self, new: LoadedModel | None) -> LoadedModel | None:
+        """Serve `new` from now on (None: nothing); returns the model it replaced."""
         with self._swap_lock:
             previous, self._current = self._current, new
         return previous

@@ -25,6 +25,9 @@ class PredictorState:
     recorder: PredictionRecorder
     watcher: ModelWatcher | None
     peers: WorkerPeers
+    # The challenger, scored in the shadow of the served model (None: shadow scoring is off).
+    challenger: ModelHolder | None = None
+    challenger_watcher: ModelWatcher | None = None
 
 
 # async: FastAPI runs a plain `def` dependency in its threadpool, a hop per request.

@@ -3,6 +3,9 @@
 A new version is downloaded and loaded completely before `ModelHolder.swap` replaces the one
 reference requests read, so there is no moment without a model and no failed request. A
 failure keeps the model already served and is retried at the next check.
+
+The challenger is followed the same way by a second watcher (`answers=False`): it never makes
+the process ready, has no local copy to fall back on, and is dropped when its alias goes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ class ModelWatcher:
         metrics: PredictorMetrics,
         poll_interval_s: float,
         peers: WorkerPeers,
+        *,
+        answers: bool = True,
     ) -> None:
+        self.answers = answers
         self.registry = registry
         self.holder = holder
         self.metrics = metrics
@@ -46,7 +52,9 @@ class ModelWatcher:
         self._last_state: str | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"watcher-{self.registry.alias}", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -68,7 +76,14 @@ class ModelWatcher:
                 # The watcher must outlive any surprise, or the service stops following the alias.
                 logger.exception("Unexpected error while checking the model alias")
                 self.metrics.reload_failures.inc()
+            self._report_age()
             self._sleep_until_next_check()
+
+    def _report_age(self) -> None:
+        current = self.holder.current
+        if current is not None and current.info.created_at is not None:
+            age = datetime.now(UTC) - current.info.created_at
+            self.metrics.model_age.labels(self.registry.alias).set(age.total_seconds())
 
     def _sleep_until_next_check(self) -> None:
         """Wait a poll interval, or less when woken here or nudged by another worker."""
@@ -91,7 +106,7 @@ class ModelWatcher:
             ref = registry.resolve()
         except RegistryUnavailableError:
             self.metrics.reload_failures.inc()
-            if current is None:
+            if current is None and self.answers:
                 self._fall_back_to_cache("MLflow is unreachable")
             else:
                 self._log_state(
@@ -105,10 +120,17 @@ class ModelWatcher:
             return
         if ref is None:
             self._loaded_fine()
-            if current is None:
+            if current is not None and not self.answers:
+                # No challenger any more: nothing to compare with.
+                self.holder.swap(None)
+                self.metrics.model_dropped(registry.alias)
+                self._log_state(
+                    "alias-gone", logging.INFO, "The alias is gone", alias=registry.alias
+                )
+            elif current is None:
                 self._log_state(
                     "no-alias",
-                    logging.WARNING,
+                    logging.WARNING if self.answers else logging.INFO,
                     "No model version has the alias yet; waiting for one",
                     model=registry.name,
                     alias=registry.alias,
@@ -134,7 +156,7 @@ class ModelWatcher:
             new = registry.load(ref)
         except (ModelLoadError, RegistryUnavailableError) as exc:
             self._load_failed(ref.version, str(exc))
-            if current is None:
+            if current is None and self.answers:
                 self._fall_back_to_cache("the registry's version failed to load")
             return
         self._loaded_fine()
@@ -150,17 +172,20 @@ class ModelWatcher:
             failure = LoadFailure(version=version, reason=reason, since=datetime.now(UTC))
             self.holder.load_failure = failure
         self.metrics.reload_failures.inc()
-        self.metrics.load_failing.set(1)
+        if self.answers:
+            self.metrics.load_failing.set(1)
 
     def _loaded_fine(self) -> None:
         if self.holder.load_failure is not None:
             self.holder.load_failure = None
-            self.metrics.load_failing.set(0)
+            if self.answers:
+                self.metrics.load_failing.set(0)
 
     def _install(self, new: LoadedModel, previous: LoadedModel | None) -> None:
         self.holder.swap(new)
-        self.metrics.model_served(new.info.name, new.version, new.info.alias)
-        self.peers.mark_ready()
+        self.metrics.model_served(new.info.name, new.version, new.info.alias, answers=self.answers)
+        if self.answers:
+            self.peers.mark_ready()
         if new.info.source == "registry":
             self.metrics.reloads.inc()
         self._last_state = "serving"

@@ -13,5 +13,6 @@ router = APIRouter(tags=["model"], route_class=DocstringRoute)
 
 @router.get("/model", response_model=ServedModel, responses=error_responses(503))
 async def served_model(state: StateDep) -> ServedModel:
-    """Describe the model being served: name, version, alias, run, metrics, source, load error."""
-    return state.holder.describe()
+    """Describe the model being served (name, version, alias, run, metrics, source, load error)
+    and the challenger scoring in its shadow."""
+    return state.holder.describe(state.challenger)

@@ -26,7 +26,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
 from iris_shared.jobs import CandidateOutcome, JobProgress, TrainingResult, TrainingStage
+from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.registry import PRODUCTION, VersionTag
+from iris_shared.schemas import FEATURE_NAMES
 from iris_trainer.config import TrainerSettings
 from iris_trainer.pipeline import registry
 from iris_trainer.pipeline.data import (
@@ -291,6 +293,9 @@ def _log_and_register(
         mlflow.log_text(evaluation.report_text, "classification_report.txt")
         mlflow.log_dict(evaluation.report_dict, "classification_report.json")
         mlflow.log_dict(validation.as_dict(), "data_validation.json")
+        # What the predictor compares live inputs with (iris_shared.monitoring).
+        profile = ReferenceProfile.of(data.x_train[list(FEATURE_NAMES)].to_numpy(dtype=float))
+        mlflow.log_dict(profile.model_dump(), REFERENCE_PROFILE_ARTIFACT)
         signature = infer_signature(data.x_train, model.predict(data.x_train))
         with warnings.catch_warnings():
             # MLflow's own input-example code trips pandas' deprecation warnings.

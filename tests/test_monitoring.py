@@ -1,0 +1,163 @@
+"""Whether the model is still right, on the real predictor process: answers kept for feedback,
+drift scores against the training data, and the challenger scored in production's shadow."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+import redis
+from mlflow import MlflowClient
+
+from iris_shared.monitoring import FeedbackKeys, StoredPrediction
+from iris_shared.registry import CHALLENGER
+from iris_shared.schemas import FEATURE_NAMES
+from tests.support.core import JOBS_NAMESPACE
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.integration
+
+MODEL = "Iris-LogisticRegression"
+SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+KEYS = FeedbackKeys(JOBS_NAMESPACE)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        named = line.startswith(f"{name}{{") or line.startswith(f"{name} ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_every_answer_is_kept_for_feedback_under_its_request_id(
+    predictor_url: str, redis_url: str
+) -> None:
+    one_id, batch_id = f"fb-{uuid.uuid4()}", f"fb-{uuid.uuid4()}"
+    one = httpx.post(f"{predictor_url}/predict", json=SETOSA, headers={"X-Request-ID": one_id})
+    batch = httpx.post(
+        f"{predictor_url}/predict/batch",
+        json={"instances": [SETOSA, VIRGINICA]},
+        headers={"X-Request-ID": batch_id},
+    )
+    assert one.status_code == batch.status_code == 200
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def stored(request_id: str) -> StoredPrediction | None:
+        raw = client.get(KEYS.prediction(request_id))
+        return StoredPrediction.model_validate_json(raw) if raw else None
+
+    # Kept by the recorder thread once the answer has gone: soon, not at once.
+    wait_until(lambda: stored(batch_id) is not None, 10, "the batch kept for feedback")
+    kept_one, kept_batch = stored(one_id), stored(batch_id)
+    ttl = client.ttl(KEYS.prediction(one_id))
+    client.close()
+
+    assert kept_one is not None
+    assert kept_one.model_version == one.json()["model_version"]
+    assert kept_one.rows == [[SETOSA[f] for f in FEATURE_NAMES]]
+    assert kept_one.predicted_species == ["Iris-setosa"]
+    assert kept_batch is not None
+    assert kept_batch.predicted_species == [
+        p["predicted_species"] for p in batch.json()["predictions"]
+    ]
+    assert 0 < ttl <= 7 * 24 * 3600
+
+
+def test_drift_is_scored_per_feature_against_the_training_data(predictor_url: str) -> None:
+    # Enough rows for a score, spread like the training data (setosa and virginica alike).
+    rows = [SETOSA, VIRGINICA] * 100
+    assert httpx.post(f"{predictor_url}/predict/batch", json={"instances": rows}).status_code == 200
+
+    def scores() -> dict[str, float | None]:
+        text = httpx.get(f"{predictor_url}/metrics").text
+        return {f: metric(text, "iris_feature_drift_psi", feature=f) for f in FEATURE_NAMES}
+
+    def scored() -> bool:
+        # Scored every second, on the next rows after that.
+        httpx.post(f"{predictor_url}/predict", json=SETOSA)
+        return all(value is not None for value in scores().values())
+
+    wait_until(scored, 20, "drift scores for every feature")
+    assert all(value is not None and value >= 0 for value in scores().values())
+
+
+def test_the_challenger_scores_in_the_shadow_and_shows_in_get_model(
+    predictor_url: str, trained_registry: str
+) -> None:
+    client = MlflowClient(trained_registry)
+    production = client.get_model_version_by_alias(MODEL, "production")
+    # Another version of the same model: it must agree with production on every row.
+    copy = client.create_model_version(
+        MODEL,
+        production.source,
+        run_id=production.run_id,
+        model_id=production.model_id or production.source.removeprefix("models:/"),
+    )
+    previous = None
+    try:
+        previous = client.get_model_version_by_alias(MODEL, CHALLENGER).version
+    except Exception:
+        previous = None
+    client.set_registered_model_alias(MODEL, CHALLENGER, copy.version)
+    try:
+
+        def challenger_shown() -> dict | None:
+            body = httpx.get(f"{predictor_url}/model").json()
+            challenger = body.get("challenger")
+            return body if challenger and challenger["version"] == str(copy.version) else None
+
+        # Both worker processes follow the alias; ten reads reach both.
+        wait_until(
+            lambda: all(challenger_shown() for _ in range(10)), 30, "the challenger in GET /model"
+        )
+        body = challenger_shown()
+        assert body is not None
+        assert body["version"] == str(production.version), "production changed"
+        assert body["challenger"]["alias"] == CHALLENGER
+        answer = httpx.post(f"{predictor_url}/predict", json=SETOSA).json()
+        assert answer["model_version"] == str(production.version)
+
+        def agreed() -> float:
+            httpx.post(f"{predictor_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA]})
+            text = httpx.get(f"{predictor_url}/metrics").text
+            return (
+                metric(
+                    text,
+                    "iris_shadow_predictions_total",
+                    model_version=str(copy.version),
+                    agree="true",
+                )
+                or 0.0
+            )
+
+        wait_until(lambda: agreed() >= 2, 20, "shadow predictions counted")
+        text = httpx.get(f"{predictor_url}/metrics").text
+        assert (
+            metric(
+                text,
+                "iris_shadow_predictions_total",
+                model_version=str(copy.version),
+                agree="false",
+            )
+            is None
+        )
+        age = metric(text, "iris_model_age_seconds", alias=CHALLENGER)
+        assert age is not None
+        assert age >= 0
+    finally:
+        if previous is None:
+            client.delete_registered_model_alias(MODEL, CHALLENGER)
+        else:
+            client.set_registered_model_alias(MODEL, CHALLENGER, previous)
+
+    if previous is None:
+        wait_until(
+            lambda: all(
+                httpx.get(f"{predictor_url}/model").json()["challenger"] is None for _ in range(10)
+            ),
+            30,
+            "the challenger gone from GET /model",
+        )
