@@ -161,3 +161,35 @@ def test_the_challenger_scores_in_the_shadow_and_shows_in_get_model(
             30,
             "the challenger gone from GET /model",
         )
+
+
+def test_feedback_through_the_gateway_joins_the_predictors_answer(
+    gateway_url: str, api_token: str
+) -> None:
+    headers = {"Authorization": f"Bearer {api_token}"}
+    answer = httpx.post(f"{gateway_url}/predict", json=VIRGINICA).json()
+    request_id = answer["request_id"]
+    label = {"request_id": request_id, "actual_species": "Iris-virginica"}
+
+    # The predictor keeps the answer once it has gone: the label may arrive a moment early.
+    def accepted() -> httpx.Response | None:
+        response = httpx.post(f"{gateway_url}/feedback", json=label, headers=headers)
+        return response if response.status_code != 404 else None
+
+    wait_until(lambda: accepted() is not None, 10, "the answer joinable")
+    again = httpx.post(f"{gateway_url}/feedback", json=label, headers=headers)
+    unknown = httpx.post(
+        f"{gateway_url}/feedback", json={**label, "request_id": "never-answered"}, headers=headers
+    )
+    text = httpx.get(f"{gateway_url}/metrics").text
+
+    assert again.status_code == 409
+    assert unknown.status_code == 404
+    version = answer["model_version"]
+    correct = "true" if answer["predicted_species"] == "Iris-virginica" else "false"
+    counted = metric(text, "iris_feedback_total", model_version=version, correct=correct)
+    assert counted is not None
+    assert counted >= 1
+    accuracy = metric(text, "iris_live_accuracy", model_version=version)
+    assert accuracy is not None
+    assert 0 <= accuracy <= 1

@@ -7,6 +7,7 @@
     GET  /jobs             recent retrain jobs, newest first (Bearer token)
     GET  /jobs/{job_id}    one job's status, progress, result or error (Bearer token)
     POST /promote          move a model's `production` alias in MLflow (Bearer token)
+    POST /feedback         the true species of predicted flowers, by request id (Bearer token)
     GET  /healthz          the process is alive
     GET  /readyz           the predictor and Redis are reachable
     GET  /metrics          Prometheus metrics
@@ -29,14 +30,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from iris_gateway.config import GatewaySettings, get_settings
+from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.registry import ModelRegistry
-from iris_gateway.routes import health, jobs, predict, promote
+from iris_gateway.routes import feedback, health, jobs, predict, promote
 from iris_gateway.state import GatewayState
 from iris_gateway.upstream import Upstream
 from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
+from iris_shared.monitoring import FeedbackKeys
 from iris_shared.service import create_service_app
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             retry_after_s=settings.retrain_retry_after_s,
             metrics=metrics,
         ),
+        feedback=FeedbackStore(
+            redis_client,
+            FeedbackKeys(settings.jobs_namespace),
+            window_s=settings.feedback_window_s,
+            accuracy_window=settings.live_accuracy_window,
+            max_labelled_rows=settings.max_labelled_rows,
+            metrics=metrics,
+        ),
     )
     logger.info(
         "Gateway started",
@@ -148,8 +159,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version=VERSION,
         settings=settings,
         metrics=metrics,
-        routers=[predict.router, jobs.router, promote.router, health.router],
-        json_bodies=predict.JSON_BODIES,
+        routers=[predict.router, jobs.router, promote.router, feedback.router, health.router],
+        json_bodies=[*predict.JSON_BODIES, *feedback.JSON_BODIES],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import SettingsConfigDict
 
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
+from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import DEFAULT_MODEL
 from iris_shared.settings import HTTPServiceSettings
 
@@ -94,6 +95,25 @@ class GatewaySettings(HTTPServiceSettings):
         default=60,
         ge=1,
         description="The Retry-After of a 429 from POST /retrain: about one training run.",
+    )
+    feedback_window_s: int = Field(
+        default=DEFAULT_FEEDBACK_WINDOW_S,
+        ge=60,
+        validation_alias=AliasChoices("FEEDBACK_WINDOW", "GATEWAY_FEEDBACK_WINDOW"),
+        description="Seconds after an answer during which POST /feedback takes its label (the "
+        "predictor keeps answers as long; the same variable for both).",
+    )
+    live_accuracy_window: int = Field(
+        default=200,
+        ge=1,
+        description="iris_live_accuracy is the share of right answers among this many of a "
+        "version's last labelled answers.",
+    )
+    max_labelled_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Labelled rows kept for `iris-mlops data add-feedback` at most; beyond, "
+        "labels still count for accuracy but their rows are not kept.",
     )
 
     @field_validator("predictor_url", "mlflow_tracking_uri")

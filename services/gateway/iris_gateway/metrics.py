@@ -8,12 +8,16 @@ HTTP metrics, `/metrics` and the merge across worker processes come from
   `status_5xx`, `unavailable`, ...);
 - `iris_retrain_jobs_submitted_total`: retrain jobs accepted (202);
 - `iris_retrain_jobs_refused_total`: retrain jobs refused because RETRAIN_MAX_PENDING jobs
-  were pending already (429).
+  were pending already (429);
+- `iris_feedback_total{model_version,correct}`: labels accepted by POST /feedback, by the
+  version that answered and whether its answer was right (`true`/`false`);
+- `iris_live_accuracy{model_version}`: the share of right answers among the version's last
+  GATEWAY_LIVE_ACCURACY_WINDOW labelled answers, as of the latest label.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from iris_shared.metrics import ServiceMetrics
 
@@ -37,6 +41,27 @@ class GatewayMetrics(ServiceMetrics):
             "Retrain jobs refused because the cap on pending jobs was reached.",
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "iris_feedback_total",
+            "Labels accepted for answered predictions, by model version and whether it was right.",
+            ["model_version", "correct"],
+            registry=self.registry,
+        )
+        # The value is computed from Redis, which every process shares, so the latest value set
+        # by any process is the right one. `mostrecent` exposes exactly that (prometheus_client
+        # keeps a timestamp per process and value), and keeps it after the process that set it
+        # exits. `livemax` would show the highest value any live process saw last, which stays
+        # stale in a process that has had no label for that version since.
+        self.live_accuracy = Gauge(
+            "iris_live_accuracy",
+            "Share of right answers among a model version's last labelled answers.",
+            ["model_version"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.upstream_errors.labels(upstream=upstream, reason=reason).inc()
+
+    def feedback_given(self, model_version: str, *, correct: bool) -> None:
+        self.feedback.labels(model_version=model_version, correct=str(correct).lower()).inc()

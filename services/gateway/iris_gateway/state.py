@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from iris_gateway.config import GatewaySettings
+from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.registry import ModelRegistry
@@ -21,6 +22,7 @@ class GatewayState:
     predictor: Upstream
     registry: ModelRegistry
     jobs: JobStore
+    feedback: FeedbackStore
 
 
 # async: FastAPI runs a plain `def` dependency in its threadpool, a hop per request.

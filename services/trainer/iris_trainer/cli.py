@@ -1,9 +1,11 @@
 """`iris-mlops`: train, inspect and promote models, and bootstrap the data, from a shell.
 
 iris-mlops data bootstrap        make data/iris.csv match its DVC pointer (offline)
+iris-mlops data add-feedback     append the rows labelled through POST /feedback, dvc add + push
 iris-mlops validate [CSV]        check a data file; non-zero exit with a report on failure
 iris-mlops train                 validate, train, log, register and gate every candidate
-iris-mlops models                versions, aliases, key metrics and lineage
+iris-mlops models                versions, aliases, key metrics, lineage, live figures
+iris-mlops report drift          HTML report: prediction log inputs vs. the training data
 iris-mlops promote VERSION       move the `production` alias through the gateway (--model NAME)
 """
 
@@ -12,14 +14,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import httpx
 
 from iris_shared.logging import configure_logging
+from iris_shared.monitoring import FeedbackKeys
 from iris_shared.registry import DEFAULT_MODEL, VersionTag
-from iris_trainer.config import get_settings
+from iris_trainer.config import get_settings, get_worker_settings
+
+if TYPE_CHECKING:
+    from iris_trainer.feedback import LiveFigures, Rate
+    from iris_trainer.pipeline.registry import VersionSummary
 
 PROMOTE_TIMEOUT_S = 30.0
 
@@ -54,6 +61,44 @@ def data_bootstrap(remote_dir: Path | None) -> None:
         click.echo(bootstrap(get_settings().repo_root, remote_dir))
     except BootstrapError as exc:
         _fail(str(exc))
+
+
+@data.command("add-feedback")
+@click.option("--dry-run", is_flag=True, help="Print the rows that would be added; change nothing.")
+def data_add_feedback(dry_run: bool) -> None:
+    """Append the rows labelled through POST /feedback to data/iris.csv as a new DVC version.
+
+    The rows are validated with the rest of the file as training validates it; after
+    `dvc add` and `dvc push` they are removed from Redis (REDIS_URL, JOBS_NAMESPACE). Commit
+    data/iris.csv.dvc afterwards to record the version in git.
+    """
+    from iris_trainer.feedback import FeedbackDataError, add_feedback, redis_client
+
+    settings = get_settings()
+    worker = get_worker_settings()
+    client = redis_client(worker.redis_url)
+    try:
+        added = add_feedback(
+            settings.repo_root, client, FeedbackKeys(worker.jobs_namespace), dry_run=dry_run
+        )
+    except FeedbackDataError as exc:
+        _fail(str(exc))
+    finally:
+        client.close()
+    if not added.rows:
+        click.echo("No labelled rows are waiting: nothing to add.")
+        return
+    if dry_run:
+        click.echo(f"Would add {len(added.rows)} rows to data/iris.csv:")
+        for line in added.lines:
+            click.echo(f"  {line}")
+        click.echo(f"data/iris.csv would have {added.total_rows} rows (validation passed).")
+        return
+    click.echo(
+        f"Added {len(added.rows)} rows to data/iris.csv ({added.total_rows} rows now); "
+        f"new md5 {added.md5}, pushed to the DVC remote."
+    )
+    click.echo("Record it in git: git add data/iris.csv.dvc && git commit", err=True)
 
 
 @main.command("validate")
@@ -156,11 +201,25 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @main.command("models")
 @click.option("--model", "names", multiple=True, help="Only these registered models.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models_command(names: tuple[str, ...], as_json: bool) -> None:
-    """List registered versions with aliases, key metrics and lineage."""
+@click.option(
+    "--served-model",
+    envvar="PREDICTOR_MODEL_NAME",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="The model the predictor serves (PREDICTOR_MODEL_NAME): its versions get the live "
+    "figures, which Redis keeps by version number only.",
+)
+def models_command(names: tuple[str, ...], as_json: bool, served_model: str) -> None:
+    """List registered versions with aliases, key metrics, lineage and live figures.
+
+    SHADOW is how often the version, as challenger, agreed with production on live inputs;
+    LIVE is its accuracy on the last labelled answers (POST /feedback); both with their
+    count, '-' when there is none or Redis cannot be reached.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from iris_trainer.feedback import LiveFigures
     from iris_trainer.pipeline.registry import list_versions
 
     settings = get_settings()
@@ -168,15 +227,29 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
         versions = list_versions(MlflowClient(settings.mlflow_tracking_uri), list(names) or None)
     except (MlflowException, OSError) as exc:
         _fail(f"cannot list models from {settings.mlflow_tracking_uri}: {exc}")
+    figures = _live_figures([v.version for v in versions if v.name == served_model])
+
+    def live(v: VersionSummary) -> LiveFigures:
+        none = LiveFigures(shadow_agreement=None, live_accuracy=None)
+        return figures.get(v.version, none) if v.name == served_model else none
+
     if as_json:
-        click.echo(json.dumps([v.__dict__ for v in versions], indent=2))
+        listing = [
+            {
+                **v.__dict__,
+                "shadow_agreement": _rate_dict(live(v).shadow_agreement),
+                "live_accuracy": _rate_dict(live(v).live_accuracy),
+            }
+            for v in versions
+        ]
+        click.echo(json.dumps(listing, indent=2))
         return
     if not versions:
         click.echo("No registered models yet: run `iris-mlops train`.")
         return
     click.echo(
         f"{'MODEL':<26}{'VER':>4}  {'ALIASES':<22}{'ACC':>7}{'F1':>7}  "
-        f"{'DATA MD5':<10} {'ROWS':>5}  {'COMMIT':<8} GATE"
+        f"{'DATA MD5':<10} {'ROWS':>5}  {'COMMIT':<8} {'GATE':<14}{'SHADOW':<14}LIVE"
     )
     nan = float("nan")
     for v in versions:
@@ -186,8 +259,91 @@ def models_command(names: tuple[str, ...], as_json: bool) -> None:
             f"{v.tags.get(VersionTag.DATA_MD5, '-')[:8]:<10} "
             f"{v.tags.get(VersionTag.DATA_ROWS, '-'):>5}  "
             f"{v.tags.get(VersionTag.GIT_COMMIT, '-')[:7]:<8} "
-            f"{v.tags.get(VersionTag.GATE_OUTCOME, '-')}"
+            f"{v.tags.get(VersionTag.GATE_OUTCOME, '-'):<14}"
+            f"{live(v).shadow_agreement or '-'!s:<14}{live(v).live_accuracy or '-'}"
         )
+
+
+def _live_figures(versions: list[str]) -> dict[str, LiveFigures]:
+    """Shadow agreement and live accuracy by version; empty when Redis cannot be reached, so
+    that listing the registry never depends on it."""
+    import redis
+
+    from iris_trainer.feedback import live_figures, redis_client
+
+    if not versions:
+        return {}
+    worker = get_worker_settings()
+    client = redis_client(worker.redis_url)
+    try:
+        return live_figures(client, FeedbackKeys(worker.jobs_namespace), versions)
+    except redis.RedisError as exc:
+        click.echo(f"note: live figures unavailable, Redis cannot be reached ({exc})", err=True)
+        return {}
+    finally:
+        client.close()
+
+
+def _rate_dict(rate: Rate | None) -> dict[str, float | int] | None:
+    return {"value": rate.value, "count": rate.count} if rate else None
+
+
+@main.group()
+def report() -> None:
+    """Reports for people about the served model."""
+
+
+@report.command("drift")
+# The default is PredictorSettings.prediction_log_dir's, relative to the folder the predictor
+# starts in (the checkout, under `make up`), which the predictor's own variable overrides.
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="PREDICTOR_PREDICTION_LOG_DIR",
+    default="prediction-logs",
+    show_default=True,
+    help="The predictor's prediction log folder (PREDICTOR_PREDICTION_LOG_DIR).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The HTML report to write (default: drift.html in TRAINER_REPORTS_DIR, reports/).",
+)
+@click.option("--model-version", help="Only the predictions of this model version.")
+@click.option(
+    "--data-rev",
+    help="Git revision of data/iris.csv to compare with, e.g. the COMMIT `iris-mlops models` "
+    "shows for the served version (default: the working copy).",
+)
+def report_drift(
+    log_dir: Path, output: Path | None, model_version: str | None, data_rev: str | None
+) -> None:
+    """Write an HTML report comparing the inputs the predictor answered with the training data."""
+    from iris_trainer.drift_report import (
+        DriftReportError,
+        read_prediction_log,
+        training_frame,
+        write_drift_report,
+    )
+
+    settings = get_settings()
+    output = output or settings.path(settings.reports_dir) / "drift.html"
+    try:
+        live = read_prediction_log(log_dir, model_version)
+        reference, source = training_frame(settings.repo_root, data_rev)
+        summary = write_drift_report(live, reference, source, output)
+    except DriftReportError as exc:
+        _fail(str(exc))
+    for column in summary.columns:
+        verdict = "DRIFT" if column.drifted else "ok"
+        click.echo(
+            f"{column.column:<14} {column.method:<22} score {column.score:.4f} "
+            f"(threshold {column.threshold:g})  {verdict}"
+        )
+    click.echo(
+        f"{summary.current_rows} live rows vs. {summary.reference_rows} training rows; "
+        f"drifted: {', '.join(summary.drifted) or 'none'}; report written to {output}"
+    )
 
 
 @main.command("promote")

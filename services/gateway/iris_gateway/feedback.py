@@ -1,0 +1,254 @@
+"""Feedback: the true species of flowers the service predicted, joined with what it answered.
+
+The contract (keys, `Feedback`, `StoredPrediction`, `LabelledRow`) is `iris_shared.monitoring`.
+The predictor keeps each answered request as a `StoredPrediction` for the feedback window; a
+label is accepted once per (request id, row), in one Lua script per request so that the check
+and the writes cannot interleave with another label of the same row:
+
+    <ns>:prediction:<request id>                 the predictor's answer (read only, here)
+    <ns>:feedback:answered:<request id>:<row>    set once labelled (expires with the window)
+    <ns>:feedback:outcomes:<version>             '1' right / '0' wrong, newest first, the last
+                                                 GATEWAY_LIVE_ACCURACY_WINDOW kept
+    <ns>:feedback:labelled                       LabelledRow JSON, oldest first, for
+                                                 `iris-mlops data add-feedback` (at most
+                                                 GATEWAY_MAX_LABELLED_ROWS)
+
+Nothing here grows without bound: answered marks expire with the window, each version's
+outcomes are trimmed to the accuracy window, and the labelled list stops taking rows when full.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import StrEnum
+from typing import Final
+
+import redis.asyncio as redis
+from pydantic import BaseModel, Field
+
+from iris_gateway.metrics import GatewayMetrics
+from iris_shared.http import ServiceError
+from iris_shared.monitoring import Feedback, FeedbackKeys
+
+logger = logging.getLogger(__name__)
+
+MAX_FEEDBACK_ITEMS: Final = 1000
+
+# KEYS: labelled, then per item its prediction key and its answered key.
+# ARGV: outcomes key prefix, window (s), accuracy window, labelled cap, now (epoch s), then per
+# item its request id, row (0-based) and actual species.
+# Returns {per item {outcome, model version, correct}, per version touched {version, right,
+# labels counted}, rows not kept because the labelled list was full}.
+#
+# The outcomes key depends on the version stored with the prediction, which only the script
+# reads, so it is built here from its prefix: fine on the single Redis a deployment uses (not
+# Redis Cluster, where every key must be declared).
+# cjson writes numbers with 14 significant digits: far finer than a measurement in cm.
+_RECORD = """
+local labelled = KEYS[1]
+local outcomes_prefix, window, keep, cap, now =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local results, touched, versions, not_kept = {}, {}, {}, 0
+local items = (#ARGV - 5) / 3
+for i = 1, items do
+  local request_id = ARGV[5 + 3 * i - 2]
+  local row = tonumber(ARGV[5 + 3 * i - 1])
+  local actual = ARGV[5 + 3 * i]
+  local raw = redis.call('GET', KEYS[2 * i])
+  local ok, stored = false, nil
+  if raw then
+    ok, stored = pcall(cjson.decode, raw)
+  end
+  local features, predicted, version = nil, nil, nil
+  if ok and type(stored) == 'table' and type(stored['rows']) == 'table'
+      and type(stored['predicted_species']) == 'table' then
+    features = stored['rows'][row + 1]
+    predicted = stored['predicted_species'][row + 1]
+    version = stored['model_version']
+  end
+  local named = type(version) == 'string' or type(version) == 'number'
+  if type(features) ~= 'table' or type(predicted) ~= 'string' or not named then
+    results[i] = {'not_found', '', 0}
+  elseif not redis.call('SET', KEYS[2 * i + 1], '1', 'NX', 'EX', window) then
+    results[i] = {'duplicate', '', 0}
+  else
+    version = tostring(version)
+    local correct = 0
+    if predicted == actual then correct = 1 end
+    local outcomes = outcomes_prefix .. version
+    redis.call('LPUSH', outcomes, correct)
+    redis.call('LTRIM', outcomes, 0, keep - 1)
+    if redis.call('LLEN', labelled) < cap then
+      redis.call('RPUSH', labelled, cjson.encode({
+        request_id = request_id, row = row, model_version = version, features = features,
+        predicted_species = predicted, actual_species = actual, labelled_at = now}))
+    else
+      not_kept = not_kept + 1
+    end
+    results[i] = {'accepted', version, correct}
+    if not touched[version] then
+      touched[version] = true
+      versions[#versions + 1] = version
+    end
+  end
+end
+local accuracy = {}
+for _, version in ipairs(versions) do
+  local recent = redis.call('LRANGE', outcomes_prefix .. version, 0, keep - 1)
+  local right = 0
+  for _, outcome in ipairs(recent) do
+    if outcome == '1' then right = right + 1 end
+  end
+  accuracy[#accuracy + 1] = {version, right, #recent}
+end
+return {results, accuracy, not_kept}
+"""
+
+
+class FeedbackOutcome(StrEnum):
+    accepted = "accepted"
+    not_found = "not_found"
+    duplicate = "duplicate"
+
+
+class FeedbackResult(BaseModel):
+    """What became of one label."""
+
+    request_id: str
+    row: int
+    outcome: FeedbackOutcome = Field(
+        description="`accepted`; `not_found`: no prediction with this request id within the "
+        "feedback window, or no such row in it; `duplicate`: this row was labelled already."
+    )
+
+
+class BulkFeedbackResult(BaseModel):
+    """What became of each label of a list, in the order sent, and the counts."""
+
+    results: list[FeedbackResult]
+    accepted: int
+    not_found: int
+    duplicate: int
+
+
+class FeedbackUnavailable(ServiceError):
+    """Redis, which holds the predictions and their labels, cannot be reached."""
+
+    status_code = 503
+    error = "feedback_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Feedback is unavailable right now (Redis cannot be reached); retry later.",
+            headers={"Retry-After": "5"},
+        )
+
+
+class PredictionNotFound(ServiceError):
+    """No stored prediction has this request id (never answered, or older than the window),
+    or the prediction has no such row."""
+
+    status_code = 404
+    error = "prediction_not_found"
+
+    def __init__(self, feedback: Feedback) -> None:
+        where = f" row {feedback.row}" if feedback.row else ""
+        super().__init__(
+            f"No prediction{where} with request id '{feedback.request_id}' within the feedback "
+            "window (it was never answered, it expired, or it has fewer rows)."
+        )
+
+
+class FeedbackAlreadyGiven(ServiceError):
+    """This row of this prediction was labelled already; a label is taken once."""
+
+    status_code = 409
+    error = "feedback_already_given"
+
+    def __init__(self, feedback: Feedback) -> None:
+        super().__init__(
+            f"Row {feedback.row} of request '{feedback.request_id}' was labelled already."
+        )
+
+
+class FeedbackStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FeedbackKeys,
+        *,
+        window_s: int,
+        accuracy_window: int,
+        max_labelled_rows: int,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.window_s = window_s
+        self.accuracy_window = accuracy_window
+        self.max_labelled_rows = max_labelled_rows
+        self.metrics = metrics
+        self._record_script = client.register_script(_RECORD)
+
+    async def give(self, feedback: Feedback) -> FeedbackResult:
+        """Record one label; raises when it is not accepted."""
+        [result] = await self.record([feedback])
+        if result.outcome is FeedbackOutcome.not_found:
+            raise PredictionNotFound(feedback)
+        if result.outcome is FeedbackOutcome.duplicate:
+            raise FeedbackAlreadyGiven(feedback)
+        return result
+
+    async def give_many(self, items: list[Feedback]) -> BulkFeedbackResult:
+        """Record each label that can be; the others are reported, not raised."""
+        results = await self.record(items)
+        counts = {outcome: 0 for outcome in FeedbackOutcome}
+        for result in results:
+            counts[result.outcome] += 1
+        return BulkFeedbackResult(
+            results=results,
+            accepted=counts[FeedbackOutcome.accepted],
+            not_found=counts[FeedbackOutcome.not_found],
+            duplicate=counts[FeedbackOutcome.duplicate],
+        )
+
+    async def record(self, items: list[Feedback]) -> list[FeedbackResult]:
+        keys = [self.keys.labelled]
+        args: list[str | int | float] = [
+            self.keys.outcomes(""),
+            self.window_s,
+            self.accuracy_window,
+            self.max_labelled_rows,
+            time.time(),
+        ]
+        for item in items:
+            keys += [
+                self.keys.prediction(item.request_id),
+                self.keys.answered(item.request_id, item.row),
+            ]
+            args += [item.request_id, item.row, item.actual_species]
+        try:
+            outcomes, accuracy, not_kept = await self._record_script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            self.metrics.upstream_error("redis", "unavailable")
+            logger.warning("Redis unavailable", extra={"reason": str(exc)})
+            raise FeedbackUnavailable() from exc
+        results = []
+        for item, (outcome, version, correct) in zip(items, outcomes, strict=True):
+            if outcome == FeedbackOutcome.accepted:
+                self.metrics.feedback_given(version, correct=bool(correct))
+            results.append(
+                FeedbackResult(
+                    request_id=item.request_id, row=item.row, outcome=FeedbackOutcome(outcome)
+                )
+            )
+        for version, right, counted in accuracy:
+            self.metrics.live_accuracy.labels(model_version=version).set(right / counted)
+        if not_kept:
+            logger.warning(
+                "Labelled rows not kept for training: the list is full; run "
+                "`iris-mlops data add-feedback`",
+                extra={"rows": not_kept, "max_labelled_rows": self.max_labelled_rows},
+            )
+        return results
