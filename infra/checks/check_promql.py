@@ -24,23 +24,52 @@ RULES_DIR = ROOT / "infra/prometheus/rules"
 DASHBOARDS_DIR = ROOT / "infra/grafana/dashboards"
 DATASOURCES = ROOT / "infra/grafana/provisioning/datasources/prometheus.yml"
 
-# What the services export (services/*/iris_*/metrics.py and prometheus-fastapi-instrumentator),
-# plus Prometheus's own `up`. Keep in step with the code.
-COUNTERS_AND_GAUGES = {
-    "up",
+# What the services and the exporters export, by source, plus Prometheus's own series (`up`,
+# and `ALERTS` for the rules' alerts). Keep in step with the code (services/*/iris_*/metrics.py,
+# iris_shared.metrics) and the exporters' versions: Flower 2.2 (uv.lock) and redis_exporter
+# (compose.yaml; Debian 12 has 1.45), whose names were read from their real /metrics.
+PROMETHEUS = {"up", "ALERTS"}
+SERVICES = {
+    # iris_shared.metrics, every service
     "http_requests_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
+    # predictor
     "iris_predictions_total",
     "iris_model_info",
     "iris_model_reloads_total",
     "iris_model_reload_failures_total",
+    "iris_model_load_failing",
     "iris_model_ready",
+    "iris_model_age_seconds",
     "iris_prediction_log_dropped_total",
+    "iris_prediction_store_failures_total",
+    "iris_feature_drift_psi",
+    "iris_shadow_predictions_total",
+    "iris_shadow_dropped_total",
+    # gateway
     "iris_gateway_upstream_errors_total",
     "iris_retrain_jobs_submitted_total",
+    "iris_retrain_jobs_refused_total",
+    "iris_feedback_total",
+    "iris_live_accuracy",
 }
-HISTOGRAMS = {"http_request_duration_seconds", "iris_feature_value_cm"}
+FLOWER = {
+    "flower_events_total",
+    "flower_worker_online",
+    "flower_worker_number_of_currently_executing_tasks",
+    "flower_worker_prefetched_tasks",
+    "flower_task_prefetch_time_seconds",
+}
+REDIS_EXPORTER = {"redis_up", "redis_key_size"}
+COUNTERS_AND_GAUGES = PROMETHEUS | SERVICES | FLOWER | REDIS_EXPORTER
+HISTOGRAMS = {
+    "http_request_duration_seconds",
+    "iris_feature_value_cm",
+    "iris_inference_batch_requests",
+    "iris_shadow_inference_seconds",
+    "flower_task_runtime_seconds",
+}
 KNOWN_SERIES = COUNTERS_AND_GAUGES | {
     f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")
 }

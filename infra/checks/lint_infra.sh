@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Static checks of the infrastructure files: Dockerfiles, compose, CI workflow, Prometheus
-# config, alert rules and their unit tests, Grafana dashboard. Run from anywhere:
+# config, alert rules and their unit tests, Alertmanager config, Grafana dashboard. Run from
+# anywhere:
 #   infra/checks/lint_infra.sh
-# Uses the project's venv (uv sync) and `promtool` from PATH (apt-get install prometheus).
+# Uses the project's venv (uv sync), `promtool` (apt-get install prometheus) and `amtool`
+# (apt-get install prometheus-alertmanager) from PATH.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -14,6 +16,11 @@ step() { printf '\n==> %s\n' "$*"; }
 if ! command -v promtool >/dev/null 2>&1; then
     echo "promtool not found on PATH: install it with 'apt-get install -y prometheus'" \
         "(Debian/Ubuntu) or from https://prometheus.io/download/" >&2
+    exit 127
+fi
+if ! command -v amtool >/dev/null 2>&1; then
+    echo "amtool not found on PATH: install it with 'apt-get install -y prometheus-alertmanager'" \
+        "(Debian/Ubuntu) or from https://prometheus.io/download/#alertmanager" >&2
     exit 127
 fi
 
@@ -34,6 +41,9 @@ promtool check rules infra/prometheus/rules/*.yml
 
 step "Alert rule unit tests"
 promtool test rules infra/prometheus/tests/*.yml
+
+step "Alertmanager config"
+amtool check-config infra/alertmanager/alertmanager.yml
 
 step "PromQL of rules and dashboards"
 "$VENV_BIN/python" infra/checks/check_promql.py

@@ -108,7 +108,7 @@ class ModelWatcher:
             self.metrics.reload_failures.inc()
             if current is None and self.answers:
                 self._fall_back_to_cache("MLflow is unreachable")
-            else:
+            elif current is not None:
                 self._log_state(
                     "unreachable",
                     logging.WARNING,
