@@ -56,6 +56,10 @@ def celery_config(worker: WorkerSettings) -> dict[str, Any]:
         "worker_concurrency": worker.worker_concurrency,
         "worker_soft_shutdown_timeout": worker.soft_shutdown_timeout_s,
         "worker_enable_soft_shutdown_on_idle": True,
+        # A Redis blip must not cancel a running job: on Redis the ack is by delivery tag in
+        # the unacked hash, so the job still acks after the reconnect (make soak restarts
+        # Redis mid-job). Celery 6 flips the default; this keeps the behaviour explicit.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_time_limit": worker.task_time_limit_s,
