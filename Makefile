@@ -50,8 +50,13 @@ repro: install ## Run the DVC pipeline (validate -> train)
 	$(BIN)/dvc repro
 
 .PHONY: test
-test: install ## Run the whole test suite against real processes
+test: install ## Run the whole test suite against real processes (installs missing system tools)
+	bash scripts/ensure_tools.sh
 	$(BIN)/pytest
+
+.PHONY: test-unit
+test-unit: install ## Run the code, data and model tests that start no process (seconds)
+	$(BIN)/pytest -m "not integration and not e2e"
 
 .PHONY: lint
 lint: install ## Ruff (lint + format check), mypy on shared/, and the infrastructure checkers
@@ -73,6 +78,11 @@ format: install ## Apply ruff's formatting and safe fixes
 bench: install ## Benchmark against `mlflow models serve` with wrk; bench/results.{json,md}, README table
 	bash bench/ensure_wrk.sh
 	$(BIN)/python -m bench.run
+
+SOAK_MINUTES ?= 5
+.PHONY: soak
+soak: install ## Mixed traffic for SOAK_MINUTES (5) while a retrain runs, the alias moves and Redis restarts; bench/soak-results.{json,md}
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 .PHONY: clean
 clean: down ## Remove local state (.state/, reports/) but keep the venv

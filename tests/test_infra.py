@@ -7,20 +7,34 @@ absence fails with the command that installs it.
 
 from __future__ import annotations
 
+import configparser
 import fnmatch
+import importlib.util
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
-from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, free_port, wait_until
+from tests.support.processes import (
+    REPO_ROOT,
+    VENV_BIN,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    wait_until,
+)
+from tests.support.worker import start_worker
 
 PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
 GRAFANA_DIR = REPO_ROOT / "infra/grafana"
@@ -68,7 +82,7 @@ def alert_names() -> set[str]:
     return names
 
 
-# --- the checkers of lint_infra.sh -----------------------------------------------------
+# --- the checkers of lint_infra.sh (each a process: marked integration) -----------------
 
 
 def dockerfiles() -> list[Path]:
@@ -79,6 +93,7 @@ def dockerfiles() -> list[Path]:
 PYTHON_SERVICES = ("predictor", "gateway", "trainer")
 
 
+@pytest.mark.integration
 def test_dockerfiles_pass_hadolint() -> None:
     assert_passes(run(VENV_BIN / "hadolint", *dockerfiles()), "hadolint")
 
@@ -97,6 +112,7 @@ def test_each_python_service_has_its_own_image_stage() -> None:
         assert build["args"]["SERVICE"] == name
 
 
+@pytest.mark.integration
 def test_compose_file_follows_the_compose_specification() -> None:
     result = run(
         VENV_BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml"
@@ -104,6 +120,7 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert_passes(result, "check-jsonschema (compose spec) on compose.yaml")
 
 
+@pytest.mark.integration
 def test_workflows_follow_the_github_actions_schema() -> None:
     workflows = sorted((REPO_ROOT / ".github/workflows").glob("*.yml"))
     assert workflows, "no workflow in .github/workflows"
@@ -113,6 +130,7 @@ def test_workflows_follow_the_github_actions_schema() -> None:
     assert_passes(result, "check-jsonschema (GitHub workflows)")
 
 
+@pytest.mark.integration
 def test_prometheus_configs_and_their_rule_files_load() -> None:
     promtool = prometheus_tool("promtool")
     configs = [PROMETHEUS_DIR / "prometheus.yml", PROMETHEUS_DIR / "prometheus.local.yml"]
@@ -125,12 +143,14 @@ def test_prometheus_configs_and_their_rule_files_load() -> None:
     assert all(count > 0 for count in found), f"a config loads no rule file:\n{result.stdout}"
 
 
+@pytest.mark.integration
 def test_alert_rules_are_valid() -> None:
     promtool = prometheus_tool("promtool")
     rules = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
     assert_passes(run(promtool, "check", "rules", *rules), "promtool check rules")
 
 
+@pytest.mark.integration
 def test_alert_rule_unit_tests_pass() -> None:
     promtool = prometheus_tool("promtool")
     tests = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
@@ -163,6 +183,7 @@ def test_every_alert_says_how_bad_and_where_to_look() -> None:
                 assert f"### {anchor}" in readme, f"{name}: no runbook section '### {anchor}'"
 
 
+@pytest.mark.integration
 def test_dashboard_and_rules_query_only_metrics_the_services_export() -> None:
     result = run(VENV_BIN / "python", "infra/checks/check_promql.py")
     assert_passes(result, "infra/checks/check_promql.py")
@@ -356,3 +377,285 @@ def test_dashboard_has_the_panels_the_readme_promises() -> None:
         "iris_gateway_upstream_errors_total",
     ):
         assert metric in exprs, f"no dashboard panel reads {metric}"
+
+
+# --- monitoring: Alertmanager, the jobs' exporters, the dashboard ---------------------------
+
+ALERTMANAGER_CONFIG = REPO_ROOT / "infra/alertmanager/alertmanager.yml"
+SUPERVISORD_CONF = REPO_ROOT / "infra/local/supervisord.conf"
+
+
+def alert_rule_tests() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted((PROMETHEUS_DIR / "tests").glob("*.yml")):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                yield path, check
+
+
+def matcher_alert_names(matchers: list[str]) -> set[str]:
+    """The alert names an Alertmanager matcher list selects (`alertname="A"`, `=~"A|B"`)."""
+    names: set[str] = set()
+    for matcher in matchers:
+        found = re.fullmatch(r'alertname(=~?)"([^"]*)"', matcher.replace(" ", ""))
+        if found:
+            names.update(found.group(2).split("|") if found.group(1) == "=~" else [found[2]])
+    return names
+
+
+def supervisord_command(program: str, **env: str) -> list[str]:
+    """The command supervisord runs for `program`, with its %(ENV_X)s filled from `env`."""
+    parser = configparser.RawConfigParser()
+    parser.read(SUPERVISORD_CONF)
+    command = parser[f"program:{program}"]["command"]
+    return shlex.split(re.sub(r"%\(ENV_(\w+)\)s", lambda m: env[m.group(1)], command))
+
+
+def stack_default(name: str) -> str:
+    """A default of scripts/stack.py (read, not imported: the module reads .env at import)."""
+    found = re.search(rf'"{name}": "([^"]*)"', (REPO_ROOT / "scripts/stack.py").read_text())
+    assert found, f"scripts/stack.py has no default for {name}"
+    return found.group(1)
+
+
+def known_metrics() -> Any:
+    """infra/checks/check_promql.py as a module: its hand-kept lists of exported names."""
+    spec = importlib.util.spec_from_file_location(
+        "check_promql", REPO_ROOT / "infra/checks/check_promql.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_alert_rule_test_names_an_alert_that_exists() -> None:
+    # A test of a removed or renamed alert that expects silence passes for ever, proving nothing.
+    alerts = alert_names()
+    stale = {
+        (path.name, check["alertname"])
+        for path, check in alert_rule_tests()
+        if check["alertname"] not in alerts
+    }
+    assert not stale, f"alert_rule_test names alerts no rule defines: {sorted(stale)}"
+
+
+@pytest.mark.integration
+def test_alertmanager_config_passes_amtool() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail(
+            "amtool is not on PATH. Install it with `sudo apt-get install -y "
+            "prometheus-alertmanager` (Debian/Ubuntu) or from https://prometheus.io/download/.",
+            pytrace=False,
+        )
+    assert_passes(run(amtool, "check-config", ALERTMANAGER_CONFIG), "amtool check-config")
+    receivers = {
+        receiver["name"]: receiver
+        for receiver in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]
+    }
+    for severity in ("critical", "warning"):
+        routed = run(
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER_CONFIG}",
+            f"severity={severity}",
+            "alertname=AnyAlert",
+        )
+        assert_passes(routed, f"amtool config routes test severity={severity}")
+        receiver = routed.stdout.strip()
+        assert receivers.get(receiver, {}).get("webhook_configs"), (
+            f"a {severity} alert goes to {receiver!r}, which has no webhook"
+        )
+
+
+def test_alertmanager_inhibitions_name_alerts_that_exist() -> None:
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    named = set()
+    for rule in config.get("inhibit_rules", []):
+        named |= matcher_alert_names(rule.get("source_matchers", []))
+        named |= matcher_alert_names(rule.get("target_matchers", []))
+    assert named, "no inhibition names an alert: has the matcher syntax changed?"
+    assert named <= alert_names(), f"inhibitions name unknown alerts: {named - alert_names()}"
+
+
+def test_prometheus_sends_alerts_to_alertmanager_and_scrapes_the_job_exporters() -> None:
+    def scrape_targets(config: dict[str, Any]) -> dict[str, list[str]]:
+        return {
+            job["job_name"]: [t for c in job.get("static_configs", []) for t in c["targets"]]
+            for job in config["scrape_configs"]
+        }
+
+    def alertmanagers(config: dict[str, Any]) -> list[str]:
+        managers = config["alerting"]["alertmanagers"]
+        return [t for m in managers for c in m["static_configs"] for t in c["targets"]]
+
+    services = compose()["services"]
+    in_compose = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert alertmanagers(in_compose) == ["alertmanager:9093"]
+    assert "alertmanager" in services
+    targets = scrape_targets(in_compose)
+    assert targets["flower"] == ["flower:5555"]
+    assert "--port=5555" in services["flower"]["command"]
+    assert targets["redis-exporter"] == ["redis-exporter:9121"]
+    assert "redis-exporter" in services
+
+    local = yaml.safe_load((PROMETHEUS_DIR / "prometheus.local.yml").read_text())
+    assert alertmanagers(local) == [f"127.0.0.1:{stack_default('STACK_ALERTMANAGER_PORT')}"]
+    targets = scrape_targets(local)
+    assert targets["flower"] == [f"127.0.0.1:{stack_default('STACK_FLOWER_PORT')}"]
+    assert targets["redis-exporter"] == [f"127.0.0.1:{stack_default('STACK_REDIS_EXPORTER_PORT')}"]
+
+
+def test_flower_and_alertmanager_have_no_auth_so_they_listen_on_loopback_only() -> None:
+    services = compose()["services"]
+    for name in ("flower", "alertmanager"):
+        for published in services[name].get("ports", []):
+            assert str(published).startswith("127.0.0.1:"), f"compose publishes {name} widely"
+    env = {
+        "STACK_VENV": ".venv",
+        "STACK_ROOT": ".",
+        "STACK_STATE": ".state",
+        "STACK_FLOWER_PORT": "5555",
+        "STACK_ALERTMANAGER_PORT": "9093",
+    }
+    flower = supervisord_command("flower", **env)
+    assert "--address=127.0.0.1" in flower
+    # The worker's app, so Flower reads the events under the deployment's key prefix.
+    assert flower[1:4] == ["-A", "iris_trainer.celery_app", "flower"]
+    assert "--web.listen-address=127.0.0.1:9093" in supervisord_command("alertmanager", **env)
+
+
+def test_dashboard_shows_model_quality_training_jobs_and_both_latency_tails() -> None:
+    dashboard = json.loads((GRAFANA_DIR / "dashboards/iris-mlops.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    text = " ".join(exprs)
+    for metric in (
+        "iris_feature_drift_psi",
+        "iris_live_accuracy",
+        "iris_feedback_total",
+        "iris_shadow_predictions_total",
+        "iris_shadow_dropped_total",
+        "iris_shadow_inference_seconds_bucket",
+        "iris_model_age_seconds",
+        "iris_model_load_failing",
+        "iris_prediction_log_dropped_total",
+        "flower_events_total",
+        "flower_task_runtime_seconds_bucket",
+        "flower_worker_number_of_currently_executing_tasks",
+        "redis_key_size",
+    ):
+        assert metric in text, f"no dashboard panel reads {metric}"
+    for quantile in ("0.95", "0.99"):
+        assert any(
+            f"histogram_quantile({quantile}," in expr and "/predict/batch" in expr for expr in exprs
+        ), f"no panel shows the {quantile} quantile of /predict and /predict/batch"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Flower as supervisord runs it, beside a real worker on a namespace of its own."""
+    namespace = f"flower-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    flower = ManagedProcess(
+        "flower",
+        supervisord_command("flower", STACK_VENV=str(VENV_BIN.parent), STACK_FLOWER_PORT=str(port)),
+        tmp_path,
+        env={"REDIS_URL": redis_url, "JOBS_NAMESPACE": namespace},
+    )
+    url = f"http://127.0.0.1:{port}"
+    worker = None
+    try:
+        # Both start at once (each takes seconds to import the trainer). No MLflow: the job
+        # below fails validation before the pipeline would need it.
+        worker = start_worker(
+            tmp_path,
+            redis_url,
+            "http://127.0.0.1:9",
+            name="flower-probe",
+            JOBS_NAMESPACE=namespace,
+        )
+        wait_until(http_ok(f"{url}/healthcheck"), 60, "flower", flower)
+
+        def metrics() -> str:
+            return httpx.get(f"{url}/metrics", timeout=5).text
+
+        # Events are published, not queued: only a job sent once Flower sees the worker counts.
+        wait_until(
+            lambda: 'flower_worker_online{worker="flower-probe@' in metrics(), 60, "worker seen"
+        )
+        sent = subprocess.run(
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "iris_trainer.celery_app",
+                "call",
+                "trainer.retrain",
+                "--kwargs",
+                json.dumps({"params": {"not_a_parameter": 1}}),
+            ],
+            env={**os.environ, "REDIS_URL": redis_url, "JOBS_NAMESPACE": namespace},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert_passes(sent, "celery call trainer.retrain")
+        wait_until(
+            lambda: (
+                re.search(r'flower_events_total\{[^}]*type="task-failed"', metrics()) is not None
+            ),
+            60,
+            "the failed job counted",
+        )
+        exported = set(re.findall(r"^# TYPE (\S+) ", metrics(), flags=re.MULTILINE))
+        listed = known_metrics()
+        expected = listed.FLOWER | {
+            name for name in listed.HISTOGRAMS if name.startswith("flower_")
+        }
+        assert expected <= exported, f"Flower does not export {sorted(expected - exported)}"
+    finally:
+        if worker is not None:
+            # Idle, with nothing to hand back: no need to wait for its soft shutdown.
+            worker.kill()
+        flower.stop()
+
+
+@pytest.mark.integration
+def test_redis_exporter_reads_the_queue_length_of_this_namespace(
+    tmp_path: Path, redis_url: str
+) -> None:
+    if shutil.which("prometheus-redis-exporter") is None:
+        pytest.skip("prometheus-redis-exporter is not installed (apt-get install it)")
+    namespace = f"exporter-{uuid.uuid4().hex[:8]}"
+    queue = f"{namespace}:celery:{namespace}.training"
+    port = free_port()
+    exporter = ManagedProcess(
+        "redis-exporter",
+        supervisord_command(
+            "redis-exporter",
+            REDIS_URL=redis_url,
+            STACK_REDIS_EXPORTER_PORT=str(port),
+            JOBS_NAMESPACE=namespace,
+        ),
+        tmp_path,
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.rpush(queue, "job-1", "job-2")
+        wait_until(http_ok(f"http://127.0.0.1:{port}/health"), 30, "redis_exporter", exporter)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert f'redis_key_size{{db="db0",key="{queue}"}} 2' in text
+        # An empty queue is a key Redis deleted: it still reads 0, not nothing.
+        assert f'redis_key_size{{db="db0",key="{namespace}:jobs:pending"}} 0' in text
+        assert re.search(r"^redis_up 1$", text, flags=re.MULTILINE)
+    finally:
+        client.delete(queue)
+        client.close()
+        exporter.stop()

