@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
 from iris_shared.schemas import batch_body_limit
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def jobs_namespace_field(prefix: str) -> Any:
+    """The deployment's namespace setting, `JOBS_NAMESPACE` (or `<prefix>JOBS_NAMESPACE`).
+
+    Every service of a deployment must read the same value: it prefixes the retrain queue and
+    every Redis key of the deployment (iris_shared.jobs, iris_shared.monitoring).
+    """
+    return Field(
+        default=DEFAULT_JOBS_NAMESPACE,
+        pattern=JOBS_NAMESPACE_PATTERN,
+        validation_alias=AliasChoices("JOBS_NAMESPACE", f"{prefix}JOBS_NAMESPACE"),
+        description="Prefix of the retrain queue and of every Redis key of this deployment "
+        "(the same in every service); `make up` writes a unique one to .env.",
+    )
 
 
 class ServiceSettings(BaseSettings):

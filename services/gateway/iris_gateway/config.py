@@ -11,10 +11,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
 from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import DEFAULT_MODEL
-from iris_shared.settings import HTTPServiceSettings
+from iris_shared.settings import HTTPServiceSettings, jobs_namespace_field
 
 # Tokens copied from examples and tutorials; refused outside development.
 PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "changethis", "secret", "token", "test"})
@@ -73,13 +72,7 @@ class GatewaySettings(HTTPServiceSettings):
         default=DEFAULT_MODEL,
         description="Registered model POST /promote moves when the body names none.",
     )
-    jobs_namespace: str = Field(
-        default=DEFAULT_JOBS_NAMESPACE,
-        pattern=JOBS_NAMESPACE_PATTERN,
-        validation_alias=AliasChoices("JOBS_NAMESPACE", "GATEWAY_JOBS_NAMESPACE"),
-        description="Prefix of the queue and of every Redis key of this deployment's jobs "
-        "(the worker's must match); `make up` writes a unique one to .env.",
-    )
+    jobs_namespace: str = jobs_namespace_field("GATEWAY_")
     job_ttl_s: int = Field(
         default=7 * 24 * 3600,
         ge=60,

@@ -8,11 +8,10 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
 from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import CHALLENGER, DEFAULT_MODEL, PRODUCTION
 from iris_shared.schemas import MAX_BATCH_ROWS
-from iris_shared.settings import HTTPServiceSettings
+from iris_shared.settings import HTTPServiceSettings, jobs_namespace_field
 
 MIB = 1024 * 1024
 
@@ -91,12 +90,7 @@ class PredictorSettings(HTTPServiceSettings):
         description="Where answered predictions are kept for feedback (POST /feedback on the "
         "gateway joins labels with them); unset keeps none.",
     )
-    jobs_namespace: str = Field(
-        default=DEFAULT_JOBS_NAMESPACE,
-        pattern=JOBS_NAMESPACE_PATTERN,
-        validation_alias=AliasChoices("JOBS_NAMESPACE", "PREDICTOR_JOBS_NAMESPACE"),
-        description="Prefix of this deployment's Redis keys (the gateway's must match).",
-    )
+    jobs_namespace: str = jobs_namespace_field("PREDICTOR_")
     feedback_window_s: int = Field(
         default=DEFAULT_FEEDBACK_WINDOW_S,
         ge=60,

@@ -13,8 +13,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
-from iris_shared.settings import ServiceSettings
+from iris_shared.settings import ServiceSettings, jobs_namespace_field
 
 
 class TrainerSettings(ServiceSettings):
@@ -60,13 +59,7 @@ class WorkerSettings(ServiceSettings):
         validation_alias=AliasChoices("REDIS_URL", "TRAINER_REDIS_URL"),
         description="Celery broker; also holds the job records.",
     )
-    jobs_namespace: str = Field(
-        default=DEFAULT_JOBS_NAMESPACE,
-        pattern=JOBS_NAMESPACE_PATTERN,
-        validation_alias=AliasChoices("JOBS_NAMESPACE", "TRAINER_JOBS_NAMESPACE"),
-        description="Prefix of the queue and of every Redis key of this deployment's jobs "
-        "(the gateway's must match); `make up` writes a unique one to .env.",
-    )
+    jobs_namespace: str = jobs_namespace_field("TRAINER_")
     worker_concurrency: int = Field(
         default=1, ge=1, description="Jobs run at once; training is CPU-bound, so one per core."
     )
