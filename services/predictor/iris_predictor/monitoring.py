@@ -24,12 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 import redis
 
 from iris_predictor.inference import LoadedModel
 from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.serving import ModelHolder
-from iris_shared.monitoring import FeedbackKeys, StoredPrediction
+from iris_shared.monitoring import FeedbackKeys
 from iris_shared.schemas import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,18 @@ class DriftMonitor:
         return scores
 
 
+def stored_json(item: Answered) -> bytes:
+    """`StoredPrediction` as JSON, written by orjson straight from the arrays: a 1,000-row batch
+    costs microseconds instead of a Python object per value."""
+    document = {
+        "model_version": item.model_version,
+        "time": item.time,
+        "rows": item.rows,
+        "predicted_species": np.asarray(item.classes, dtype=object)[item.predicted].tolist(),
+    }
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 class PredictionStore:
     def __init__(
         self,
@@ -129,16 +142,8 @@ class PredictionStore:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for item in answered:
-                    stored = StoredPrediction(
-                        model_version=item.model_version,
-                        time=item.time,
-                        rows=item.rows.tolist(),
-                        predicted_species=[item.classes[i] for i in item.predicted.tolist()],
-                    )
                     pipe.set(
-                        self.keys.prediction(item.request_id),
-                        stored.model_dump_json(),
-                        ex=self.window_s,
+                        self.keys.prediction(item.request_id), stored_json(item), ex=self.window_s
                     )
                     pipe.zadd(self.keys.predictions_index, {item.request_id: item.time})
                 self._trim(
