@@ -13,4 +13,6 @@ if __name__ == "__main__":
     # watcher must notice a dead MLflow within seconds. The environment can say otherwise.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    # Its logs are JSON lines: no download progress bars in them.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run("predictor", "iris_predictor.app:create_app", get_settings())

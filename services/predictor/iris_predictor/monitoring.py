@@ -122,6 +122,13 @@ def stored_json(item: Answered) -> bytes:
 
 
 class PredictionStore:
+    # Answers are written in bulk: one round trip for many, and the GIL left to the requests.
+    # A label can be joined at most this long after its answer.
+    FLUSH_ANSWERS = 512
+    FLUSH_INTERVAL_S = 0.2
+    # The count bound is enforced about once a second (it may be exceeded by a second's worth).
+    TRIM_INTERVAL_S = 1.0
+
     def __init__(
         self,
         client: redis.Redis,
@@ -137,15 +144,31 @@ class PredictionStore:
         self.max_predictions = max_predictions
         self._trim = client.register_script(_TRIM)
         self._failing = False
+        self._pending: list[Answered] = []
+        self._flushed = self._trimmed = time.monotonic()
 
     def keep(self, answered: Sequence[Answered]) -> None:
+        """Keep answers; they are written in bulk, every `FLUSH_ANSWERS` or `FLUSH_INTERVAL_S`."""
+        self._pending.extend(answered)
+        now = time.monotonic()
+        if len(self._pending) >= self.FLUSH_ANSWERS or now - self._flushed >= self.FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._flushed = time.monotonic()
+        if not pending:
+            return
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for item in answered:
+                for item in pending:
                     pipe.set(
                         self.keys.prediction(item.request_id), stored_json(item), ex=self.window_s
                     )
-                    pipe.zadd(self.keys.predictions_index, {item.request_id: item.time})
+                pipe.zadd(self.keys.predictions_index, {a.request_id: a.time for a in pending})
+                pipe.execute()
+            if self._flushed - self._trimmed >= self.TRIM_INTERVAL_S:
+                self._trimmed = self._flushed
                 self._trim(
                     keys=[self.keys.predictions_index],
                     args=[
@@ -153,11 +176,9 @@ class PredictionStore:
                         self.keys.prediction_prefix,
                         time.time() - self.window_s,
                     ],
-                    client=pipe,
                 )
-                pipe.execute()
         except redis.RedisError as exc:
-            self.metrics.prediction_store_failures.inc(len(answered))
+            self.metrics.prediction_store_failures.inc(len(pending))
             if not self._failing:
                 logger.warning(
                     "Unable to keep predictions for feedback", extra={"reason": str(exc)}

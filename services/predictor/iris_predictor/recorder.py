@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Records taken per pass: bounds the memory of one pass and the latency of the log.
 _PASS_RECORDS = 1024
+# How long the thread waits for answers before it flushes what it holds.
+_IDLE_FLUSH_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,21 @@ class PredictionRecorder:
             self._thread.join(timeout)
             self._thread = None
         self.log.close()
+        if self.monitors.store is not None:
+            self.monitors.store.flush()
         if self.monitors.shadow is not None:
             self.monitors.shadow.stop()
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._records.get()]
+            try:
+                # Not forever: answers waiting to be kept for feedback go out when traffic stops.
+                batch = [self._records.get(timeout=_IDLE_FLUSH_S)]
+            except queue.Empty:
+                if self.monitors.store is not None:
+                    self.monitors.store.flush()
+                continue
             while len(batch) < _PASS_RECORDS:
                 try:
                     batch.append(self._records.get_nowait())
