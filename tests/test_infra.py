@@ -632,7 +632,7 @@ def test_redis_exporter_reads_the_queue_length_of_this_namespace(
     tmp_path: Path, redis_url: str
 ) -> None:
     if shutil.which("prometheus-redis-exporter") is None:
-        pytest.skip("prometheus-redis-exporter is not installed (apt-get install it)")
+        pytest.fail("prometheus-redis-exporter is missing: run scripts/ensure_tools.sh")
     namespace = f"exporter-{uuid.uuid4().hex[:8]}"
     queue = f"{namespace}:celery:{namespace}.training"
     port = free_port()
