@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import redis
 from fastapi import FastAPI, Request, Response
 
 from iris_gateway.app import create_app
@@ -145,3 +146,11 @@ def slow_predictor(serve: Callable[..., str]) -> str:
 @pytest.fixture(scope="package")
 def token() -> str:
     return TOKEN
+
+
+@pytest.fixture
+def redis_client(unit_redis: str) -> Iterator[redis.Redis]:
+    """A client of the package's Redis, to read and write what the services would."""
+    client = redis.Redis.from_url(unit_redis, decode_responses=True)
+    yield client
+    client.close()

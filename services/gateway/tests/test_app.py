@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from pydantic import ValidationError
 
 from iris_gateway.config import GatewaySettings
@@ -46,13 +45,6 @@ def gateway(
         JOBS_NAMESPACE=UNIT_NAMESPACE,
         RETRAIN_MAX_PENDING=1000,
     )
-
-
-@pytest.fixture
-def redis_client(unit_redis: str) -> Any:
-    client = redis.Redis.from_url(unit_redis, decode_responses=True)
-    yield client
-    client.close()
 
 
 def auth(token: str) -> dict[str, str]:

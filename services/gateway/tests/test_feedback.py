@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -33,13 +33,6 @@ def gateway(
         JOBS_NAMESPACE=NAMESPACE,
         FEEDBACK_WINDOW=WINDOW_S,
     )
-
-
-@pytest.fixture
-def redis_client(unit_redis: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(unit_redis, decode_responses=True)
-    yield client
-    client.close()
 
 
 def auth(token: str) -> dict[str, str]:
