@@ -152,6 +152,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    return _service_error_response(exc)
+
+
+def _service_error_response(exc: ServiceError) -> JSONResponse:
     return error_response(exc.status_code, exc.error, exc.message, exc.detail, exc.headers)
 
 
@@ -184,12 +188,17 @@ class RawRoute(DocstringRoute):
     body itself. FastAPI's dependency solving and response-model serialisation cost more than
     the model does on the prediction hot path, so those routes use this class; every other
     route uses `DocstringRoute`. Errors raised here reach the app's exception handlers as usual.
+    Once a request has reached it through the router, `iris_shared.service.ServiceApp` sends
+    the requests with the same method and path straight to the endpoint.
     """
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] not in self.methods:
             await super().handle(scope, receive, send)  # the 405, as FastAPI answers it
             return
+        learn = getattr(scope.get("app"), "learn_raw_route", None)
+        if learn is not None:
+            learn(scope, self)
         response = await self.endpoint(Request(scope, receive, send))
         await response(scope, receive, send)
 
@@ -255,11 +264,13 @@ class ServiceMiddleware:
         started = time.perf_counter()
         # What the client gets if the app fails before answering (ServerErrorMiddleware's 500).
         status = 500
+        answering = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answering
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answering = True
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
@@ -280,8 +291,14 @@ class ServiceMiddleware:
                 # has to be counted as it arrives.
                 guarded = self._limited(receive) if streamed else receive
                 await self.app(scope, guarded, send_with_id)
-            except _BodyTooLarge:
-                await self._too_large()(scope, receive, send_with_id)
+            except BodyTooLarge as exc:
+                # Raised from `receive` where no exception handler saw it.
+                await _service_error_response(exc)(scope, receive, send_with_id)
+            except Exception:
+                # Starlette re-raises what it answered with a 500 so that the server logs it;
+                # the 500 handler has logged it already, and uvicorn would drop the connection.
+                if not (answering and status == 500):
+                    raise
             finally:
                 self.in_flight -= 1
         finally:
@@ -292,11 +309,7 @@ class ServiceMiddleware:
                 )
 
     def _too_large(self) -> JSONResponse:
-        return error_response(
-            413,
-            "payload_too_large",
-            f"The request body is larger than {self.max_body_bytes} bytes.",
-        )
+        return _service_error_response(BodyTooLarge(self.max_body_bytes))
 
     def _overloaded(self) -> JSONResponse:
         return error_response(
@@ -339,14 +352,20 @@ class ServiceMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge(self.max_body_bytes)
             return message
 
         return limited_receive
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(ServiceError):
+    """A streamed body grew beyond the limit while the app was reading it."""
+
+    status_code = 413
+    error = "payload_too_large"
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(f"The request body is larger than {max_body_bytes} bytes.")
 
 
 # 32 hex digits, unique across processes and restarts: 64 random bits drawn once per process,

@@ -43,6 +43,11 @@ def stack_app(max_concurrent_requests: int = 2, max_body_bytes: int = 1000) -> F
         """Refuse, as a domain error."""
         raise Teapot("I am a teapot.", headers={"X-Why": "tea"})
 
+    @router.post("/explode")
+    async def explode(request: Request) -> Response:
+        """Fail in a way nobody planned for."""
+        raise RuntimeError("boom")
+
     @router.get("/healthz")
     async def healthz(request: Request) -> Response:
         """Answer at once."""
@@ -148,3 +153,33 @@ def test_metrics_count_refusals_too(url: str) -> None:
     text = httpx.get(f"{url}/metrics").text
 
     assert 'http_requests_total{handler="/echo",method="POST",status="4xx"}' in text
+
+
+def test_repeated_requests_to_a_raw_route_are_answered_alike() -> None:
+    # The first request to a RawRoute goes through the router; later ones skip it. A client
+    # must not be able to tell: same answers, same headers, same metrics.
+    with serve_in_thread(stack_app()) as base_url, httpx.Client(base_url=base_url) as client:
+        echoed = [client.post("/echo", json={"n": n}) for n in range(3)]
+        teapots = [client.get("/teapot") for _ in range(3)]
+        explosions = [client.post("/explode", json={}) for _ in range(3)]
+        wrong_method = [client.put("/echo", json={}) for _ in range(2)]
+        metrics = client.get("/metrics").text
+
+    assert [r.json() for r in echoed] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert all(len(r.headers["X-Request-ID"]) == 32 for r in echoed + teapots + explosions)
+    for answer in teapots:
+        assert (answer.status_code, answer.headers["X-Why"]) == (418, "tea")
+        assert answer.json() == {"error": "teapot", "message": "I am a teapot."}
+    for answer in explosions:
+        assert answer.status_code == 500
+        assert answer.json() == {
+            "error": "internal_error",
+            "message": "An unexpected error occurred.",
+        }
+    assert {r.status_code for r in wrong_method} == {405}
+    for line in (
+        'http_requests_total{handler="/echo",method="POST",status="2xx"} 3.0',
+        'http_requests_total{handler="/teapot",method="GET",status="4xx"} 3.0',
+        'http_requests_total{handler="/explode",method="POST",status="5xx"} 3.0',
+    ):
+        assert line in metrics

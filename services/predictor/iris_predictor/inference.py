@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class LoadedModel:
     def version(self) -> str:
         return self.info.version
 
-    @property
+    @cached_property
     def classes(self) -> tuple[str, ...]:
         return tuple(str(label) for label in self.model.classes_)
 

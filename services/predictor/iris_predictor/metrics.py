@@ -9,6 +9,7 @@ cost more than scoring the row.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -122,6 +123,7 @@ class PredictorMetrics(ServiceMetrics):
         self._served_labels: dict[str, tuple[str, str, str]] = {}
         # `labels()` validates and locks on every call; (species, version) pairs are few.
         self._predictions_of = functools.lru_cache(maxsize=1024)(self.predictions.labels)
+        self._feature_histograms: list[Histogram] | None = None
 
     def model_served(self, name: str, version: str, alias: str, *, answers: bool = True) -> None:
         """`version` is served under `alias` now; `answers`: it is the one requests get."""
@@ -163,20 +165,33 @@ class PredictorMetrics(ServiceMetrics):
 
     def observe_features(self, rows: np.ndarray) -> None:
         """Observe every measurement of `rows` (n rows, 4 columns) in the feature histograms."""
-        for column, feature in enumerate(FEATURE_NAMES):
-            observe_many(self.feature_value.labels(feature), rows[:, column])
+        if self._feature_histograms is None:
+            self._feature_histograms = [self.feature_value.labels(f) for f in FEATURE_NAMES]
+        observe_columns(self._feature_histograms, rows)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """What `histogram.observe(v)` for each value does, with one increment per bucket.
+    """What `histogram.observe(v)` for each value does, with one increment per bucket."""
+    observe_columns([histogram], values.reshape(-1, 1))
+
+
+def observe_columns(histograms: Sequence[Histogram], values: np.ndarray) -> None:
+    """Observe column j of `values` (n rows, one column per histogram) in `histograms[j]`.
 
     prometheus_client has no bulk observe; this uses its bucket bounds and values the way
     `Histogram.observe` does (a value lands in the first bucket whose bound is >= it), which
-    tests/test_metrics.py checks against `observe` on the pinned version.
+    tests/test_inference.py checks against `observe` on the pinned version. The histograms
+    share their bounds; all columns are counted in one numpy pass.
     """
-    bounds = histogram._upper_bounds
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(float(values.sum()))
+    bounds = histograms[0]._upper_bounds
+    width = len(bounds)
+    offsets = np.arange(len(histograms)) * width
+    slots = np.searchsorted(bounds, values, side="left") + offsets
+    counts = np.bincount(slots.ravel(), minlength=width * len(histograms)).tolist()
+    sums = values.sum(axis=0).tolist()
+    for column, histogram in enumerate(histograms):
+        start = column * width
+        for bucket, count in zip(histogram._buckets, counts[start : start + width], strict=True):
+            if count:
+                bucket.inc(count)
+        histogram._sum.inc(sums[column])

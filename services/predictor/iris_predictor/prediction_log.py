@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import logging
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO
@@ -38,6 +37,7 @@ class PredictionLog:
         self._backup_count = backup_count
         self._slot_lock: IO[str] | None = None
         self._handler: RotatingFileHandler | None = None
+        self._size = 0
         self.path: Path | None = None
 
     def open(self) -> Path:
@@ -51,7 +51,7 @@ class PredictionLog:
             backupCount=self._backup_count,
             encoding="utf-8",
         )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._size = self._handler.stream.tell()
         return self.path
 
     def _claim_slot(self) -> int:
@@ -68,10 +68,21 @@ class PredictionLog:
 
     def write(self, lines: list[str]) -> None:
         """Append lines (JSON documents without newlines) in one write, rotating first if due."""
-        if self._handler is None or not lines:
+        handler = self._handler
+        if handler is None or not lines:
             return
-        record = logging.LogRecord("predictions", logging.INFO, "", 0, "\n".join(lines), None, None)
-        self._handler.handle(record)
+        text = "\n".join(lines) + "\n"
+        # Not the handler's emit: it checks the file twice and formats the text twice per
+        # write. The handler is kept for opening and rotating the files.
+        if handler.stream is None:
+            handler.stream = handler._open()
+            self._size = handler.stream.tell()
+        if 0 < self._max_bytes < self._size + len(text) and self._size > 0:
+            handler.doRollover()
+            self._size = 0
+        handler.stream.write(text)
+        handler.stream.flush()
+        self._size += len(text)  # characters: bytes but for non-ASCII class names
 
     def close(self) -> None:
         if self._handler is not None:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from iris_predictor.inference import IncompatibleModelError, LoadedModel, MicroBatcher
-from iris_predictor.metrics import FEATURE_BUCKETS, observe_many
+from iris_predictor.metrics import FEATURE_BUCKETS, observe_columns, observe_many
 from iris_shared.http import Overloaded
 
 ROWS = np.array(
@@ -100,6 +100,14 @@ def test_a_model_for_other_columns_is_refused(loaded_model: LoadedModel) -> None
         replace(loaded_model, model=Shuffled())
 
 
+def exposed(registry: CollectorRegistry) -> list[str]:
+    return [
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if not line.startswith("h_created")
+    ]
+
+
 def test_observe_many_matches_one_observe_per_value() -> None:
     values = np.array([0.1, 0.5, 0.5000001, 2.5, 7.9, 10.0, 14.99, 49.0, 50.0, 0.25])
     bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
@@ -110,11 +118,18 @@ def test_observe_many_matches_one_observe_per_value() -> None:
     for value in values:
         single.observe(value)
 
-    def samples(registry: CollectorRegistry) -> list[str]:
-        return [
-            line
-            for line in generate_latest(registry).decode().splitlines()
-            if not line.startswith("h_created")
-        ]
+    assert exposed(bulk_registry) == exposed(single_registry)
 
-    assert samples(bulk_registry) == samples(single_registry)
+
+def test_observe_columns_counts_each_column_in_its_own_histogram() -> None:
+    values = np.array([[0.1, 49.0], [2.5, 0.5], [7.9, 0.5000001], [50.0, 10.0]])
+    bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = Histogram("h", "h", ["column"], buckets=FEATURE_BUCKETS, registry=bulk_registry)
+    single = Histogram("h", "h", ["column"], buckets=FEATURE_BUCKETS, registry=single_registry)
+
+    observe_columns([bulk.labels("a"), bulk.labels("b")], values)
+    for a, b in values:
+        single.labels("a").observe(a)
+        single.labels("b").observe(b)
+
+    assert exposed(bulk_registry) == exposed(single_registry)
