@@ -15,12 +15,13 @@ import asyncio
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from iris_predictor.linear import Scorer, linear_scorer
 from iris_shared.http import Overloaded
 from iris_shared.monitoring import ReferenceProfile
 from iris_shared.schemas import FEATURE_NAMES, ServedModel
@@ -45,6 +46,8 @@ class LoadedModel:
     info: ServedModel
     # The training data's profile, for drift scores; None for versions logged without one.
     profile: ReferenceProfile | None = None
+    # numpy arithmetic equal to the model's predict_proba where there is one (linear.py).
+    fast_scorer: Scorer | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         names = getattr(self.model, "feature_names_in_", None)
@@ -54,6 +57,7 @@ class LoadedModel:
             )
         if not hasattr(self.model, "classes_"):
             raise IncompatibleModelError("The model is not a fitted classifier (no classes_).")
+        object.__setattr__(self, "fast_scorer", linear_scorer(self.model))
 
     @property
     def version(self) -> str:
@@ -71,6 +75,8 @@ class LoadedModel:
 
         A classifier without probabilities gives 1.0 to the class it predicts.
         """
+        if self.fast_scorer is not None:
+            return self.fast_scorer(rows)
         if hasattr(self.model, "predict_proba"):
             return np.asarray(self.model.predict_proba(rows), dtype=np.float64)
         labels = np.asarray(self.model.predict(rows))
