@@ -18,6 +18,7 @@ made empty here before any of them starts:
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -99,6 +100,19 @@ class WorkerPeers:
             return (self.folder / "nudge").stat().st_mtime_ns
         except FileNotFoundError:
             return 0
+
+
+def freeze_long_lived_objects() -> None:
+    """Take what exists now (modules, the app, a loaded model) out of the collector's sight.
+
+    A full garbage collection walks every tracked object; with MLflow, pandas and scikit-learn
+    imported that is over 250,000 objects and about 300 ms in which the process answers
+    nothing, which under load was the slowest 1% of predictions. Objects alive once a service
+    is up live as long as the process, so they are collected once and frozen (`gc.freeze`):
+    later full collections walk only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:

@@ -1,7 +1,8 @@
 """The stack every HTTP service of the project is built on, so they all behave the same.
 
 Error envelope and handlers, `ServiceMiddleware` (request ids, load shedding, body limits),
-HTTP metrics and `GET /metrics`, and the OpenAPI schemas of bodies that routes read themselves.
+HTTP metrics and `GET /metrics`, the OpenAPI schemas of bodies that routes read themselves, and
+a garbage collector that leaves start-up's objects alone (`freeze_long_lived_objects`).
 
     ServiceApp.__call__
     └── ServiceMiddleware            every HTTP request: id, limits, HTTP metrics
@@ -11,7 +12,8 @@ HTTP metrics and `GET /metrics`, and the OpenAPI schemas of bodies that routes r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -28,6 +30,7 @@ from iris_shared.http import (
     install_error_handlers,
 )
 from iris_shared.metrics import ServiceMetrics
+from iris_shared.server import freeze_long_lived_objects
 from iris_shared.settings import HTTPServiceSettings
 
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -91,6 +94,18 @@ class ServiceApp(FastAPI):
         raise exc
 
 
+def _frozen_after_startup(lifespan: Any) -> Any:
+    """The service's lifespan, then `freeze_long_lived_objects` before the first request."""
+
+    @asynccontextmanager
+    async def frozen(app: FastAPI) -> AsyncIterator[Any]:
+        async with lifespan(app) if lifespan is not None else nullcontext() as state:
+            freeze_long_lived_objects()
+            yield state
+
+    return frozen
+
+
 def create_service_app(
     *,
     title: str,
@@ -106,7 +121,7 @@ def create_service_app(
         title=title,
         description=description,
         version=version,
-        lifespan=lifespan,
+        lifespan=_frozen_after_startup(lifespan),
         # No OpenTelemetry here: without this FastAPI asks the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )

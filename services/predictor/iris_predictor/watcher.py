@@ -20,7 +20,7 @@ from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.registry import ModelLoadError, ModelRegistry, RegistryUnavailableError
 from iris_predictor.serving import ModelHolder
 from iris_shared.schemas import LoadFailure
-from iris_shared.server import WorkerPeers
+from iris_shared.server import WorkerPeers, freeze_long_lived_objects
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,9 @@ class ModelWatcher:
                 self.metrics.load_failing.set(0)
 
     def _install(self, new: LoadedModel, previous: LoadedModel | None) -> None:
+        if previous is None:
+            # Loading the first model imports most of MLflow: freeze that too, before serving.
+            freeze_long_lived_objects()
         self.holder.swap(new)
         self.metrics.model_served(new.info.name, new.version, new.info.alias, answers=self.answers)
         if self.answers:
