@@ -14,12 +14,14 @@ with a p50 of 240 ms where the same gateway on aiohttp answered 1,675 with 17 ms
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from iris_gateway.metrics import GatewayMetrics
 from iris_shared.http import REQUEST_ID_HEADER, ServiceError
@@ -68,6 +70,10 @@ class UpstreamResponse:
             return None
 
 
+# Parsing a URL is a tenth of what aiohttp does per request, and the prediction paths are few.
+_url = functools.lru_cache(maxsize=256)(URL)
+
+
 class Upstream:
     """One service behind the gateway, reached through the gateway's pooled session."""
 
@@ -104,7 +110,7 @@ class Upstream:
         try:
             async with self.session.request(
                 method,
-                f"{self.base_url}{path}",
+                _url(f"{self.base_url}{path}"),
                 data=body,
                 json=json_body,
                 params=params,
