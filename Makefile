@@ -79,6 +79,11 @@ bench: install ## Benchmark against `mlflow models serve` with wrk; bench/result
 	bash bench/ensure_wrk.sh
 	$(BIN)/python -m bench.run
 
+.PHONY: profile
+profile: install ## py-spy on one server worker under each bench load: where the time goes; bench/profile.{json,md}
+	bash bench/ensure_wrk.sh
+	$(BIN)/python -m bench.profile
+
 SOAK_MINUTES ?= 5
 .PHONY: soak
 soak: install ## Mixed traffic for SOAK_MINUTES (5) while a retrain runs, the alias moves and Redis restarts; bench/soak-results.{json,md}
