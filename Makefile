@@ -49,10 +49,13 @@ train: install ## Train, register and gate both models against MLFLOW_TRACKING_U
 repro: install ## Run the DVC pipeline (validate -> train)
 	$(BIN)/dvc repro
 
+# Three pytest-xdist workers on two cores: the integration tests spend much of their time
+# waiting on processes (start-up, polls, redelivery). Each worker has its own session services.
+TEST_WORKERS ?= 3
 .PHONY: test
 test: install ## Run the whole test suite against real processes (installs missing system tools)
 	bash scripts/ensure_tools.sh
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 .PHONY: test-unit
 test-unit: install ## Run the code, data and model tests that start no process (seconds)

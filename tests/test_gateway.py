@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -15,12 +14,12 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from iris_shared.schemas import FEATURE_NAMES
+from tests.support.core import register_copies
 from tests.support.gateway import start_gateway
 from tests.support.processes import (
     ManagedProcess,
@@ -225,25 +224,6 @@ def test_an_accepted_job_survives_a_redis_restart(
     assert job.json()["status"] == "queued"
     assert again.status_code == 200
     assert again.json()["job_id"] == accepted.json()["job_id"]
-
-
-def register_copies(tracking_uri: str, name: str, copies: int) -> list[str]:
-    """New versions of a model of its own, each a copy of the session's servable version 1."""
-    client = MlflowClient(tracking_uri)
-    source = client.get_model_version(MODEL, "1")
-    with contextlib.suppress(MlflowException):
-        client.create_registered_model(name)
-    return [
-        str(
-            client.create_model_version(
-                name,
-                source.source,
-                run_id=source.run_id,
-                model_id=source.model_id or source.source.removeprefix("models:/"),
-            ).version
-        )
-        for _ in range(copies)
-    ]
 
 
 def test_promotion_refuses_a_version_that_cannot_be_served(

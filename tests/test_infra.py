@@ -7,13 +7,11 @@ absence fails with the command that installs it.
 
 from __future__ import annotations
 
-import configparser
 import fnmatch
 import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import uuid
@@ -26,15 +24,16 @@ import pytest
 import redis
 import yaml
 
+from tests.support.core import JOBS_NAMESPACE
 from tests.support.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
     free_port,
     http_ok,
+    supervisord_command,
     wait_until,
 )
-from tests.support.worker import start_worker
 
 PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
 GRAFANA_DIR = REPO_ROOT / "infra/grafana"
@@ -382,7 +381,6 @@ def test_dashboard_has_the_panels_the_readme_promises() -> None:
 # --- monitoring: Alertmanager, the jobs' exporters, the dashboard ---------------------------
 
 ALERTMANAGER_CONFIG = REPO_ROOT / "infra/alertmanager/alertmanager.yml"
-SUPERVISORD_CONF = REPO_ROOT / "infra/local/supervisord.conf"
 
 
 def alert_rule_tests() -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -400,14 +398,6 @@ def matcher_alert_names(matchers: list[str]) -> set[str]:
         if found:
             names.update(found.group(2).split("|") if found.group(1) == "=~" else [found[2]])
     return names
-
-
-def supervisord_command(program: str, **env: str) -> list[str]:
-    """The command supervisord runs for `program`, with its %(ENV_X)s filled from `env`."""
-    parser = configparser.RawConfigParser()
-    parser.read(SUPERVISORD_CONF)
-    command = parser[f"program:{program}"]["command"]
-    return shlex.split(re.sub(r"%\(ENV_(\w+)\)s", lambda m: env[m.group(1)], command))
 
 
 def stack_default(name: str) -> str:
@@ -554,77 +544,52 @@ def test_dashboard_shows_model_quality_training_jobs_and_both_latency_tails() ->
         ), f"no panel shows the {quantile} quantile of /predict and /predict/batch"
 
 
+def failed_jobs_counted(metrics: str) -> float:
+    """flower_events_total of type task-failed, summed over its series."""
+    pattern = r'^flower_events_total\{[^}]*type="task-failed"[^}]*\} (\S+)$'
+    found = re.findall(pattern, metrics, flags=re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
-    tmp_path: Path, redis_url: str
+    flower: str, trainer_worker: ManagedProcess, redis_url: str
 ) -> None:
-    """Flower as supervisord runs it, beside a real worker on a namespace of its own."""
-    namespace = f"flower-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    flower = ManagedProcess(
-        "flower",
-        supervisord_command("flower", STACK_VENV=str(VENV_BIN.parent), STACK_FLOWER_PORT=str(port)),
-        tmp_path,
-        env={"REDIS_URL": redis_url, "JOBS_NAMESPACE": namespace},
+    """Flower as supervisord runs it (the session's: see `flower`), beside a real worker."""
+
+    def metrics() -> str:
+        return httpx.get(f"{flower}/metrics", timeout=5).text
+
+    # Events are published, not queued: only a job sent once Flower sees the worker counts.
+    wait_until(
+        lambda: 'flower_worker_online{worker="trainer-worker@' in metrics(), 60, "worker seen"
     )
-    url = f"http://127.0.0.1:{port}"
-    worker = None
-    try:
-        # Both start at once (each takes seconds to import the trainer). No MLflow: the job
-        # below fails validation before the pipeline would need it.
-        worker = start_worker(
-            tmp_path,
-            redis_url,
-            "http://127.0.0.1:9",
-            name="flower-probe",
-            JOBS_NAMESPACE=namespace,
-        )
-        wait_until(http_ok(f"{url}/healthcheck"), 60, "flower", flower)
-
-        def metrics() -> str:
-            return httpx.get(f"{url}/metrics", timeout=5).text
-
-        # Events are published, not queued: only a job sent once Flower sees the worker counts.
-        wait_until(
-            lambda: 'flower_worker_online{worker="flower-probe@' in metrics(), 60, "worker seen"
-        )
-        sent = subprocess.run(
-            [
-                str(VENV_BIN / "celery"),
-                "-A",
-                "iris_trainer.celery_app",
-                "call",
-                "trainer.retrain",
-                "--kwargs",
-                json.dumps({"params": {"not_a_parameter": 1}}),
-            ],
-            env={**os.environ, "REDIS_URL": redis_url, "JOBS_NAMESPACE": namespace},
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert_passes(sent, "celery call trainer.retrain")
-        wait_until(
-            lambda: (
-                re.search(r'flower_events_total\{[^}]*type="task-failed"', metrics()) is not None
-            ),
-            60,
-            "the failed job counted",
-        )
-        exported = set(re.findall(r"^# TYPE (\S+) ", metrics(), flags=re.MULTILINE))
-        listed = known_metrics()
-        expected = listed.FLOWER | {
-            name for name in listed.HISTOGRAMS if name.startswith("flower_")
-        }
-        assert expected <= exported, f"Flower does not export {sorted(expected - exported)}"
-    finally:
-        if worker is not None:
-            # Idle, with nothing to hand back: no need to wait for its soft shutdown.
-            worker.kill()
-        flower.stop()
+    failed_before = failed_jobs_counted(metrics())
+    sent = subprocess.run(
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "iris_trainer.celery_app",
+            "call",
+            "trainer.retrain",
+            "--kwargs",
+            json.dumps({"params": {"not_a_parameter": 1}}),
+        ],
+        env={**os.environ, "REDIS_URL": redis_url, "JOBS_NAMESPACE": JOBS_NAMESPACE},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert_passes(sent, "celery call trainer.retrain")
+    # This job's failure, not an earlier test's: the count must grow.
+    wait_until(lambda: failed_jobs_counted(metrics()) > failed_before, 60, "the failed job counted")
+    exported = set(re.findall(r"^# TYPE (\S+) ", metrics(), flags=re.MULTILINE))
+    listed = known_metrics()
+    expected = listed.FLOWER | {name for name in listed.HISTOGRAMS if name.startswith("flower_")}
+    assert expected <= exported, f"Flower does not export {sorted(expected - exported)}"
 
 
 @pytest.mark.integration

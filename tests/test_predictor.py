@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from cryptography.fernet import Fernet
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
@@ -28,14 +26,14 @@ from sklearn.pipeline import Pipeline
 
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
-from tests.support.core import train_in_process
+from tests.support.core import register_copies
 from tests.support.predictor import (
     PredictorService,
     start_predictor,
     wait_healthy,
     wait_ready,
 )
-from tests.support.processes import ManagedProcess, free_port, start_mlflow, wait_until
+from tests.support.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -370,40 +368,23 @@ def test_no_production_model_yet(trained_registry: str, logs_dir: Path) -> None:
         process.stop()
 
 
-# --- state-changing tests, on a registry of their own --------------------------------------
+# --- state-changing tests, each on a registered model of its own --------------------------
 
 
-@pytest.fixture(scope="module")
-def private_registry(
-    logs_dir: Path, tmp_path_factory: pytest.TempPathFactory, data_ready: Path
-) -> Iterator[tuple[ManagedProcess, str]]:
-    """An MLflow server only this module uses (its tests move aliases and stop it).
-
-    Webhooks are enabled: a local http receiver, a secret, a 1 s webhook cache.
-    """
-    process, uri = start_mlflow(
-        logs_dir / "predictor-mlflow",
-        tmp_path_factory.mktemp("predictor-mlflow"),
-        env={
-            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-        },
-    )
-    try:
-        train_in_process(uri)
-        yield process, uri
-    finally:
-        process.stop()
+@pytest.fixture
+def own_model(trained_registry: str) -> tuple[str, str]:
+    """(tracking URI, name) of a model only this test serves, on the session registry: its
+    version 1 is a copy of the session's servable v1, in production. The test may move its
+    aliases; the session predictor serves another model and never sees them."""
+    name = f"Iris-Own-{uuid.uuid4().hex[:8]}"
+    [version] = register_copies(trained_registry, name, 1)
+    MlflowClient(trained_registry).set_registered_model_alias(name, "production", version)
+    return trained_registry, name
 
 
-def test_hot_swap_without_a_failed_request(
-    private_registry: tuple[ManagedProcess, str], logs_dir: Path
-) -> None:
-    _, uri = private_registry
-    # Its imports overlap the training below.
-    process, url = start_predictor(logs_dir, uri, wait=False)
+def test_hot_swap_without_a_failed_request(own_model: tuple[str, str], logs_dir: Path) -> None:
+    uri, name = own_model
+    process, url = start_predictor(logs_dir, uri, wait=False, PREDICTOR_MODEL_NAME=name)
     stop = threading.Event()
     results: list[tuple[int, str | None]] = []
 
@@ -419,9 +400,8 @@ def test_hot_swap_without_a_failed_request(
 
     threads = [threading.Thread(target=fire) for _ in range(2)]
     try:
-        # Train before the load starts: on two cores, training under load would crawl.
-        trained = train_in_process(uri, overrides={"models": {"logistic_regression": {"C": 0.5}}})
-        new_version = trained.models[MODEL].version
+        # Registered while the predictor starts: a version to promote, of the same artefacts.
+        [new_version] = register_copies(uri, name, 1)
         assert new_version != "1"
         wait_healthy(process, url)
         wait_ready(process, url)
@@ -429,7 +409,7 @@ def test_hot_swap_without_a_failed_request(
         for thread in threads:
             thread.start()
         wait_until(lambda: len(results) > 10, 10, "requests before the promotion", process)
-        MlflowClient(uri).set_registered_model_alias(MODEL, "production", new_version)
+        MlflowClient(uri).set_registered_model_alias(name, "production", new_version)
         # Polling every second: a few seconds even on a busy machine.
         wait_until(
             lambda: any(v == new_version for _, v in results[-20:]),
@@ -450,14 +430,16 @@ def test_hot_swap_without_a_failed_request(
     assert len(results) > 20
 
 
-def test_webhook_triggers_an_immediate_check(
-    private_registry: tuple[ManagedProcess, str], logs_dir: Path
-) -> None:
+def test_webhook_triggers_an_immediate_check(own_model: tuple[str, str], logs_dir: Path) -> None:
     """With a 2-minute poll, only the webhook delivery can make the swap this quick."""
-    _, uri = private_registry
+    uri, name = own_model
     secret = uuid.uuid4().hex
     process, url = start_predictor(
-        logs_dir, uri, PREDICTOR_POLL_INTERVAL_S="120", PREDICTOR_WEBHOOK_SECRET=secret
+        logs_dir,
+        uri,
+        PREDICTOR_MODEL_NAME=name,
+        PREDICTOR_POLL_INTERVAL_S="120",
+        PREDICTOR_WEBHOOK_SECRET=secret,
     )
     client = MlflowClient(uri)
     webhook = client.create_webhook(
@@ -468,20 +450,10 @@ def test_webhook_triggers_an_immediate_check(
     )
     try:
         wait_ready(process, url)
-        served = httpx.get(f"{url}/model").json()["version"]
         # A new version of the same artefacts: no training needed to have something to promote.
-        source = client.get_model_version(MODEL, served)
-        new_version = str(
-            client.create_model_version(
-                MODEL,
-                source.source,
-                run_id=source.run_id,
-                # The REST API wants the logged model's id, which the version does not echo.
-                model_id=source.model_id or source.source.removeprefix("models:/"),
-            ).version
-        )
+        [new_version] = register_copies(uri, name, 1)
         time.sleep(1.5)  # let the server's webhook cache (1 s) see the new webhook
-        client.set_registered_model_alias(MODEL, "production", new_version)
+        client.set_registered_model_alias(name, "production", new_version)
         wait_until(
             lambda: httpx.get(f"{url}/model").json()["version"] == new_version,
             20,
@@ -495,10 +467,10 @@ def test_webhook_triggers_an_immediate_check(
 
 
 def test_restart_with_mlflow_down_serves_the_local_copy(
-    private_registry: tuple[ManagedProcess, str], logs_dir: Path
+    own_model: tuple[str, str], logs_dir: Path
 ) -> None:
-    _, uri = private_registry
-    process, url = start_predictor(logs_dir, uri)
+    uri, name = own_model
+    process, url = start_predictor(logs_dir, uri, PREDICTOR_MODEL_NAME=name)
     try:
         wait_ready(process, url)
         served = httpx.get(f"{url}/model").json()
@@ -531,13 +503,13 @@ def test_restart_with_mlflow_down_serves_the_local_copy(
 
 
 def test_a_pickled_version_is_refused_and_the_served_one_stays(
-    private_registry: tuple[ManagedProcess, str], logs_dir: Path
+    own_model: tuple[str, str], logs_dir: Path
 ) -> None:
     """A version saved with pickle would run code when loaded: it is reported, never loaded."""
-    _, uri = private_registry
+    uri, name = own_model
     client = MlflowClient(uri)
-    before = client.get_model_version_by_alias(MODEL, "production").version
-    process, url = start_predictor(logs_dir, uri)
+    before = client.get_model_version_by_alias(name, "production").version
+    process, url = start_predictor(logs_dir, uri, PREDICTOR_MODEL_NAME=name)
     try:
         wait_ready(process, url)
         data = load_iris()
@@ -552,10 +524,10 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
                 name="model",
                 serialization_format="cloudpickle",
                 signature=infer_signature(frame, data.target),
-                registered_model_name=MODEL,
+                registered_model_name=name,
             )
         bad = str(info.registered_model_version)
-        client.set_registered_model_alias(MODEL, "production", bad)
+        client.set_registered_model_alias(name, "production", bad)
 
         def reported() -> dict:
             body = httpx.get(f"{url}/model").json()
@@ -569,7 +541,7 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
         assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 1.0
         assert httpx.post(f"{url}/predict", json=SETOSA).json()["model_version"] == before
 
-        client.set_registered_model_alias(MODEL, "production", before)
+        client.set_registered_model_alias(name, "production", before)
         wait_until(
             lambda: httpx.get(f"{url}/model").json()["load_error"] is None,
             30,
@@ -578,7 +550,7 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
         )
         assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 0.0
     finally:
-        client.set_registered_model_alias(MODEL, "production", before)
+        client.set_registered_model_alias(name, "production", before)
         process.stop()
 
 

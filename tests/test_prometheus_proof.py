@@ -36,15 +36,14 @@ from infra.checks.check_promql import (
 from iris_shared.jobs import JobKeys
 from iris_shared.registry import CHALLENGER
 from tests.support.core import JOBS_NAMESPACE
+from tests.support.gateway import start_gateway
 from tests.support.processes import (
     REPO_ROOT,
-    VENV_BIN,
     ManagedProcess,
     free_port,
     http_ok,
     wait_until,
 )
-from tests.support.worker import worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,14 +101,14 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def prometheus_config(targets: dict[str, str], folder: Path) -> Path:
+def prometheus_config(targets: dict[str, list[str]], folder: Path) -> Path:
     """The local stack's scrape jobs and rules, aimed at this session's processes."""
     config = yaml.safe_load((REPO_ROOT / "infra/prometheus/prometheus.local.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(RULES_DIR / "*.yml")]
     config.pop("alerting", None)
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        job["static_configs"] = [{"targets": targets[job["job_name"]]}]
     path = folder / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -117,28 +116,13 @@ def prometheus_config(targets: dict[str, str], folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exporters(
-    logs_dir: Path, redis_url: str, trained_registry: str, trainer_worker: ManagedProcess
+    logs_dir: Path, redis_url: str, trainer_worker: ManagedProcess, flower: str
 ) -> Iterator[dict[str, str]]:
     """Flower and redis_exporter, run as supervisord runs them, on this session's broker."""
     if shutil.which("prometheus-redis-exporter") is None:
         pytest.fail("prometheus-redis-exporter is missing: run scripts/ensure_tools.sh")
-    flower_port, exporter_port = free_port(), free_port()
+    exporter_port = free_port()
     keys = JobKeys(JOBS_NAMESPACE)
-    flower = ManagedProcess(
-        "flower",
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "iris_trainer.celery_app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={flower_port}",
-            "--purge_offline_workers=60",
-        ],
-        logs_dir,
-        env=worker_env(redis_url, trained_registry),
-        cwd=REPO_ROOT,
-    )
     exporter = ManagedProcess(
         "redis-exporter",
         [
@@ -151,17 +135,34 @@ def exporters(
         logs_dir,
     )
     try:
-        wait_until(http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "flower", flower)
         wait_until(
             http_ok(f"http://127.0.0.1:{exporter_port}/metrics"), 30, "redis_exporter", exporter
         )
         yield {
-            "flower": f"127.0.0.1:{flower_port}",
+            "flower": flower.removeprefix("http://"),
             "redis-exporter": f"127.0.0.1:{exporter_port}",
         }
     finally:
-        flower.stop()
         exporter.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_without_predictor(
+    logs_dir: Path, redis_url: str, trained_registry: str, api_token: str
+) -> Iterator[str]:
+    """A gateway in front of a port where nothing listens: its answers are 502s, so the
+    failure-only series exist (the 5xx ratio panel divides by them) without breaking the
+    session's stack, and without counting on a 503 some earlier request happened to get."""
+    process, url = start_gateway(
+        logs_dir,
+        f"http://127.0.0.1:{free_port()}",
+        redis_url,
+        trained_registry,
+        api_token,
+        name="gateway-without-predictor",
+    )
+    yield url
+    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +171,17 @@ def prometheus(
     tmp_path_factory: pytest.TempPathFactory,
     predictor_url: str,
     gateway_url: str,
+    gateway_without_predictor: str,
     exporters: dict[str, str],
 ) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("prometheus")
     targets = {
-        "predictor": predictor_url.removeprefix("http://"),
-        "gateway": gateway_url.removeprefix("http://"),
-        **exporters,
+        "predictor": [predictor_url.removeprefix("http://")],
+        "gateway": [
+            gateway_url.removeprefix("http://"),
+            gateway_without_predictor.removeprefix("http://"),
+        ],
+        **{job: [target] for job, target in exporters.items()},
     }
     port = free_port()
     process = ManagedProcess(
@@ -217,8 +222,11 @@ def failure_only(selector: Any) -> bool:
     return without_offset(selector) in FAILURE_ONLY
 
 
-def drive_traffic(gateway_url: str, api_token: str, trained_registry: str) -> None:
-    """What the panels show: answers, labels, jobs (one failing), a challenger in the shadow."""
+def drive_traffic(
+    gateway_url: str, predictor_url: str, api_token: str, trained_registry: str
+) -> None:
+    """What the panels show: answers, labels, jobs (one failing), a challenger in the shadow,
+    drift scores."""
     headers = {"Authorization": f"Bearer {api_token}"}
     for _ in range(20):
         httpx.post(f"{gateway_url}/predict", json=SETOSA)
@@ -261,6 +269,14 @@ def drive_traffic(gateway_url: str, api_token: str, trained_registry: str) -> No
     for _ in range(10):
         httpx.post(f"{gateway_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA] * 5})
 
+    def drift_scored() -> bool:
+        # A predictor process scores its own last rows (100 at least) on its first request a
+        # second after its last score: which process got the rows above is the kernel's pick.
+        httpx.post(f"{gateway_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA] * 50})
+        return "iris_feature_drift_psi{" in httpx.get(f"{predictor_url}/metrics").text
+
+    wait_until(drift_scored, 30, "drift scores")
+
 
 @pytest.fixture
 def restored_challenger(trained_registry: str) -> Iterator[None]:
@@ -276,32 +292,18 @@ def restored_challenger(trained_registry: str) -> Iterator[None]:
         client.set_registered_model_alias(MODEL, CHALLENGER, before)
 
 
-def test_every_panel_and_every_alert_reads_series_the_real_stack_exports(
-    prometheus: str,
-    gateway_url: str,
-    api_token: str,
-    trained_registry: str,
-    restored_challenger: None,
-) -> None:
-    drive_traffic(gateway_url, api_token, trained_registry)
-    queries = dashboard_queries()
-
-    def all_panels_have_data() -> bool:
-        return all(query(prometheus, expr) for _, expr in queries)
-
-    # Rates need two scrapes after the traffic; scrapes come every second.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all_panels_have_data():
-        time.sleep(1)
-
-    empty_panels = [
+def empty_panels(prometheus: str, queries: list[tuple[str, str]]) -> list[str]:
+    """Panels without data, but for those that read failure-only series the stack exports."""
+    return [
         where
         for where, expr in queries
         if not query(prometheus, expr)
         and not all(failure_only(s) and exported(prometheus, s) for s in selectors(expr))
     ]
-    assert not empty_panels, f"panels without data: {empty_panels}"
 
+
+def missing_series(prometheus: str) -> list[str]:
+    """What the alert rules read and Prometheus has no series (or, failure-only, no metric) of."""
     missing = []
     for where, expr in rule_expressions():
         for selector in selectors(expr):
@@ -310,13 +312,48 @@ def test_every_panel_and_every_alert_reads_series_the_real_stack_exports(
                     missing.append(f"{where}: {selector.name} (not exported)")
             elif not query(prometheus, without_offset(selector)):
                 missing.append(f"{where}: {without_offset(selector)}")
-    assert not missing, f"alert rules read series the stack does not export: {missing}"
+    return missing
 
-    rules = httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
-    loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
-    defined = {where.split(": ", 1)[1] for where, _ in rule_expressions()}
-    assert defined <= set(loaded)
-    broken = {
-        name: rule.get("lastError") for name, rule in loaded.items() if rule["health"] != "ok"
+
+def loaded_rules(prometheus: str) -> dict[str, dict[str, Any]]:
+    groups = httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
+    return {rule["name"]: rule for group in groups for rule in group["rules"]}
+
+
+def broken_rules(prometheus: str) -> dict[str, str | None]:
+    """Rules not evaluated without error (a rule not evaluated yet has health "unknown")."""
+    return {
+        name: rule.get("lastError")
+        for name, rule in loaded_rules(prometheus).items()
+        if rule["health"] != "ok"
     }
-    assert not broken
+
+
+def test_every_panel_and_every_alert_reads_series_the_real_stack_exports(
+    prometheus: str,
+    gateway_url: str,
+    gateway_without_predictor: str,
+    predictor_url: str,
+    api_token: str,
+    trained_registry: str,
+    restored_challenger: None,
+) -> None:
+    drive_traffic(gateway_url, predictor_url, api_token, trained_registry)
+    assert httpx.post(f"{gateway_without_predictor}/predict", json=SETOSA).status_code == 502
+    queries = dashboard_queries()
+
+    # Rates need two scrapes after the traffic, rules an evaluation: both come every second.
+    # Waits only while something below would fail, then lets the assertions name it.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        empty_panels(prometheus, queries) or missing_series(prometheus) or broken_rules(prometheus)
+    ):
+        time.sleep(0.5)
+
+    empty = empty_panels(prometheus, queries)
+    assert not empty, f"panels without data: {empty}"
+    missing = missing_series(prometheus)
+    assert not missing, f"alert rules read series the stack does not export: {missing}"
+    defined = {where.split(": ", 1)[1] for where, _ in rule_expressions()}
+    assert defined <= set(loaded_rules(prometheus))
+    assert not broken_rules(prometheus)

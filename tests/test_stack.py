@@ -54,6 +54,12 @@ def clone(
         + f"STACK_FLOWER_PORT={ports['flower']}\n"
         + f"STACK_ALERTMANAGER_PORT={ports['alertmanager']}\n"
         + f"STACK_REDIS_EXPORTER_PORT={ports['redis_exporter']}\n"
+        # Settings a user may pick too, cheaper for a test that is not about them: one server
+        # process per service, and an idle worker that stops at once (its soft shutdown, kept
+        # for a running job, would wait the whole timeout on `down`). Later lines win.
+        + "PREDICTOR_WORKERS=1\n"
+        + "GATEWAY_WORKERS=1\n"
+        + "TRAINER_SOFT_SHUTDOWN_TIMEOUT_S=1\n"
     )
     up = stack(clone, "up")
     try:

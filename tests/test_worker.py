@@ -298,7 +298,9 @@ def test_job_of_a_killed_worker_runs_again_within_a_minute_and_keeps_its_version
             assert versions_of_job(trained_registry, name, job_id) == [outcome.version]
     finally:
         for worker in workers:
-            worker.stop()
+            # The job has ended (or the test failed): nothing to hand back, no soft shutdown
+            # to wait for.
+            worker.kill()
         redis_process.stop()
 
 
@@ -340,5 +342,7 @@ def test_a_stopping_worker_hands_its_job_back_at_once(
         assert job.deliveries == 2
     finally:
         for worker in workers:
-            worker.stop()
+            # The job has ended (or the test failed): nothing to hand back, no soft shutdown
+            # to wait for.
+            worker.kill()
         redis_process.stop()

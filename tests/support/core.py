@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -45,7 +46,21 @@ def redis_url(redis_process: tuple[ManagedProcess, str]) -> str:
 
 @pytest.fixture(scope="session")
 def mlflow_server(logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, uri = start_mlflow(logs_dir, tmp_path_factory.mktemp("mlflow-store"))
+    """The session's MLflow server, with webhooks on for a local receiver (the predictor's)."""
+    from cryptography.fernet import Fernet
+
+    process, uri = start_mlflow(
+        logs_dir,
+        tmp_path_factory.mktemp("mlflow-store"),
+        env={
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            # The server caches the webhook list, 60 s by default: a test's new webhook must
+            # count at once.
+            "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        },
+    )
     yield uri
     process.stop()
 
@@ -125,3 +140,29 @@ def trained_registry(mlflow_server: str, data_ready: Path) -> str:
     """An MLflow server whose registry holds version 1 of both models, each with `production`."""
     train_in_process(mlflow_server)
     return mlflow_server
+
+
+def register_copies(
+    tracking_uri: str, name: str, copies: int, source_name: str = "Iris-LogisticRegression"
+) -> list[str]:
+    """New versions of model `name` (registered if new), each a copy of `source_name`'s
+    servable version 1 from `trained_registry`: versions to serve or promote, no training."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    source = client.get_model_version(source_name, "1")
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(name)
+    return [
+        str(
+            client.create_model_version(
+                name,
+                source.source,
+                run_id=source.run_id,
+                # The REST API wants the logged model's id, which the version does not echo.
+                model_id=source.model_id or source.source.removeprefix("models:/"),
+            ).version
+        )
+        for _ in range(copies)
+    ]

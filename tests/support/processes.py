@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,6 +21,7 @@ from iris_shared.testing import free_port, redis_server_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+SUPERVISORD_CONF = REPO_ROOT / "infra/local/supervisord.conf"
 # mlflow.set_tracking_uri, which tests and training in this process call, also writes
 # MLFLOW_TRACKING_URI into os.environ; inherited, it would point a later child (`make up`
 # in test_stack, say) at whichever server was set last, perhaps one stopped since.
@@ -29,6 +33,14 @@ def child_env(**env: str) -> dict[str, str]:
     tracking URI unless `env` gives one, then `env`."""
     inherited = {k: v for k, v in os.environ.items() if k not in NEVER_INHERITED}
     return {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+
+
+def supervisord_command(program: str, **env: str) -> list[str]:
+    """The command supervisord runs for `program`, with its %(ENV_X)s filled from `env`."""
+    parser = configparser.RawConfigParser()
+    parser.read(SUPERVISORD_CONF)
+    command = parser[f"program:{program}"]["command"]
+    return shlex.split(re.sub(r"%\(ENV_(\w+)\)s", lambda m: env[m.group(1)], command))
 
 
 def wait_until(

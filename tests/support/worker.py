@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import REPO_ROOT, VENV_BIN, ManagedProcess, wait_until
+from tests.support.processes import (
+    REPO_ROOT,
+    VENV_BIN,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    supervisord_command,
+    wait_until,
+)
 
 _names = itertools.count(1)
 
@@ -80,3 +88,23 @@ def trainer_worker(
     # timeout even with nothing to hand back, and at the end of the session nothing is left
     # to hand back. The tests about stopping a worker start workers of their own.
     process.kill()
+
+
+@pytest.fixture(scope="session")
+def flower(logs_dir: Path, redis_url: str) -> Iterator[str]:
+    """Flower as supervisord runs it (its exact command line), reading the task events of
+    this session's workers; yields its base URL. Only events sent once it runs count."""
+    port = free_port()
+    process = ManagedProcess(
+        "flower",
+        supervisord_command("flower", STACK_VENV=str(VENV_BIN.parent), STACK_FLOWER_PORT=str(port)),
+        logs_dir,
+        env={"REDIS_URL": redis_url, "JOBS_NAMESPACE": JOBS_NAMESPACE},
+        cwd=REPO_ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(http_ok(f"{url}/healthcheck"), 60, "flower", process)
+        yield url
+    finally:
+        process.stop()
