@@ -79,6 +79,26 @@ def test_requests_for_two_models_are_never_mixed(loaded_model: LoadedModel) -> N
         assert answer.argmax() == (0 if i % 2 else 2)
 
 
+def test_a_model_with_a_numpy_scorer_is_scored_at_once_request_by_request(
+    loaded_model: LoadedModel,
+) -> None:
+    calls: list[int] = []
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(max_queued_rows=1000, on_call=calls.append)
+        try:
+            return await asyncio.gather(*(batcher.score(loaded_model, ROWS) for _ in range(5)))
+        finally:
+            batcher.close()
+
+    answers = asyncio.run(run())
+
+    assert loaded_model.fast_scorer is not None
+    assert calls == [1] * 5, "no batching needed: each request is one call"
+    for answer in answers:
+        assert np.array_equal(answer, loaded_model.model.predict_proba(ROWS))
+
+
 def test_a_full_queue_refuses_at_once(loaded_model: LoadedModel) -> None:
     async def run() -> None:
         batcher = MicroBatcher(max_queued_rows=3)
