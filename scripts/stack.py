@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import httpx
 from dotenv import dotenv_values, set_key
 
+from iris_shared.registry import LOGISTIC_REGRESSION, PRODUCTION
 from iris_shared.testing import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ DEFAULTS = {
     # MLflow's server-side job runners serve GenAI features this stack does not use.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
-BASELINE_MODEL = "Iris-LogisticRegression"
+BASELINE_MODEL = LOGISTIC_REGRESSION
 
 
 def say(message: str) -> None:
@@ -166,7 +167,7 @@ def run(env: dict[str, str], *args: str) -> None:
 def has_production_model(env: dict[str, str]) -> bool:
     response = httpx.get(
         f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/alias",
-        params={"name": BASELINE_MODEL, "alias": "production"},
+        params={"name": BASELINE_MODEL, "alias": PRODUCTION},
         timeout=10,
     )
     return response.status_code == 200
