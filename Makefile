@@ -15,7 +15,8 @@ help: ## List the targets
 
 $(BIN)/python: pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --quiet "uv==0.13.8"
-	uv sync --frozen --python 3.11
+	@# Bytecode now, not in every process that imports MLflow (PYTHONDONTWRITEBYTECODE shells).
+	uv sync --frozen --compile-bytecode --python 3.11
 	@touch $@
 
 .PHONY: install
