@@ -123,7 +123,7 @@ class PredictorMetrics(ServiceMetrics):
         self._served_labels: dict[str, tuple[str, str, str]] = {}
         # `labels()` validates and locks on every call; (species, version) pairs are few.
         self._predictions_of = functools.lru_cache(maxsize=1024)(self.predictions.labels)
-        self._feature_histograms: list[Histogram] | None = None
+        self._feature_histograms = [self.feature_value.labels(f) for f in FEATURE_NAMES]
 
     def model_served(self, name: str, version: str, alias: str, *, answers: bool = True) -> None:
         """`version` is served under `alias` now; `answers`: it is the one requests get."""
@@ -165,18 +165,12 @@ class PredictorMetrics(ServiceMetrics):
 
     def observe_features(self, rows: np.ndarray) -> None:
         """Observe every measurement of `rows` (n rows, 4 columns) in the feature histograms."""
-        if self._feature_histograms is None:
-            self._feature_histograms = [self.feature_value.labels(f) for f in FEATURE_NAMES]
         observe_columns(self._feature_histograms, rows)
 
 
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """What `histogram.observe(v)` for each value does, with one increment per bucket."""
-    observe_columns([histogram], values.reshape(-1, 1))
-
-
 def observe_columns(histograms: Sequence[Histogram], values: np.ndarray) -> None:
-    """Observe column j of `values` (n rows, one column per histogram) in `histograms[j]`.
+    """Observe column j of `values` (n rows, one column per histogram) in `histograms[j]`:
+    what `histograms[j].observe(v)` for each value does, with one increment per bucket.
 
     prometheus_client has no bulk observe; this uses its bucket bounds and values the way
     `Histogram.observe` does (a value lands in the first bucket whose bound is >= it), which

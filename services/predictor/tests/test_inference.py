@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from iris_predictor.inference import IncompatibleModelError, LoadedModel, MicroBatcher
-from iris_predictor.metrics import FEATURE_BUCKETS, observe_columns, observe_many
+from iris_predictor.metrics import FEATURE_BUCKETS, observe_columns
 from iris_shared.http import Overloaded
 
 ROWS = np.array(
@@ -128,13 +128,13 @@ def exposed(registry: CollectorRegistry) -> list[str]:
     ]
 
 
-def test_observe_many_matches_one_observe_per_value() -> None:
+def test_observe_columns_matches_one_observe_per_value() -> None:
     values = np.array([0.1, 0.5, 0.5000001, 2.5, 7.9, 10.0, 14.99, 49.0, 50.0, 0.25])
     bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
     bulk = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=bulk_registry)
     single = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=single_registry)
 
-    observe_many(bulk, values)
+    observe_columns([bulk], values.reshape(-1, 1))
     for value in values:
         single.observe(value)
 
