@@ -1,12 +1,25 @@
-"""The settings bases every service builds on."""
+"""The settings bases every service builds on.
+
+Settings come from the environment, then `.env`, then secret files: when `SECRETS_DIR` names a
+folder (compose mounts its secrets at /run/secrets, Kubernetes a Secret volume), each secret
+setting is read from the file named after its variable in lower case (`api_token`,
+`redis_password`, `mlflow_tracking_password`), so a password never has to be an environment
+variable or a command-line argument.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE, JOBS_NAMESPACE_PATTERN
 from iris_shared.schemas import batch_body_limit
@@ -29,12 +42,76 @@ def jobs_namespace_field(prefix: str) -> Any:
     )
 
 
+SECRETS_DIR_ENV = "SECRETS_DIR"
+
+
+def redis_password_field(prefix: str) -> Any:
+    """The password of the Redis user named in `REDIS_URL` (`REDIS_PASSWORD`, or a secret file)."""
+    return Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_PASSWORD", f"{prefix}REDIS_PASSWORD"),
+        description="Password of the Redis user in REDIS_URL (its username, if any, is in the "
+        "URL); read from SECRETS_DIR/redis_password in containers.",
+    )
+
+
+def mlflow_password_field(prefix: str) -> Any:
+    """The password of `MLFLOW_TRACKING_USERNAME` on an MLflow server with basic auth."""
+    return Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "MLFLOW_TRACKING_PASSWORD", f"{prefix}MLFLOW_TRACKING_PASSWORD"
+        ),
+        description="Password of MLFLOW_TRACKING_USERNAME when MLflow requires credentials "
+        "(compose); read from SECRETS_DIR/mlflow_tracking_password in containers.",
+    )
+
+
+def export_mlflow_password(password: SecretStr | None) -> None:
+    """Hand a password read from a secret file to MLflow's client, which reads only its own
+    environment variable (`MLFLOW_TRACKING_PASSWORD`); it stays inside this process."""
+    if password is not None and password.get_secret_value():
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password.get_secret_value())
+
+
+def with_password(url: str, password: SecretStr | None) -> str:
+    """`url` with `password` in it, for clients that take credentials only in the URL (Celery).
+
+    The result holds a secret: pass it to the client, never to a log.
+    """
+    if password is None or not password.get_secret_value():
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    secret = quote(password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
+
+
 class ServiceSettings(BaseSettings):
-    """Reads the environment, then `.env`; each service adds its own prefixed fields."""
+    """Reads the environment, then `.env`, then the files in `SECRETS_DIR`; each service adds
+    its own prefixed fields."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     log_level: LogLevel = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Read when settings are built, not at import: tests and tools set it per process.
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+        sources = [init_settings, env_settings, dotenv_settings]
+        if secrets_dir:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return tuple(sources)
 
 
 class HTTPServiceSettings(ServiceSettings):

@@ -41,6 +41,7 @@ from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
 from iris_shared.monitoring import FeedbackKeys
 from iris_shared.service import create_service_app
+from iris_shared.settings import with_password
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def create_celery(settings: GatewaySettings) -> Celery:
     deployment's prefix, as the worker's do. Short timeouts make a dead broker fail fast
     instead of holding the request; the publish itself is never retried (see JobStore).
     """
-    celery = Celery("gateway", broker=settings.redis_url, set_as_current=False)
+    broker = with_password(settings.redis_url, settings.redis_password)
+    celery = Celery("gateway", broker=broker, set_as_current=False)
     timeout = settings.redis_timeout_s
     celery.conf.update(
         task_serializer="json",
@@ -72,7 +74,7 @@ def create_celery(settings: GatewaySettings) -> Celery:
 
 def create_redis(settings: GatewaySettings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis_url,
+        with_password(settings.redis_url, settings.redis_password),
         decode_responses=True,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
@@ -80,6 +82,14 @@ def create_redis(settings: GatewaySettings) -> redis.Redis:
         # dead Redis still answers 503 within about one timeout.
         retry=Retry(NoBackoff(), retries=1),
     )
+
+
+def mlflow_auth(settings: GatewaySettings) -> aiohttp.BasicAuth | None:
+    """MLflow's basic-auth credentials (compose), or None for an MLflow without auth."""
+    password = settings.mlflow_tracking_password
+    if settings.mlflow_tracking_username is None or password is None:
+        return None
+    return aiohttp.BasicAuth(settings.mlflow_tracking_username, password.get_secret_value())
 
 
 @asynccontextmanager
@@ -111,6 +121,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 settings.mlflow_tracking_uri,
                 aiohttp.ClientTimeout(total=settings.mlflow_timeout_s, connect=connect),
                 metrics,
+                auth=mlflow_auth(settings),
             ),
             redis_client,
             lock_name=f"{settings.jobs_namespace}:promotion-lock",

@@ -13,7 +13,12 @@ from pydantic_settings import SettingsConfigDict
 
 from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import DEFAULT_MODEL
-from iris_shared.settings import HTTPServiceSettings, jobs_namespace_field
+from iris_shared.settings import (
+    HTTPServiceSettings,
+    jobs_namespace_field,
+    mlflow_password_field,
+    redis_password_field,
+)
 
 # Tokens copied from examples and tutorials; refused outside development.
 PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "changethis", "secret", "token", "test"})
@@ -52,6 +57,7 @@ class GatewaySettings(HTTPServiceSettings):
         validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
         description="Celery broker; also holds the job records.",
     )
+    redis_password: SecretStr | None = redis_password_field("GATEWAY_")
     redis_timeout_s: float = Field(
         default=1.0,
         gt=0,
@@ -67,6 +73,14 @@ class GatewaySettings(HTTPServiceSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "GATEWAY_MLFLOW_TRACKING_URI"),
         description="MLflow server whose REST API POST /promote calls.",
     )
+    mlflow_tracking_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "MLFLOW_TRACKING_USERNAME", "GATEWAY_MLFLOW_TRACKING_USERNAME"
+        ),
+        description="MLflow user POST /promote acts as, when MLflow requires credentials.",
+    )
+    mlflow_tracking_password: SecretStr | None = mlflow_password_field("GATEWAY_")
     mlflow_timeout_s: float = Field(default=10.0, gt=0, description="Per MLflow REST call.")
     default_model_name: str = Field(
         default=DEFAULT_MODEL,

@@ -84,12 +84,14 @@ class Upstream:
         base_url: str,
         timeout: aiohttp.ClientTimeout,
         metrics: GatewayMetrics,
+        auth: aiohttp.BasicAuth | None = None,
     ) -> None:
         self.name = name
         self.session = session
         self.base_url = base_url
         self.timeout = timeout
         self.metrics = metrics
+        self.auth = auth
 
     async def request(
         self,
@@ -115,6 +117,7 @@ class Upstream:
                 json=json_body,
                 params=params,
                 headers=sent_headers,
+                auth=self.auth,
                 timeout=timeout or self.timeout,
             ) as response:
                 content = await response.read()

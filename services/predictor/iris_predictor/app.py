@@ -37,6 +37,7 @@ from iris_shared.logging import configure_logging
 from iris_shared.monitoring import FeedbackKeys
 from iris_shared.server import WorkerPeers
 from iris_shared.service import create_service_app
+from iris_shared.settings import export_mlflow_password, with_password
 
 ModelSource = LoadedModel | ModelRegistry
 
@@ -66,6 +67,7 @@ def create_app(
     a `ModelRegistry` to follow; by default the registry the settings describe."""
     settings = settings or get_settings()
     configure_logging("predictor", settings.log_level)
+    export_mlflow_password(settings.mlflow_tracking_password)
 
     metrics = PredictorMetrics()
     peers = WorkerPeers(settings.workers)
@@ -94,7 +96,11 @@ def create_app(
     store = None
     if settings.redis_url is not None:
         store = PredictionStore(
-            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            redis.Redis.from_url(
+                with_password(settings.redis_url, settings.redis_password),
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            ),
             FeedbackKeys(settings.jobs_namespace),
             metrics,
             window_s=settings.feedback_window_s,

@@ -11,7 +11,12 @@ from pydantic_settings import SettingsConfigDict
 from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import CHALLENGER, DEFAULT_MODEL, PRODUCTION
 from iris_shared.schemas import MAX_BATCH_ROWS
-from iris_shared.settings import HTTPServiceSettings, jobs_namespace_field
+from iris_shared.settings import (
+    HTTPServiceSettings,
+    jobs_namespace_field,
+    mlflow_password_field,
+    redis_password_field,
+)
 
 MIB = 1024 * 1024
 
@@ -26,6 +31,7 @@ class PredictorSettings(HTTPServiceSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PREDICTOR_MLFLOW_TRACKING_URI"),
         description="The MLflow server holding the registry and the model artefacts.",
     )
+    mlflow_tracking_password: SecretStr | None = mlflow_password_field("PREDICTOR_")
     model_name: str = Field(default=DEFAULT_MODEL, description="Registered model to serve.")
     model_alias: str = Field(default=PRODUCTION, description="Alias to follow.")
     poll_interval_s: float = Field(
@@ -90,6 +96,7 @@ class PredictorSettings(HTTPServiceSettings):
         description="Where answered predictions are kept for feedback (POST /feedback on the "
         "gateway joins labels with them); unset keeps none.",
     )
+    redis_password: SecretStr | None = redis_password_field("PREDICTOR_")
     jobs_namespace: str = jobs_namespace_field("PREDICTOR_")
     feedback_window_s: int = Field(
         default=DEFAULT_FEEDBACK_WINDOW_S,

@@ -39,7 +39,7 @@ from iris_trainer.config import WorkerSettings, get_worker_settings
 def celery_config(worker: WorkerSettings) -> dict[str, Any]:
     keys = JobKeys(worker.jobs_namespace)
     return {
-        "broker_url": worker.redis_url,
+        "broker_url": worker.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "global_keyprefix": keys.broker_prefix,

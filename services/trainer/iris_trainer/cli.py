@@ -76,7 +76,7 @@ def data_add_feedback(dry_run: bool) -> None:
 
     settings = get_settings()
     worker = get_worker_settings()
-    client = redis_client(worker.redis_url)
+    client = redis_client(worker.broker_url)
     try:
         added = add_feedback(
             settings.repo_root, client, FeedbackKeys(worker.jobs_namespace), dry_run=dry_run
@@ -274,7 +274,7 @@ def _live_figures(versions: list[str]) -> dict[str, LiveFigures]:
     if not versions:
         return {}
     worker = get_worker_settings()
-    client = redis_client(worker.redis_url)
+    client = redis_client(worker.broker_url)
     try:
         return live_figures(client, FeedbackKeys(worker.jobs_namespace), versions)
     except redis.RedisError as exc:

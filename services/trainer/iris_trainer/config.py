@@ -13,7 +13,14 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.settings import ServiceSettings, jobs_namespace_field
+from iris_shared.settings import (
+    ServiceSettings,
+    export_mlflow_password,
+    jobs_namespace_field,
+    mlflow_password_field,
+    redis_password_field,
+    with_password,
+)
 
 
 class TrainerSettings(ServiceSettings):
@@ -30,6 +37,7 @@ class TrainerSettings(ServiceSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_TRACKING_URI"),
         description="The MLflow server every client talks to over HTTP.",
     )
+    mlflow_tracking_password: SecretStr | None = mlflow_password_field("TRAINER_")
     gateway_url: str = Field(
         default="http://127.0.0.1:8002",
         description="The gateway `iris-mlops promote` asks to move `production` (POST /promote).",
@@ -59,6 +67,7 @@ class WorkerSettings(ServiceSettings):
         validation_alias=AliasChoices("REDIS_URL", "TRAINER_REDIS_URL"),
         description="Celery broker; also holds the job records.",
     )
+    redis_password: SecretStr | None = redis_password_field("TRAINER_")
     jobs_namespace: str = jobs_namespace_field("TRAINER_")
     worker_concurrency: int = Field(
         default=1, ge=1, description="Jobs run at once; training is CPU-bound, so one per core."
@@ -93,6 +102,11 @@ class WorkerSettings(ServiceSettings):
         "back to the queue (the stop grace period of supervisord and compose exceeds it).",
     )
 
+    @property
+    def broker_url(self) -> str:
+        """REDIS_URL with the password in it (Celery takes credentials only in the URL)."""
+        return with_password(self.redis_url, self.redis_password)
+
     @model_validator(mode="after")
     def _heartbeat_beats_the_visibility_timeout(self) -> WorkerSettings:
         if self.heartbeat_interval_s * 3 > self.visibility_timeout_s:
@@ -105,7 +119,10 @@ class WorkerSettings(ServiceSettings):
 
 @lru_cache
 def get_settings() -> TrainerSettings:
-    return TrainerSettings()
+    settings = TrainerSettings()
+    # Every trainer entry point (CLI, task) reads its settings here, before MLflow's client.
+    export_mlflow_password(settings.mlflow_tracking_password)
+    return settings
 
 
 @lru_cache

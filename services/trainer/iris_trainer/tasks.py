@@ -49,7 +49,7 @@ def job_recorder() -> JobRecorder:
     """One per worker process, made where the task runs (after the pool forked)."""
     worker = get_worker_settings()
     return JobRecorder(
-        redis.Redis.from_url(worker.redis_url, socket_timeout=10, socket_connect_timeout=5),
+        redis.Redis.from_url(worker.broker_url, socket_timeout=10, socket_connect_timeout=5),
         JobKeys(worker.jobs_namespace),
         worker.heartbeat_interval_s,
     )
