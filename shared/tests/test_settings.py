@@ -1,4 +1,4 @@
-"""Secret settings come from files (compose secrets, Kubernetes Secret volumes) or the environment."""
+"""Secret settings come from files (compose secrets, Kubernetes Secret volumes) or the env."""
 
 from __future__ import annotations
 
