@@ -3,14 +3,14 @@ drift scores against the training data, and the challenger scored in production'
 
 from __future__ import annotations
 
-import uuid
+import re
 
 import httpx
 import pytest
 import redis
 from mlflow import MlflowClient
 
-from iris_shared.monitoring import FeedbackKeys, StoredPrediction
+from iris_shared.monitoring import FeedbackKeys, LabelledRow, StoredPrediction
 from iris_shared.registry import CHALLENGER
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import JOBS_NAMESPACE
@@ -35,14 +35,10 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 def test_every_answer_is_kept_for_feedback_under_its_request_id(
     predictor_url: str, redis_url: str
 ) -> None:
-    one_id, batch_id = f"fb-{uuid.uuid4()}", f"fb-{uuid.uuid4()}"
-    one = httpx.post(f"{predictor_url}/predict", json=SETOSA, headers={"X-Request-ID": one_id})
-    batch = httpx.post(
-        f"{predictor_url}/predict/batch",
-        json={"instances": [SETOSA, VIRGINICA]},
-        headers={"X-Request-ID": batch_id},
-    )
+    one = httpx.post(f"{predictor_url}/predict", json=SETOSA)
+    batch = httpx.post(f"{predictor_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA]})
     assert one.status_code == batch.status_code == 200
+    one_id, batch_id = one.json()["request_id"], batch.json()["request_id"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def stored(request_id: str) -> StoredPrediction | None:
@@ -63,7 +59,48 @@ def test_every_answer_is_kept_for_feedback_under_its_request_id(
     assert kept_batch.predicted_species == [
         p["predicted_species"] for p in batch.json()["predictions"]
     ]
+    assert batch.json()["feedback_rows"] == 2
     assert 0 < ttl <= 7 * 24 * 3600
+
+
+def test_a_spoofed_request_id_neither_overwrites_an_answer_nor_decides_what_feedback_joins(
+    predictor_url: str, gateway_url: str, api_token: str, redis_url: str
+) -> None:
+    victim = httpx.post(f"{gateway_url}/predict", json=SETOSA)
+    victim_id = victim.json()["request_id"]
+    # The attacker reuses the victim's id, with other measurements.
+    attack = httpx.post(
+        f"{predictor_url}/predict", json=VIRGINICA, headers={"X-Request-ID": victim_id}
+    )
+    through_gateway = httpx.post(
+        f"{gateway_url}/predict", json=VIRGINICA, headers={"X-Request-ID": victim_id}
+    )
+
+    # Ids are the server's: 128 random bits, never the client's, which only traces the request.
+    for answer in (victim, attack, through_gateway):
+        assert answer.status_code == 200
+        assert re.fullmatch(r"[0-9a-f]{32}", answer.json()["request_id"])
+    assert attack.headers["X-Request-ID"] == through_gateway.headers["X-Request-ID"] == victim_id
+    assert victim_id not in (attack.json()["request_id"], through_gateway.json()["request_id"])
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    # Each worker process keeps its own answers, a moment after answering.
+    answer_keys = [KEYS.prediction(a.json()["request_id"]) for a in (victim, attack)]
+    wait_until(lambda: client.exists(*answer_keys) == 2, 10, "answers kept")
+    kept = StoredPrediction.model_validate_json(client.get(KEYS.prediction(victim_id)) or "")
+    assert kept.rows == [[SETOSA[f] for f in FEATURE_NAMES]]
+    labelled_before = client.llen(KEYS.labelled)
+    label = httpx.post(
+        f"{gateway_url}/feedback",
+        json={"request_id": victim_id, "actual_species": "Iris-setosa"},
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    rows = [LabelledRow.model_validate_json(r) for r in client.lrange(KEYS.labelled, 0, -1)]
+    client.close()
+
+    assert label.status_code == 202
+    assert len(rows) == labelled_before + 1
+    [joined] = [r for r in rows if r.request_id == victim_id]
+    assert joined.features == [SETOSA[f] for f in FEATURE_NAMES]
 
 
 def test_drift_is_scored_per_feature_against_the_training_data(predictor_url: str) -> None:

@@ -224,12 +224,12 @@ def test_metrics_expose_model_and_http_series(predictor_url: str) -> None:
 def test_prediction_log_has_a_line_per_prediction(
     predictor_url: str, predictor_service: PredictorService
 ) -> None:
-    request_id = f"test-{uuid.uuid4().hex}"
+    trace_id = f"test-{uuid.uuid4().hex}"
     response = httpx.post(
-        f"{predictor_url}/predict", json=VIRGINICA, headers={"X-Request-ID": request_id}
+        f"{predictor_url}/predict", json=VIRGINICA, headers={"X-Request-ID": trace_id}
     )
-    assert response.headers["X-Request-ID"] == request_id
-    assert response.json()["request_id"] == request_id
+    assert response.headers["X-Request-ID"] == trace_id
+    request_id = response.json()["request_id"]
 
     def ours() -> list[dict]:
         # Each worker process writes its own file.
@@ -242,6 +242,7 @@ def test_prediction_log_has_a_line_per_prediction(
 
     wait_until(lambda: len(ours()) == 1, 10, "prediction log line")
     [line] = ours()
+    assert (line["request_id"], line["trace_id"]) == (request_id, trace_id)
     assert line["inputs"] == {name: [value] for name, value in VIRGINICA.items()}
     assert line["predicted_species"] == ["Iris-virginica"]
     assert line["model_version"] == "1"

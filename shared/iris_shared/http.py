@@ -16,12 +16,12 @@ and error code, and one handler turns any of them into the envelope.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, ClassVar
 
@@ -212,12 +212,16 @@ class ServiceMiddleware:
     and the HTTP metrics.
 
     - `X-Request-ID`: the client's when it is safe to log, else a new one; echoed in the
-      response, set in the logging context and in `scope["state"]["request_id"]`.
+      response, set in the logging context and in `scope["state"]["request_id"]`. A client's
+      id traces the request; `server_request_id` gives routes an id the client cannot choose.
     - At most `max_concurrent_requests` requests in flight in this process: beyond it the
       answer is an immediate 503 `overloaded` with `Retry-After`, so overload is shed in
       microseconds instead of growing a queue (health, readiness and metrics are exempt).
     - Bodies larger than `max_body_bytes` get 413 (announced or streamed), bodies that are not
       JSON get 415, before the app reads a byte of them.
+    - A body is read whole before the request counts as in flight, and must arrive within
+      `body_read_timeout_s` (else 408, and the connection is closed): clients trickling bodies
+      hold a connection each, never a slot that ordinary requests need.
     - `observe` gets each request's route template, method, status and duration, refusals
       included. The template is the one Starlette's router records in `scope["route"]`, so no
       route is matched twice (prometheus-fastapi-instrumentator matched every route again per
@@ -231,11 +235,13 @@ class ServiceMiddleware:
         app: ASGIApp,
         max_body_bytes: int,
         max_concurrent_requests: int,
+        body_read_timeout_s: float = 10.0,
         observe: RequestObserver | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_concurrent_requests = max_concurrent_requests
+        self.body_read_timeout_s = body_read_timeout_s
         self.observe = observe
         self.in_flight = 0
 
@@ -254,12 +260,13 @@ class ServiceMiddleware:
                 media_type = value
             elif name == b"transfer-encoding":
                 streamed = True
-        request_id = (
-            incoming.decode("ascii")
-            if incoming is not None and _SAFE_REQUEST_ID.match(incoming)
-            else _new_request_id()
-        )
-        scope.setdefault("state", {})["request_id"] = request_id
+        if incoming is not None and _SAFE_REQUEST_ID.match(incoming):
+            request_id, from_client = incoming.decode("ascii"), True
+        else:
+            request_id, from_client = new_request_id(), False
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["request_id_from_client"] = from_client
         id_header = (b"x-request-id", request_id.encode("ascii"))
         started = time.perf_counter()
         # What the client gets if the app fails before answering (ServerErrorMiddleware's 500).
@@ -280,6 +287,14 @@ class ServiceMiddleware:
             if refusal is not None:
                 await refusal(scope, receive, send_with_id)
                 return
+            if streamed or (length is not None and length != b"0"):
+                try:
+                    receive = await self._read_body(receive)
+                except (BodyTooLarge, BodyTimeout) as exc:
+                    await _service_error_response(exc)(scope, receive, send_with_id)
+                    return
+                except ClientDisconnected:
+                    return
             if self.in_flight >= self.max_concurrent_requests and (
                 scope["path"] not in UNLIMITED_PATHS
             ):
@@ -287,13 +302,7 @@ class ServiceMiddleware:
                 return
             self.in_flight += 1
             try:
-                # A declared length is enforced by the HTTP parser; only a streamed body
-                # has to be counted as it arrives.
-                guarded = self._limited(receive) if streamed else receive
-                await self.app(scope, guarded, send_with_id)
-            except BodyTooLarge as exc:
-                # Raised from `receive` where no exception handler saw it.
-                await _service_error_response(exc)(scope, receive, send_with_id)
+                await self.app(scope, receive, send_with_id)
             except Exception:
                 # Starlette re-raises what it answered with a 500 so that the server logs it;
                 # the 500 handler has logged it already, and uvicorn would drop the connection.
@@ -343,23 +352,57 @@ class ServiceMiddleware:
             "Send the body as JSON with 'Content-Type: application/json'.",
         )
 
-    def _limited(self, receive: Receive) -> Receive:
+    async def _read_body(self, receive: Receive) -> Receive:
+        """Read the whole body in time, then give it to the app as one message."""
+        chunks: list[bytes] = []
         received = 0
+        try:
+            async with asyncio.timeout(self.body_read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnected
+                    chunk = message.get("body", b"")
+                    received += len(chunk)
+                    if received > self.max_body_bytes:
+                        raise BodyTooLarge(self.max_body_bytes)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise BodyTimeout(self.body_read_timeout_s) from None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        delivered = False
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
-            return message
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        return limited_receive
+        return replay
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived: there is nobody to answer."""
+
+
+class BodyTimeout(ServiceError):
+    """The body did not arrive in time; the connection is closed."""
+
+    status_code = 408
+    error = "request_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"The request body did not arrive within {timeout_s:g} s.",
+            headers={"Connection": "close"},
+        )
 
 
 class BodyTooLarge(ServiceError):
-    """A streamed body grew beyond the limit while the app was reading it."""
+    """A streamed body grew beyond the limit while it was read."""
 
     status_code = 413
     error = "payload_too_large"
@@ -368,14 +411,20 @@ class BodyTooLarge(ServiceError):
         super().__init__(f"The request body is larger than {max_body_bytes} bytes.")
 
 
-# 32 hex digits, unique across processes and restarts: 64 random bits drawn once per process,
-# then a counter (uuid4 reads the OS's random source on every request).
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_id_counter = itertools.count()
+def new_request_id() -> str:
+    """A request id nobody can guess: 128 bits from the OS's random source, as 32 hex digits.
+
+    Ids that name stored data (the answers feedback joins) must not be guessable, so they are
+    never a counter or derived from anything a client can see.
+    """
+    return os.urandom(16).hex()
 
 
-def _new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+def server_request_id(scope: Scope) -> str:
+    """The request's id if the server made it, else a new one: a client's `X-Request-ID` is
+    for tracing only, never a key under which the server stores anything."""
+    state = scope["state"]
+    return new_request_id() if state["request_id_from_client"] else state["request_id"]
 
 
 def _handler(scope: Scope) -> str:
@@ -384,7 +433,9 @@ def _handler(scope: Scope) -> str:
     route = scope.get("route")
     if route is None:
         app = scope.get("app")
-        for candidate in getattr(app, "routes", ()):
+        # The routes as declared: the app's own `routes` hides included routers' behind
+        # FastAPI's wrappers, which match without a template.
+        for candidate in getattr(app, "declared_routes", ()):
             if candidate.matches(scope)[0] != Match.NONE:
                 route = candidate
                 break

@@ -140,6 +140,9 @@ class FeedbackKeys:
         self.prediction_prefix = f"{namespace}:prediction:"
         # request ids by answer time: bounds how many predictions are kept (oldest go first).
         self.predictions_index = f"{namespace}:predictions"
+        # request id -> bytes counted for it, and their total: bounds the bytes kept.
+        self.prediction_sizes = f"{namespace}:predictions:sizes"
+        self.prediction_bytes = f"{namespace}:predictions:bytes"
         # LabelledRow JSON, oldest first, until `iris-mlops data add-feedback` takes them.
         self.labelled = f"{namespace}:feedback:labelled"
 

@@ -73,7 +73,9 @@ class PredictionResponse(BaseModel):
     )
     model_version: str = Field(examples=["1"])
     request_id: str = Field(
-        description="Also in the X-Request-ID header; quote it to send feedback on this answer.",
+        description="The answer's id, made by the server and impossible to guess; quote it to "
+        "send feedback on this answer. The X-Request-ID header echoes the client's tracing id "
+        "when it sent one, and is this id otherwise.",
         examples=["3f2c9a1e5b7d4e0f9a8b7c6d5e4f3a2b"],
     )
 
@@ -117,8 +119,14 @@ class BatchPredictionResponse(BaseModel):
     predictions: list[BatchPrediction] = Field(description="In the order of `instances`.")
     model_version: str
     request_id: str = Field(
-        description="One id for the whole batch (also in X-Request-ID); a row is named by the "
-        "id and its index in `predictions`."
+        description="One id for the whole batch, made by the server (as for one flower); a row "
+        "is named by the id and its index in `predictions`."
+    )
+    feedback_rows: int = Field(
+        ge=0,
+        description="How many rows, from the first, can take feedback (POST /feedback): at "
+        "most PREDICTOR_STORE_MAX_ROWS of a batch are kept, and none when the predictor keeps "
+        "no answers.",
     )
 
 

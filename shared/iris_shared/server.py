@@ -26,6 +26,11 @@ from pathlib import Path
 
 import uvicorn
 
+from iris_shared.http_protocol import (
+    HEADER_TIMEOUT_ENV,
+    MAX_HEADER_BYTES_ENV,
+    GuardedHttpToolsProtocol,
+)
 from iris_shared.logging import configure_logging
 from iris_shared.settings import HTTPServiceSettings
 
@@ -118,6 +123,9 @@ def freeze_long_lived_objects() -> None:
 def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
     """Serve `factory` ("module:function" returning the ASGI app) until SIGTERM or SIGINT."""
     configure_logging(service, settings.log_level)
+    # Read by each worker's protocol objects (GuardedHttpToolsProtocol), wherever it runs.
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_read_timeout_s)
+    os.environ[MAX_HEADER_BYTES_ENV] = str(settings.max_header_bytes)
     if settings.workers > 1:
         # Before uvicorn spawns the workers: each reads the variables when it imports
         # prometheus_client.
@@ -129,7 +137,7 @@ def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
         # Logging is ours (JSON lines, set up by the factory); no access log on the hot path.
         log_config=None,
         access_log=False,

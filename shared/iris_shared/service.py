@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from iris_shared.http import (
     RawRoute,
@@ -49,12 +50,16 @@ class ServiceApp(FastAPI):
     """
 
     service_middleware: ServiceMiddleware
+    # Every route as its router declared it (with its template), for requests refused before
+    # routing.
+    declared_routes: list[BaseRoute]
 
     def serve_with(self, settings: HTTPServiceSettings, metrics: ServiceMetrics) -> None:
         self.service_middleware = ServiceMiddleware(
             self._dispatch,
             max_body_bytes=settings.max_body_bytes,
             max_concurrent_requests=settings.max_concurrent_requests,
+            body_read_timeout_s=settings.body_read_timeout_s,
             observe=metrics.observe_request,
         )
         # (method, path) -> what the router put in scope["route"], and the route.
@@ -125,9 +130,11 @@ def create_service_app(
         # No OpenTelemetry here: without this FastAPI asks the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    routers = list(routers)
     for router in routers:
         app.include_router(router)
     metrics.install(app)
+    app.declared_routes = [route for router in routers for route in router.routes]
     install_error_handlers(app)
     app.serve_with(settings, metrics)
     document_json_bodies(app, json_bodies)

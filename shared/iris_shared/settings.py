@@ -136,6 +136,27 @@ class HTTPServiceSettings(ServiceSettings):
         description="Larger request bodies get 413; the default fits any valid batch of "
         "MAX_BATCH_ROWS rows, and every service uses the same.",
     )
+    body_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=AliasChoices("BODY_READ_TIMEOUT_S"),
+        description="A request body must arrive within this many seconds, else 408 and the "
+        "connection is closed (slow uploads never hold a request slot).",
+    )
+    header_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=AliasChoices("HEADER_READ_TIMEOUT_S"),
+        description="A request's headers must arrive within this many seconds of its first "
+        "byte (or of the connection), else 408 and the connection is closed.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("MAX_HEADER_BYTES"),
+        description="Largest request line plus headers; beyond it 431 and the connection is "
+        "closed.",
+    )
     graceful_shutdown_s: int = Field(
         default=10,
         gt=0,

@@ -33,16 +33,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, start_timeout_s: float = 15.0) -> Iterator[str]:
+def serve_in_thread(app: Any, start_timeout_s: float = 15.0, http: Any = "auto") -> Iterator[str]:
     """Serve `app` until the block ends; yields its base URL.
 
     The lifespan runs, and a lifespan that fails to start fails here rather than being taken
-    for an app without one.
+    for an app without one. `http`: uvicorn's HTTP protocol (name or class).
     """
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            http=http,
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

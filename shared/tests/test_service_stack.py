@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +14,11 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from iris_shared.http import RawRoute, ServiceError
+from iris_shared.http_protocol import (
+    HEADER_TIMEOUT_ENV,
+    MAX_HEADER_BYTES_ENV,
+    GuardedHttpToolsProtocol,
+)
 from iris_shared.metrics import ServiceMetrics
 from iris_shared.service import create_service_app
 from iris_shared.settings import HTTPServiceSettings
@@ -23,7 +30,9 @@ class Teapot(ServiceError):
     error = "teapot"
 
 
-def stack_app(max_concurrent_requests: int = 2, max_body_bytes: int = 1000) -> FastAPI:
+def stack_app(
+    max_concurrent_requests: int = 2, max_body_bytes: int = 1000, body_read_timeout_s: float = 10
+) -> FastAPI:
     router = APIRouter(route_class=RawRoute)
 
     @router.post("/slow")
@@ -54,7 +63,9 @@ def stack_app(max_concurrent_requests: int = 2, max_body_bytes: int = 1000) -> F
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     settings = HTTPServiceSettings(
-        max_concurrent_requests=max_concurrent_requests, max_body_bytes=max_body_bytes
+        max_concurrent_requests=max_concurrent_requests,
+        max_body_bytes=max_body_bytes,
+        body_read_timeout_s=body_read_timeout_s,
     )
     return create_service_app(
         title="t",
@@ -183,3 +194,89 @@ def test_repeated_requests_to_a_raw_route_are_answered_alike() -> None:
         'http_requests_total{handler="/explode",method="POST",status="5xx"} 3.0',
     ):
         assert line in metrics
+
+
+# Slow and oversized requests: the stack's own protocol (headers) and middleware (bodies).
+SLOW_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def guarded_url() -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(HEADER_TIMEOUT_ENV, str(SLOW_S))
+        env.setenv(MAX_HEADER_BYTES_ENV, "4096")
+        app = stack_app(max_concurrent_requests=2, body_read_timeout_s=SLOW_S)
+        with serve_in_thread(app, http=GuardedHttpToolsProtocol) as base_url:
+            yield base_url
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def answer_and_close(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    """The status and JSON body the server sent before closing the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_holds_no_slot(guarded_url: str) -> None:
+    # More trickling uploads than the server takes requests in flight (2).
+    trickling = [connect(guarded_url) for _ in range(5)]
+    for sock in trickling:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+
+    ordinary = httpx.post(f"{guarded_url}/echo", json={"ok": True}, timeout=5)
+    refusals = [answer_and_close(sock) for sock in trickling]
+
+    assert ordinary.status_code == 200, ordinary.text
+    for status, body in refusals:
+        assert status == 408
+        assert body["error"] == "request_timeout"
+
+
+def test_headers_that_do_not_arrive_in_time_are_408(guarded_url: str) -> None:
+    with connect(guarded_url) as idle, connect(guarded_url) as trickling:
+        trickling.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+
+        for sock in (idle, trickling):
+            status, body = answer_and_close(sock)
+            assert status == 408
+            assert body["error"] == "request_timeout"
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_headers_over_the_limit_are_431(guarded_url: str, at_once: bool) -> None:
+    header = b"X-Pad: " + b"a" * 5000 + b"\r\n"
+    with connect(guarded_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        if at_once:
+            sock.sendall(header + b"\r\n")
+        else:
+            # A header line that never ends, in pieces: just past the limit, so that the server
+            # has read everything sent when it refuses (unread bytes would reset the connection).
+            for start in range(0, 4500, 500):
+                sock.sendall(header[start : start + 500])
+                time.sleep(0.01)
+        status, body = answer_and_close(sock)
+
+    assert status == 431
+    assert body["error"] == "headers_too_large"
+
+
+def test_a_keep_alive_connection_serves_request_after_request(guarded_url: str) -> None:
+    with httpx.Client() as client:
+        answers = [client.post(f"{guarded_url}/echo", json={"n": n}) for n in range(3)]
+        time.sleep(SLOW_S * 2)
+        answers.append(client.post(f"{guarded_url}/echo", json={"n": 3}))
+
+    assert [a.json() for a in answers] == [{"n": n} for n in range(4)]

@@ -50,18 +50,25 @@ local labelled = KEYS[1]
 local outcomes_prefix, window, keep, cap, now =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local results, touched, versions, not_kept = {}, {}, {}, 0
+-- Each kept answer is decoded once per call, however many of its rows the list labels.
+local decoded = {}
 local items = (#ARGV - 5) / 3
 for i = 1, items do
   local request_id = ARGV[5 + 3 * i - 2]
   local row = tonumber(ARGV[5 + 3 * i - 1])
   local actual = ARGV[5 + 3 * i]
-  local raw = redis.call('GET', KEYS[2 * i])
-  local ok, stored = false, nil
-  if raw then
-    ok, stored = pcall(cjson.decode, raw)
+  local stored = decoded[request_id]
+  if stored == nil then
+    local raw = redis.call('GET', KEYS[2 * i])
+    local ok, value = false, nil
+    if raw then
+      ok, value = pcall(cjson.decode, raw)
+    end
+    stored = ok and type(value) == 'table' and value or false
+    decoded[request_id] = stored
   end
   local features, predicted, version = nil, nil, nil
-  if ok and type(stored) == 'table' and type(stored['rows']) == 'table'
+  if stored and type(stored['rows']) == 'table'
       and type(stored['predicted_species']) == 'table' then
     features = stored['rows'][row + 1]
     predicted = stored['predicted_species'][row + 1]
@@ -147,7 +154,7 @@ class FeedbackUnavailable(ServiceError):
 
 class PredictionNotFound(ServiceError):
     """No stored prediction has this request id (never answered, or older than the window),
-    or the prediction has no such row."""
+    or the prediction has no such row (of a batch only the first `feedback_rows` are kept)."""
 
     status_code = 404
     error = "prediction_not_found"
@@ -156,7 +163,8 @@ class PredictionNotFound(ServiceError):
         where = f" row {feedback.row}" if feedback.row else ""
         super().__init__(
             f"No prediction{where} with request id '{feedback.request_id}' within the feedback "
-            "window (it was never answered, it expired, or it has fewer rows)."
+            "window (it was never answered, it expired, or it has fewer rows: of a batch, only "
+            "the first `feedback_rows` rows of the answer take feedback)."
         )
 
 

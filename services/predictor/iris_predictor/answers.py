@@ -46,7 +46,11 @@ def one(
 
 
 def batch(
-    probabilities: np.ndarray, classes: tuple[str, ...], version: str, request_id: str
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    version: str,
+    request_id: str,
+    feedback_rows: int,
 ) -> bytes:
     """A `BatchPredictionResponse`: one prediction per row, in order."""
     prediction, probability_set = _prediction_struct(classes)
@@ -55,4 +59,11 @@ def batch(
         prediction(classes[index], probability_set(*row))
         for index, row in zip(best, probabilities.tolist(), strict=True)
     ]
-    return _encode({"predictions": predictions, "model_version": version, "request_id": request_id})
+    return _encode(
+        {
+            "predictions": predictions,
+            "model_version": version,
+            "request_id": request_id,
+            "feedback_rows": feedback_rows,
+        }
+    )

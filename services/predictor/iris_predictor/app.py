@@ -105,6 +105,8 @@ def create_app(
             metrics,
             window_s=settings.feedback_window_s,
             max_predictions=settings.max_stored_predictions,
+            max_bytes=settings.store_max_bytes,
+            max_rows=settings.store_max_rows,
         )
     monitors = Monitors(
         drift=DriftMonitor(holder, metrics, settings.drift_window_rows, settings.drift_interval_s),
@@ -144,6 +146,7 @@ def create_app(
         ),
         watcher=watcher,
         peers=peers,
+        feedback_rows=settings.store_max_rows if store is not None else 0,
         challenger=challenger,
         challenger_watcher=challenger_watcher,
     )

@@ -107,8 +107,20 @@ class PredictorSettings(HTTPServiceSettings):
     max_stored_predictions: int = Field(
         default=200_000,
         ge=1,
-        description="Answered requests kept for feedback at most (the oldest go first): "
-        "bounds Redis' memory whatever the traffic (about 0.5 KB each for one row).",
+        description="Answered requests kept for feedback at most (the oldest go first).",
+    )
+    store_max_bytes: int = Field(
+        default=256 * MIB,
+        ge=MIB,
+        description="Bytes of Redis the kept answers may take at most, counting each answer's "
+        "JSON and an estimate of Redis' own overhead per key (the oldest go first): with the "
+        "count and the feedback window, what bounds Redis' memory whatever clients send.",
+    )
+    store_max_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="Rows of one batch kept for feedback (the first ones); the answer's "
+        "`feedback_rows` says how many.",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,

@@ -118,6 +118,18 @@ class PredictorMetrics(ServiceMetrics):
             "Answered requests not kept for feedback because Redis failed.",
             registry=registry,
         )
+        self.prediction_store_dropped = Counter(
+            "iris_prediction_store_dropped_total",
+            "Kept answers forgotten before anyone labelled them, by reason: expired (the "
+            "feedback window), count or bytes (the store's bounds; the oldest go first).",
+            ["reason"],
+            registry=registry,
+        )
+        self.prediction_store_collisions = Counter(
+            "iris_prediction_store_collisions_total",
+            "Answers not kept because their request id was taken already (never overwritten).",
+            registry=registry,
+        )
         self.ready.set(0)
         self.load_failing.set(0)
         self._served_labels: dict[str, tuple[str, str, str]] = {}

@@ -42,7 +42,9 @@ _LINGER_S = 0.005
 @dataclass(frozen=True)
 class PredictionRecord:
     time: float
+    # The answer's id (the server's); the client's X-Request-ID, if it sent one, traces it.
     request_id: str
+    trace_id: str | None
     model_version: str
     latency_ms: float
     rows: np.ndarray
@@ -93,6 +95,7 @@ class Pass:
             document = {
                 "time": datetime.fromtimestamp(record.time, UTC).isoformat(timespec="milliseconds"),
                 "request_id": record.request_id,
+                "trace_id": record.trace_id,
                 "model_version": record.model_version,
                 "latency_ms": round(record.latency_ms, 3),
                 "rows": end - start,

@@ -25,6 +25,8 @@ class PredictorState:
     recorder: PredictionRecorder
     watcher: ModelWatcher | None
     peers: WorkerPeers
+    # Rows of an answer that can take feedback at most (0: answers are not kept).
+    feedback_rows: int
     # The challenger, scored in the shadow of the served model (None: shadow scoring is off).
     challenger: ModelHolder | None = None
     challenger_watcher: ModelWatcher | None = None

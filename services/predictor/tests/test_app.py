@@ -112,7 +112,7 @@ def test_metrics_count_predictions(client: httpx.Client) -> None:
 def test_prediction_log_gets_a_line_per_request_with_its_id(
     settings: PredictorSettings, client: httpx.Client
 ) -> None:
-    client.post("/predict", json=SETOSA, headers={"X-Request-ID": "unit-req-1"})
+    one = client.post("/predict", json=SETOSA, headers={"X-Request-ID": "unit-req-1"}).json()
     batch = client.post("/predict/batch", json={"instances": [SETOSA, VIRGINICA]}).json()
     log = settings.prediction_log_dir / "predictions.jsonl"
 
@@ -121,13 +121,13 @@ def test_prediction_log_gets_a_line_per_request_with_its_id(
 
     eventually(lambda: len(lines()) == 2)
     single, rows = lines()
-    assert single["request_id"] == "unit-req-1"
+    assert (single["request_id"], single["trace_id"]) == (one["request_id"], "unit-req-1")
     assert single["rows"] == 1
     assert single["inputs"] == {name: [value] for name, value in SETOSA.items()}
     assert single["predicted_species"] == ["Iris-setosa"]
     assert single["model_version"] == "7"
     assert single["probabilities"]["Iris-setosa"][0] > 0.5
-    assert rows["request_id"] == batch["request_id"]
+    assert (rows["request_id"], rows["trace_id"]) == (batch["request_id"], None)
     assert rows["rows"] == 2
     assert rows["predicted_species"] == ["Iris-setosa", "Iris-virginica"]
     assert rows["inputs"]["petal_length"] == [SETOSA["petal_length"], VIRGINICA["petal_length"]]

@@ -8,6 +8,7 @@ once (`answers.py`). The log line and the per-row metrics are left to the record
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from iris_predictor import answers, inputs
 from iris_predictor.recorder import PredictionRecord
 from iris_predictor.state import PredictorState
-from iris_shared.http import RawRoute, error_responses, json_body
+from iris_shared.http import RawRoute, error_responses, json_body, server_request_id
 from iris_shared.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -37,13 +38,16 @@ async def _score(
     started = time.perf_counter()
     probabilities = await state.batcher.score(served, rows)
     latency_ms = (time.perf_counter() - started) * 1000
-    request_id: str = request.scope["state"]["request_id"]
+    # Feedback joins labels with what is stored under this id: the server's, never the client's.
+    request_id = server_request_id(request.scope)
+    trace: dict[str, Any] = request.scope["state"]
     classes = served.classes
     state.metrics.count_predictions(probabilities, classes, served.version)
     state.recorder.record(
         PredictionRecord(
             time=time.time(),
             request_id=request_id,
+            trace_id=trace["request_id"] if trace["request_id_from_client"] else None,
             model_version=served.version,
             latency_ms=latency_ms,
             rows=rows,
@@ -79,4 +83,8 @@ async def predict_batch(request: Request) -> Response:
     state: PredictorState = request.app.state.predictor
     rows = inputs.batch_of_flowers(await request.body(), state.settings.max_batch_rows)
     request_id, version, probabilities, classes = await _score(state, request, rows)
-    return Response(answers.batch(probabilities, classes, version, request_id), media_type=_JSON)
+    feedback_rows = min(len(rows), state.feedback_rows)
+    return Response(
+        answers.batch(probabilities, classes, version, request_id, feedback_rows),
+        media_type=_JSON,
+    )

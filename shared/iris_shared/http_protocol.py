@@ -1,0 +1,155 @@
+"""uvicorn's httptools protocol with limits on how long and how large a request's head may be.
+
+uvicorn bounds neither: a client that connects and sends nothing, or sends a header line now and
+then, or headers without end, holds its connection (and the parser's memory) for as long as it
+likes. Here the request line and headers must arrive within `HEADER_READ_TIMEOUT_S` of the
+connection or of the request's first byte (408), and take at most `MAX_HEADER_BYTES` (431);
+either way the answer is the error envelope and the connection is closed. The body has its own
+limit, in `iris_shared.http.ServiceMiddleware`.
+
+uvicorn builds one protocol object per connection from the class given as `http=`; with several
+workers the class travels to each worker by name, so its limits come from the environment that
+`iris_shared.server.run` sets before the workers start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEADER_TIMEOUT_ENV = "IRIS_HEADER_READ_TIMEOUT_S"
+MAX_HEADER_BYTES_ENV = "IRIS_MAX_HEADER_BYTES"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_BYTES = 32 * 1024
+
+
+def _refusal(status: int, reason: bytes, error: str, message: str) -> bytes:
+    body = json.dumps({"error": error, "message": message}).encode()
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol`, plus a deadline and a size limit for each request's head."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+        self.max_header_bytes = int(os.environ.get(MAX_HEADER_BYTES_ENV) or DEFAULT_MAX_BYTES)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._reading_head = True
+        self._refused = False
+        # Bytes received while the head is incomplete (a head that never ends), and bytes of
+        # the head parsed so far (a large head that arrives at once).
+        self._received_head_bytes = 0
+        self._parsed_head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._reading_head:
+            self._received_head_bytes += len(data)
+        super().data_received(data)
+        if self._reading_head and self._received_head_bytes > self.max_header_bytes:
+            self._refuse_large_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # The first request's deadline runs from the connection; a later one's from its first
+        # byte (an idle keep-alive connection is uvicorn's to close).
+        if self._head_deadline is None:
+            self._arm_head_deadline()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+            self._count_parsed(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            super().on_header(name, value)
+            self._count_parsed(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._reading_head = False
+        self._disarm_head_deadline()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._reading_head = True
+        self._received_head_bytes = self._parsed_head_bytes = 0
+        super().on_response_complete()
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_head_bytes += size
+        if self._parsed_head_bytes > self.max_header_bytes:
+            self._refuse_large_head()
+
+    def _arm_head_deadline(self) -> None:
+        self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self._reading_head and not self._refused:
+            self._refuse(
+                _refusal(
+                    408,
+                    b"Request Timeout",
+                    "request_timeout",
+                    f"The request line and headers did not arrive within "
+                    f"{self.header_timeout_s:g} s.",
+                )
+            )
+
+    def _refuse_large_head(self) -> None:
+        if not self._refused:
+            self._refuse(
+                _refusal(
+                    431,
+                    b"Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"The request line and headers take more than {self.max_header_bytes} bytes.",
+                )
+            )
+
+    def _refuse(self, response: bytes) -> None:
+        # Nothing more from this connection is parsed or served; what was parsed is dropped.
+        self._refused = True
+        self._disarm_head_deadline()
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
