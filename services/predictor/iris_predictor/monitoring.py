@@ -114,9 +114,9 @@ return {#expired, over_count}
 """
 )
 
-# What Redis spends on an answer beyond its JSON and id: the key's own structures and expiry,
-# its index entry and its size entry (MEMORY USAGE on Redis 7: about 200 bytes together).
-STORE_OVERHEAD_BYTES = 256
+# What Redis spends on an answer beyond its JSON and id: the key with its prefix, its expiry,
+# its index entry and its size entry (a little over 400 bytes together on Redis 7).
+STORE_OVERHEAD_BYTES = 448
 
 
 @dataclass(frozen=True)
