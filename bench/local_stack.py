@@ -20,10 +20,12 @@ from pathlib import Path
 from types import ModuleType
 
 import httpx
+from pydantic import SecretStr
 
 from bench.config import MODEL_NAME, ROOT
 from bench.console import say
 from bench.processes import ManagedProcess, free_port, start_process, wait_until
+from iris_shared.settings import with_password
 from iris_shared.testing import redis_server_binary
 
 STACK_SCRIPT = ROOT / "scripts" / "stack.py"
@@ -66,7 +68,10 @@ class BenchStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        """The private Redis's URL, password included (for this process's own clients)."""
+        return with_password(
+            f"redis://127.0.0.1:{self.redis_port}/0", SecretStr(os.environ["REDIS_PASSWORD"])
+        )
 
     @classmethod
     def prepare(cls, work: Path) -> BenchStack:
@@ -87,6 +92,8 @@ class BenchStack:
             STACK_ALERTMANAGER_PORT=str(ports["alertmanager"]),
             STACK_REDIS_EXPORTER_PORT=str(ports["redis_exporter"]),
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            # Set outright, as make up's own Redis has one: a user's .env may hold theirs.
+            REDIS_PASSWORD=secrets.token_urlsafe(32),
             API_TOKEN=token,
             # Set outright: a user's .env may point these at their own stack.
             MLFLOW_TRACKING_URI=urls["mlflow"],
@@ -124,8 +131,13 @@ class BenchStack:
         # Otherwise nothing saved, nothing appended: the benchmark's data is throwaway.
         appendonly = ["yes", "--appendfsync", "everysec"] if durable else ["no"]
         persistence = ["--save", "", "--appendonly", *appendonly, "--dir", str(folder)]
+        # The password in a file, not on the command line (ps shows that to every user).
+        config = folder / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"requirepass {os.environ['REDIS_PASSWORD']}\n")
         self.redis_command = [
             binary,
+            str(config),
             *("--port", str(self.redis_port), "--bind", "127.0.0.1"),
             *persistence,
         ]

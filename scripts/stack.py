@@ -36,7 +36,10 @@ CONF = ROOT / "infra" / "local" / "supervisord.conf"
 ENV_FILE = ROOT / ".env"
 
 DEFAULTS = {
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # The stack's own Redis (password, memory limit, append-only file), unless REDIS_URL names
+    # another; see GENERATED_SETTINGS.
+    "STACK_REDIS_PORT": "6380",
+    "STACK_REDIS_MAXMEMORY": "512mb",
     "STACK_MLFLOW_PORT": "5002",
     "STACK_MLFLOW_WORKERS": "1",
     "STACK_PREDICTOR_PORT": "8001",
@@ -65,9 +68,15 @@ def say(message: str) -> None:
     print(f"[stack] {message}", flush=True)
 
 
+def _configured(name: str, present: dict[str, str | None]) -> bool:
+    return bool((present.get(name) or "").strip() or os.environ.get(name))
+
+
 # What .env holds per deployment, made on first run when neither .env nor the environment sets
-# it: the gateway's token (for curl and the CLI), the passwords compose.yaml requires, and the
-# jobs namespace, so that two stacks sharing one Redis never run each other's jobs.
+# it: the gateway's token (for curl and the CLI), the passwords compose.yaml requires, the
+# jobs namespace, so that two stacks sharing one Redis never run each other's jobs, and, unless
+# REDIS_URL names a Redis of the user's, the address and password of the stack's own Redis
+# (the CLI finds the running stack's Redis through them).
 GENERATED_SETTINGS: dict[str, Callable[[], str]] = {
     "API_TOKEN": lambda: secrets.token_urlsafe(32),
     "POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(32),
@@ -82,8 +91,22 @@ def ensure_generated_settings() -> None:
     # touch keeps the mode of an existing file, e.g. 644 from `cp .env.example .env`.
     ENV_FILE.chmod(0o600)
     present = dotenv_values(ENV_FILE)
-    for name, generate in GENERATED_SETTINGS.items():
-        if (present.get(name) or "").strip() or os.environ.get(name):
+    generated = dict(GENERATED_SETTINGS)
+    # Where the predictor writes its log, for `iris-mlops report drift` to find it.
+    log_dir = STATE / "predictor" / "prediction-logs"
+    generated["PREDICTOR_PREDICTION_LOG_DIR"] = lambda: str(
+        log_dir.relative_to(ROOT) if log_dir.is_relative_to(ROOT) else log_dir
+    )
+    if not _configured("REDIS_URL", present):
+        port = (
+            os.environ.get("STACK_REDIS_PORT")
+            or present.get("STACK_REDIS_PORT")
+            or DEFAULTS["STACK_REDIS_PORT"]
+        )
+        generated["REDIS_URL"] = lambda: f"redis://127.0.0.1:{port}/0"
+        generated["REDIS_PASSWORD"] = lambda: secrets.token_urlsafe(32)
+    for name, generate in generated.items():
+        if _configured(name, present):
             continue
         # set_key replaces an empty `NAME=` line (as copied from .env.example) in place.
         set_key(ENV_FILE, name, generate(), quote_mode="never")
@@ -98,12 +121,13 @@ def stack_env() -> dict[str, str]:
     # Where clients find MLflow and the predictor follows from the ports, unless set outright.
     env.setdefault("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{env['STACK_MLFLOW_PORT']}")
     env.setdefault("GATEWAY_PREDICTOR_URL", f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}")
+    env.setdefault("REDIS_URL", f"redis://127.0.0.1:{env['STACK_REDIS_PORT']}/0")
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     env.update(
         STACK_ROOT=str(ROOT),
         STACK_STATE=str(STATE),
         STACK_VENV=str(VENV),
-        STACK_REDIS_PORT=str(urlparse(env["REDIS_URL"]).port or 6379),
+        STACK_REDIS_CONF=str(STATE / "redis" / "redis.conf"),
         STACK_REDIS_SERVER=redis_server_binary() or "redis-server",
         STACK_PROMETHEUS=shutil.which("prometheus") or "prometheus",
     )
@@ -120,6 +144,35 @@ def redis_answers(url: str) -> bool:
             return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
+
+
+def write_redis_config(env: dict[str, str]) -> None:
+    """The own Redis's configuration: a file, so that its password is on no command line.
+
+    Its memory is capped and nothing is ever evicted: at the cap, writes fail (a retrain is
+    refused with 503) rather than Redis silently dropping a queued job, a job record or an
+    idempotency key. The answers kept for feedback have a budget of their own well below it
+    (PREDICTOR_STORE_MAX_BYTES), so anonymous traffic never gets there.
+    """
+    url = urlparse(env["REDIS_URL"])
+    lines = [
+        f"port {url.port or 6379}",
+        "bind 127.0.0.1",
+        f"dir {STATE / 'redis'}",
+        # Every write to the append-only file, synced once a second: a restart loses at most
+        # the last second of the job queue and records.
+        'save ""',
+        "appendonly yes",
+        "appendfsync everysec",
+        f"maxmemory {env['STACK_REDIS_MAXMEMORY']}",
+        "maxmemory-policy noeviction",
+    ]
+    if env.get("REDIS_PASSWORD"):
+        lines.append(f"requirepass {env['REDIS_PASSWORD']}")
+    config = Path(env["STACK_REDIS_CONF"])
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text("\n".join(lines) + "\n")
 
 
 def supervisorctl(
@@ -173,22 +226,32 @@ def has_production_model(env: dict[str, str]) -> bool:
     return response.status_code == 200
 
 
-def warn_if_redis_forgets(url: str) -> None:
-    """Say plainly when the reused Redis keeps nothing on disk: jobs would not survive it."""
+def warn_about_reused_redis(url: str, password: str | None) -> None:
+    """Say plainly what a reused Redis lacks that the stack's own has: persistence (jobs would
+    not survive a restart), a memory cap without eviction, and a password."""
     import redis
 
     try:
-        with redis.Redis.from_url(url, socket_timeout=2) as client:
+        with redis.Redis.from_url(url, password=password or None, socket_timeout=2) as client:
             config = client.config_get("appendonly") | client.config_get("save")
+            config |= client.config_get("maxmemory") | client.config_get("maxmemory-policy")
+            config |= client.config_get("requirepass")
     except redis.RedisError as exc:
-        say(f"cannot read the persistence settings of {url} ({exc}); make sure it persists")
+        say(f"cannot read the settings of {url} ({exc}); make sure it persists and is capped")
         return
     if config.get("appendonly") != "yes" and not config.get("save"):
         say(
             f"WARNING: the Redis at {url} persists nothing (no AOF, no RDB snapshots): queued "
-            "and running retrain jobs and their records would be lost if it restarts. Stop it "
-            "and run `make up` again to get a persistent one, or enable appendonly."
+            "and running retrain jobs and their records would be lost if it restarts. Enable "
+            "appendonly, or remove REDIS_URL from .env to let `make up` run its own."
         )
+    if config.get("maxmemory") in (None, "0") or config.get("maxmemory-policy") != "noeviction":
+        say(
+            f"WARNING: the Redis at {url} has no memory cap with `maxmemory-policy noeviction`: "
+            "at its limit it may evict queued jobs and job records (see README, Security)."
+        )
+    if not config.get("requirepass"):
+        say(f"WARNING: the Redis at {url} takes commands without a password.")
 
 
 def up() -> None:
@@ -209,9 +272,10 @@ def up() -> None:
 
     if redis_answers(env["REDIS_URL"]):
         say(f"reusing the Redis that answers at {env['REDIS_URL']}")
-        warn_if_redis_forgets(env["REDIS_URL"])
+        warn_about_reused_redis(env["REDIS_URL"], env.get("REDIS_PASSWORD"))
     elif env["STACK_REDIS_SERVER"] and Path(env["STACK_REDIS_SERVER"]).exists():
         say(f"starting Redis ({env['STACK_REDIS_SERVER']}) for {env['REDIS_URL']}")
+        write_redis_config(env)
         supervisorctl(env, "start", "redis")
         deadline = time.monotonic() + 15
         while not redis_answers(env["REDIS_URL"]):

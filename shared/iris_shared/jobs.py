@@ -49,10 +49,12 @@ Seed = Annotated[
     BeforeValidator(_whole_number),
     Field(ge=0, le=2**32 - 1, description="numpy accepts 0 to 2**32 - 1."),
 ]
-InverseRegularisation = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Iterations = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
+# Upper bounds keep one job's cost within what a worker can spend on a data set this size:
+# past them, a job only burns the worker's time (or its memory) for the same model.
+InverseRegularisation = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+Iterations = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=10_000)]
 TreeCount = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=5000)]
-TreeDepth = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
+TreeDepth = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=64)]
 
 # A branch, tag, commit or relative revision such as HEAD~1 or main^2; nothing git could read
 # as an option (leading '-'), a range ('..'), a path (':') or a reflog entry ('@{').

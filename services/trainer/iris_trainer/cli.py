@@ -294,15 +294,11 @@ def report() -> None:
 
 
 @report.command("drift")
-# The default is PredictorSettings.prediction_log_dir's, relative to the folder the predictor
-# starts in (the checkout, under `make up`), which the predictor's own variable overrides.
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    envvar="PREDICTOR_PREDICTION_LOG_DIR",
-    default="prediction-logs",
-    show_default=True,
-    help="The predictor's prediction log folder (PREDICTOR_PREDICTION_LOG_DIR).",
+    help="The predictor's prediction log folder (default: PREDICTOR_PREDICTION_LOG_DIR from "
+    "the environment or .env, as the running stack set it; else prediction-logs/).",
 )
 @click.option(
     "--output",
@@ -316,7 +312,7 @@ def report() -> None:
     "shows for the served version (default: the working copy).",
 )
 def report_drift(
-    log_dir: Path, output: Path | None, model_version: str | None, data_rev: str | None
+    log_dir: Path | None, output: Path | None, model_version: str | None, data_rev: str | None
 ) -> None:
     """Write an HTML report comparing the inputs the predictor answered with the training data."""
     from iris_trainer.drift_report import (
@@ -329,7 +325,7 @@ def report_drift(
     settings = get_settings()
     output = output or settings.path(settings.reports_dir) / "drift.html"
     try:
-        live = read_prediction_log(log_dir, model_version)
+        live = read_prediction_log(log_dir or settings.prediction_log_dir, model_version)
         reference, source = training_frame(settings.repo_root, data_rev)
         summary = write_drift_report(live, reference, source, output)
     except DriftReportError as exc:

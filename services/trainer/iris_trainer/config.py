@@ -32,6 +32,12 @@ class TrainerSettings(ServiceSettings):
     )
     params_file: Path = Field(default=Path("params.yaml"), description="Relative to repo_root.")
     reports_dir: Path = Field(default=Path("reports"), description="Metrics files for DVC.")
+    prediction_log_dir: Path = Field(
+        default=Path("prediction-logs"),
+        validation_alias=AliasChoices("PREDICTOR_PREDICTION_LOG_DIR"),
+        description="The predictor's prediction log folder, which `iris-mlops report drift` "
+        "reads: the predictor's own variable (make up writes it to .env; compose sets it).",
+    )
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5002",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_TRACKING_URI"),
