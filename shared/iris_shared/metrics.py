@@ -7,6 +7,8 @@
   `http_request_duration_seconds{handler,method}`, status grouped as `2xx`, `handler` the route
   template. `iris_shared.http.ServiceMiddleware` reports each request to `observe_request`;
   the instrumentator itself cost 11% of the gateway's CPU per request, see the middleware.
+- Series labelled `model_version` are exposed for the last `KEPT_MODEL_VERSIONS` versions only:
+  each retrain adds a version, and a series per version ever served would grow without end.
 - `/metrics` is `exposition()`. With several server processes (`iris_shared.server` sets
   PROMETHEUS_MULTIPROC_DIR) it merges every process's files: counters and histograms are
   summed across processes, dead processes' live gauges are dropped, info gauges set to 0 by a
@@ -47,6 +49,9 @@ HTTP_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 UNMEASURED_HANDLERS = ("/metrics",)
 
 _METRIC_FILE = re.compile(r"^[a-z]+_(?:[a-z]+_)?(\d+)\.db$")
+
+MODEL_VERSION_LABEL = "model_version"
+KEPT_MODEL_VERSIONS = 5
 
 
 def multiprocess_dir() -> Path | None:
@@ -99,11 +104,39 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         if self._multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(_RecentVersionsOnly(self.registry))
         merged = CollectorRegistry()
         merged.register(_LiveFilesCollector(self._multiprocess_dir))
         merged.register(_ServerProcessesCollector(self._multiprocess_dir))
-        return generate_latest(merged)
+        return generate_latest(_RecentVersionsOnly(merged))
+
+
+def _version_order(version: str) -> tuple[int, int | str]:
+    return (1, int(version)) if version.isdigit() else (0, version)
+
+
+class _RecentVersionsOnly(Collector):
+    """A registry's metrics, without the series of model versions older than the last
+    `KEPT_MODEL_VERSIONS` each metric has seen."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            versions = {
+                s.labels[MODEL_VERSION_LABEL]
+                for s in metric.samples
+                if MODEL_VERSION_LABEL in s.labels
+            }
+            if len(versions) > KEPT_MODEL_VERSIONS:
+                kept = set(sorted(versions, key=_version_order)[-KEPT_MODEL_VERSIONS:])
+                metric.samples = [
+                    s
+                    for s in metric.samples
+                    if MODEL_VERSION_LABEL not in s.labels or s.labels[MODEL_VERSION_LABEL] in kept
+                ]
+            yield metric
 
 
 def _pids_with_files(folder: Path) -> set[int]:

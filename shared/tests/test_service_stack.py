@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import Counter
 
 from iris_shared.http import RawRoute, ServiceError
 from iris_shared.http_protocol import (
@@ -19,7 +20,7 @@ from iris_shared.http_protocol import (
     MAX_HEADER_BYTES_ENV,
     GuardedHttpToolsProtocol,
 )
-from iris_shared.metrics import ServiceMetrics
+from iris_shared.metrics import KEPT_MODEL_VERSIONS, ServiceMetrics
 from iris_shared.service import create_service_app
 from iris_shared.settings import HTTPServiceSettings
 from iris_shared.testing import serve_in_thread
@@ -280,3 +281,20 @@ def test_a_keep_alive_connection_serves_request_after_request(guarded_url: str) 
         answers.append(client.post(f"{guarded_url}/echo", json={"n": 3}))
 
     assert [a.json() for a in answers] == [{"n": n} for n in range(4)]
+
+
+def test_model_version_series_are_kept_for_the_last_versions_only() -> None:
+    metrics = ServiceMetrics()
+    served = Counter(
+        "served_total", "Answers per version.", ["model_version"], registry=metrics.registry
+    )
+    for version in range(1, 12):
+        served.labels(str(version)).inc()
+
+    text = metrics.exposition().decode()
+
+    exposed = sorted(
+        int(line.split('"')[1]) for line in text.splitlines() if line.startswith("served_total{")
+    )
+    assert exposed == list(range(12 - KEPT_MODEL_VERSIONS, 12))
+    assert "http_requests_total" in text
