@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any, ClassVar
 
 from fastapi import Request
@@ -30,7 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from pydantic_core import from_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.routing import Match
 
 from iris_shared.logging import request_id_var
@@ -107,15 +110,33 @@ def _field_name(loc: Iterable[Any]) -> str:
 
 def _problem(error: dict[str, Any]) -> FieldProblem:
     kind = error.get("type", "")
+    loc = error.get("loc", ())
     if kind == "missing":
         problem = "is required"
     elif kind == "extra_forbidden":
         problem = "is not allowed (unknown field)"
     elif kind == "json_invalid":
         problem = f"is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}"
+        # FastAPI puts the parser's offset after "body"; the message has line and column.
+        loc = ("body",)
     else:
         problem = str(error.get("msg", "is invalid"))
-    return FieldProblem(field=_field_name(error.get("loc", ())), problem=problem)
+    return FieldProblem(field=_field_name(loc), problem=problem)
+
+
+def loads_json(body: bytes) -> Any:
+    """The JSON document `body` holds, parsed as pydantic parses the bodies it validates.
+
+    Raises `json.JSONDecodeError` (FastAPI's cue for a `json_invalid` error, answered as 400
+    `malformed_json`) for anything that is not a JSON document in UTF-8 (RFC 8259 8.1): bytes
+    that are not UTF-8, a lone surrogate escape, nesting deeper than the parser's limit.
+    `json.loads` would take UTF-16 and UTF-32 and lone surrogates, and raise
+    UnicodeDecodeError or RecursionError, which become a 500 or another error code.
+    """
+    try:
+        return from_json(body)
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc), "", 0) from None
 
 
 def validation_error_response(errors: Iterable[dict[str, Any]]) -> JSONResponse:
@@ -171,14 +192,34 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+class JSONBodyRequest(Request):
+    """A request whose JSON body is parsed by `loads_json`, as every other body is."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads_json(await self.body())
+        return self._json
+
+
 class DocstringRoute(APIRoute):
-    """Use the endpoint's one-sentence docstring as its OpenAPI summary."""
+    """Use the endpoint's one-sentence docstring as its OpenAPI summary; parse a JSON body
+    with `loads_json`, so that FastAPI refuses what the routes that parse their own refuse."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         doc = inspect.getdoc(endpoint)
         if kwargs.get("summary") is None and doc:
             kwargs["summary"] = doc.splitlines()[0]
         super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def with_json_body(request: Request) -> Response:
+            return await handler(JSONBodyRequest(request.scope, request.receive))
+
+        return with_json_body
 
 
 class RawRoute(DocstringRoute):

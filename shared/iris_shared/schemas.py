@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 SPECIES: tuple[str, ...] = ("Iris-setosa", "Iris-versicolor", "Iris-virginica")
@@ -167,19 +167,41 @@ class ServedModel(BaseModel):
     )
 
 
+# MLflow keeps version numbers in an SQL INTEGER column (SqlModelVersion.version), 32 bits on
+# PostgreSQL and MySQL: no model has a larger version, and asking MLflow for one fails in its
+# database (a 500 from MLflow). Identifiers MLflow could never hold are refused before it is asked.
+MAX_MODEL_VERSION = 2**31 - 1
+# MLflow refuses '/' and ':' in a registered model's name; PostgreSQL cannot store a NUL, and no
+# name needs a control character.
+MODEL_NAME_PATTERN = r"^[^/:\x00-\x1f\x7f]+$"
+
+
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"model_version": "2"}]},
     )
 
-    model_version: str = Field(pattern=r"^[0-9]+$")
+    model_version: str = Field(
+        pattern=r"^[1-9][0-9]{0,9}$",
+        description="A version number as MLflow writes it (no leading zeros), from 1 to "
+        f"{MAX_MODEL_VERSION}.",
+    )
     model_name: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
-        description="Registered model name; the gateway's default when omitted.",
+        pattern=MODEL_NAME_PATTERN,
+        description="Registered model name (no '/', ':' or control characters); the gateway's "
+        "default when omitted.",
     )
+
+    @field_validator("model_version")
+    @classmethod
+    def _one_mlflow_can_hold(cls, value: str) -> str:
+        if int(value) > MAX_MODEL_VERSION:
+            raise ValueError(f"must be at most {MAX_MODEL_VERSION}, MLflow's largest version")
+        return value
 
 
 class PromoteResponse(BaseModel):

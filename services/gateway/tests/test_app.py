@@ -456,6 +456,41 @@ def test_promote_refuses_a_malformed_version(gateway: str, token: str) -> None:
     assert response.json()["detail"][0]["field"] == "model_version"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model_version": "944510860861664225994766620"},
+        {"model_version": str(2**31)},
+        {"model_version": "0"},
+        {"model_version": "2", "model_name": "a/b"},
+        {"model_version": "2", "model_name": "nul\x00"},
+    ],
+    ids=["beyond-int64", "beyond-int32", "zero", "slash-in-name", "nul-in-name"],
+)
+def test_promote_refuses_what_mlflow_could_never_hold_without_asking_it(
+    gateway: str, token: str, body: dict[str, str]
+) -> None:
+    """MLflow is down here: a call to it would be a 502, so the 400 proves it was not asked."""
+    response = httpx.post(f"{gateway}/promote", json=body, headers=auth(token))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "validation_error"
+
+
+def test_fastapi_bodies_that_are_not_utf8_are_malformed_json(gateway: str, token: str) -> None:
+    for path in ("/retrain", "/promote"):
+        for body in (b'{"model_version\xff": "2"}', '{"model_version": "2"}'.encode("utf-16")):
+            response = httpx.post(
+                f"{gateway}{path}",
+                content=body,
+                headers={**auth(token), "Content-Type": "application/json"},
+            )
+
+            assert response.status_code == 400, (path, body, response.text)
+            assert response.json()["error"] == "malformed_json", (path, body, response.text)
+            assert response.json()["detail"][0]["field"] == "body"
+
+
 # --- health, docs, metrics, settings --------------------------------------------------------
 
 

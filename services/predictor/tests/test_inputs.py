@@ -107,3 +107,57 @@ def test_rows_beyond_the_limit_are_refused_before_parsing() -> None:
     # Counting comes first: even a body that is not JSON past the rows is refused for its size.
     with pytest.raises(inputs.TooManyRows):
         inputs.batch_of_flowers(b"{" * 50, max_rows=10)
+
+
+def outcome(decode: Any, body: bytes) -> np.ndarray | RequestValidationError:
+    """The rows, or the refusal; any other exception (a 500) escapes and fails the test."""
+    try:
+        return np.asarray(decode(body))
+    except RequestValidationError as refusal:
+        return refusal
+
+
+def decoders() -> dict[str, Any]:
+    return {
+        "one": inputs.one_flower,
+        "batch": lambda body: inputs.batch_of_flowers(body, max_rows=10**6),
+    }
+
+
+invalid_utf8 = st.sampled_from([b"\xff", b"\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200), kind=st.sampled_from(["one", "batch"]))
+def test_any_bytes_give_rows_or_a_refusal(body: bytes, kind: str) -> None:
+    outcome(decoders()[kind], body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    document=flower_document | st.builds(lambda flower: {"instances": [flower]}, flower_document),
+    bad=invalid_utf8,
+    data=st.data(),
+)
+def test_bytes_that_are_not_utf8_are_malformed_json_wherever_they_are(
+    document: dict[str, Any], bad: bytes, data: st.DataObject
+) -> None:
+    body = json.dumps(document).encode()
+    # Inside a key or a string (right after an opening quote), or between any two bytes.
+    quotes = [at + 1 for at, byte in enumerate(body) if byte == ord('"')]
+    anywhere = st.integers(0, len(body))
+    at = data.draw(st.sampled_from(quotes) | anywhere if quotes else anywhere)
+    body = body[:at] + bad + body[at:]
+    for decode in decoders().values():
+        refusal = outcome(decode, body)
+        assert isinstance(refusal, RequestValidationError), body
+        assert [error["type"] for error in refusal.errors()] == ["json_invalid"], body
+
+
+def test_the_findings_body_is_malformed_json() -> None:
+    """Issue 14, finding 5: msgspec raised UnicodeDecodeError for a key that is not UTF-8."""
+    body = b'{"sepal_length\xff": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}'
+    for decode in decoders().values():
+        refusal = outcome(decode, body)
+        assert isinstance(refusal, RequestValidationError)
+        assert refusal.errors()[0]["type"] == "json_invalid"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -11,13 +10,14 @@ from fastapi.responses import JSONResponse
 
 from iris_predictor.state import StateDep
 from iris_predictor.webhooks import InvalidSignatureError, MalformedTimestampError, verify
-from iris_shared.http import DocstringRoute, error_response, error_responses
+from iris_shared.http import DocstringRoute, error_response, error_responses, loads_json
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["webhooks"], route_class=DocstringRoute)
 
-ALIAS_EVENTS = {("model_version_alias", "created")}
+# A tuple, not a set: a delivery's fields may be lists or objects, which cannot be hashed.
+ALIAS_EVENTS = (("model_version_alias", "created"),)
 
 
 @router.post("/webhooks/mlflow", responses=error_responses(400, 401, 413, 415))
@@ -43,12 +43,14 @@ async def mlflow_webhook(request: Request, state: StateDep) -> JSONResponse:
         logger.warning("Rejected a webhook delivery", extra={"reason": str(exc)})
         return error_response(401, "invalid_signature", str(exc))
     try:
-        payload = json.loads(body)
-        event = (payload.get("entity"), payload.get("action"))
-        data = payload.get("data") or {}
-        name, alias = data.get("name"), data.get("alias")
-    except (ValueError, AttributeError):
+        payload = loads_json(body)
+    except ValueError:
+        payload = None
+    data = (payload.get("data") or {}) if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
         return error_response(400, "malformed_json", "The delivery is not an MLflow event.")
+    event = (payload.get("entity"), payload.get("action"))
+    name, alias = data.get("name"), data.get("alias")
     holder = state.holder
     if event not in ALIAS_EVENTS or (name, alias) != (holder.name, holder.alias):
         return JSONResponse({"status": "ignored"})
