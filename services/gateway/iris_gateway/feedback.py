@@ -35,31 +35,33 @@ logger = logging.getLogger(__name__)
 
 MAX_FEEDBACK_ITEMS: Final = 1000
 
-# KEYS: labelled, then per item its prediction key and its answered key.
-# ARGV: outcomes key prefix, window (s), accuracy window, labelled cap, now (epoch s), then per
-# item its request id, row (0-based) and actual species.
+# KEYS: labelled, then per item its answered key.
+# ARGV: outcomes key prefix, window (s), accuracy window, labelled cap, now (epoch s), the key
+# prefix of a kept answer, then per item its request id, row (0-based) and actual species.
 # Returns {per item {outcome, model version, correct}, per version touched {version, right,
 # labels counted}, rows not kept because the labelled list was full}.
 #
-# The outcomes key depends on the version stored with the prediction, which only the script
-# reads, so it is built here from its prefix: fine on the single Redis a deployment uses (not
+# Two kinds of keys are built here from their prefix rather than declared: the outcomes key
+# depends on the version stored with the prediction, which only the script reads, and the kept
+# answer is only read, which the gateway's Redis user may do (iris_shared.redis_acl) while a
+# declared key would need write access too. Fine on the single Redis a deployment uses (not on
 # Redis Cluster, where every key must be declared).
 # cjson writes numbers with 14 significant digits: far finer than a measurement in cm.
 _RECORD = """
 local labelled = KEYS[1]
-local outcomes_prefix, window, keep, cap, now =
-  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local outcomes_prefix, window, keep, cap, now, answer_prefix =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local results, touched, versions, not_kept = {}, {}, {}, 0
 -- Each kept answer is decoded once per call, however many of its rows the list labels.
 local decoded = {}
-local items = (#ARGV - 5) / 3
+local items = (#ARGV - 6) / 3
 for i = 1, items do
-  local request_id = ARGV[5 + 3 * i - 2]
-  local row = tonumber(ARGV[5 + 3 * i - 1])
-  local actual = ARGV[5 + 3 * i]
+  local request_id = ARGV[6 + 3 * i - 2]
+  local row = tonumber(ARGV[6 + 3 * i - 1])
+  local actual = ARGV[6 + 3 * i]
   local stored = decoded[request_id]
   if stored == nil then
-    local raw = redis.call('GET', KEYS[2 * i])
+    local raw = redis.call('GET', answer_prefix .. request_id)
     local ok, value = false, nil
     if raw then
       ok, value = pcall(cjson.decode, raw)
@@ -77,7 +79,7 @@ for i = 1, items do
   local named = type(version) == 'string' or type(version) == 'number'
   if type(features) ~= 'table' or type(predicted) ~= 'string' or not named then
     results[i] = {'not_found', '', 0}
-  elseif not redis.call('SET', KEYS[2 * i + 1], '1', 'NX', 'EX', window) then
+  elseif not redis.call('SET', KEYS[i + 1], '1', 'NX', 'EX', window) then
     results[i] = {'duplicate', '', 0}
   else
     version = tostring(version)
@@ -229,12 +231,10 @@ class FeedbackStore:
             self.accuracy_window,
             self.max_labelled_rows,
             time.time(),
+            self.keys.prediction_prefix,
         ]
         for item in items:
-            keys += [
-                self.keys.prediction(item.request_id),
-                self.keys.answered(item.request_id, item.row),
-            ]
+            keys.append(self.keys.answered(item.request_id, item.row))
             args += [item.request_id, item.row, item.actual_species]
         try:
             outcomes, accuracy, not_kept = await self._record_script(keys=keys, args=args)

@@ -45,14 +45,14 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S: Final = 24 * 3600
 
-# KEYS: record, index, pending, idempotency key (or "" when the client sent none).
+# KEYS: record, index, pending, and the idempotency key when the client sent one.
 # ARGV: job id, now (epoch s), ttl (s), cap, idempotency ttl (s), then record field/value pairs.
 # Returns {"accepted", id} | {"existing", id} | {"full", pending count}.
 _ACCEPT = """
 local record, index, pending, idempotency = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_id, now, ttl, cap, idem_ttl =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if idempotency ~= '' then
+if idempotency then
   local existing = redis.call('GET', idempotency)
   if existing then
     return {'existing', existing}
@@ -67,7 +67,7 @@ redis.call('EXPIRE', record, ttl)
 redis.call('ZADD', index, now, job_id)
 redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl)
 redis.call('ZADD', pending, now, job_id)
-if idempotency ~= '' then
+if idempotency then
   redis.call('SET', idempotency, job_id, 'EX', idem_ttl)
 end
 return {'accepted', job_id}
@@ -168,7 +168,8 @@ class JobStore:
                     self.keys.record(job_id),
                     self.keys.index,
                     self.keys.pending,
-                    idempotency,
+                    # No key rather than an empty one: a Redis user may touch its own keys only.
+                    *([idempotency] if idempotency else []),
                 ],
                 args=[
                     job_id,
