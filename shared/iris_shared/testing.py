@@ -33,17 +33,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, start_timeout_s: float = 15.0, http: Any = "auto") -> Iterator[str]:
+def serve_in_thread(
+    app: Any,
+    start_timeout_s: float = 15.0,
+    http: Any = "auto",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[str]:
     """Serve `app` until the block ends; yields its base URL.
 
     The lifespan runs, and a lifespan that fails to start fails here rather than being taken
     for an app without one. `http`: uvicorn's HTTP protocol (name or class).
     """
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host="127.0.0.1",
+            host=host,
             port=port,
             log_config=None,
             access_log=False,
@@ -59,7 +65,7 @@ def serve_in_thread(app: Any, start_timeout_s: float = 15.0, http: Any = "auto")
             raise RuntimeError(f"uvicorn did not start on port {port}")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

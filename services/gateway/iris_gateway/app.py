@@ -34,6 +34,7 @@ from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.registry import ModelRegistry
+from iris_gateway.replicas import PredictorReplicas
 from iris_gateway.routes import feedback, health, jobs, predict, promote
 from iris_gateway.state import GatewayState
 from iris_gateway.upstream import Upstream
@@ -104,16 +105,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     connect = settings.connect_timeout_s
     redis_client = create_redis(settings)
     celery = create_celery(settings)
+    predictor = PredictorReplicas(
+        settings.predictor_urls,
+        session,
+        aiohttp.ClientTimeout(total=settings.predictor_timeout_s, connect=connect),
+        metrics,
+        refresh_s=settings.predictor_refresh_s,
+    )
+    await predictor.start()
     app.state.gateway = GatewayState(
         settings=settings,
         metrics=metrics,
-        predictor=Upstream(
-            "predictor",
-            session,
-            settings.predictor_url,
-            aiohttp.ClientTimeout(total=settings.predictor_timeout_s, connect=connect),
-            metrics,
-        ),
+        predictor=predictor,
         registry=ModelRegistry(
             Upstream(
                 "mlflow",
@@ -155,6 +158,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await predictor.stop()
         await session.close()
         await redis_client.aclose()
         celery.close()

@@ -35,7 +35,16 @@ class GatewaySettings(HTTPServiceSettings):
         description="'development' accepts a short or placeholder API_TOKEN; nothing else does.",
     )
     predictor_url: str = Field(
-        default="http://127.0.0.1:8001", description="Base URL of the predictor service."
+        default="http://127.0.0.1:8001",
+        description="Base URL of the predictor; several replicas as a comma-separated list, or "
+        "as a host name that resolves to all of them (compose's --scale): predictions are "
+        "spread over the ready ones.",
+    )
+    predictor_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the predictor's names are resolved again and each replica's "
+        "readiness checked.",
     )
     predictor_timeout_s: float = Field(
         default=10.0, gt=0, description="Longest wait for the predictor's answer."
@@ -126,7 +135,11 @@ class GatewaySettings(HTTPServiceSettings):
     @field_validator("predictor_url", "mlflow_tracking_uri")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        return ",".join(url.strip().rstrip("/") for url in value.split(","))
+
+    @property
+    def predictor_urls(self) -> list[str]:
+        return [url for url in self.predictor_url.split(",") if url]
 
     @model_validator(mode="after")
     def _refuse_weak_token(self) -> GatewaySettings:

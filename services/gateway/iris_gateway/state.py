@@ -12,14 +12,14 @@ from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.registry import ModelRegistry
-from iris_gateway.upstream import Upstream
+from iris_gateway.replicas import PredictorReplicas
 
 
 @dataclass
 class GatewayState:
     settings: GatewaySettings
     metrics: GatewayMetrics
-    predictor: Upstream
+    predictor: PredictorReplicas
     registry: ModelRegistry
     jobs: JobStore
     feedback: FeedbackStore
