@@ -499,7 +499,8 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def document_json_bodies(app: Any, models: Iterable[type[BaseModel]]) -> None:
-    """Add the schemas `json_body` refers to, which FastAPI cannot see, to the app's OpenAPI."""
+    """Add the schemas `json_body` refers to, which FastAPI cannot see, to the app's OpenAPI,
+    and the answers `ServiceMiddleware` gives before any route runs (`document_refusals`)."""
     from fastapi.openapi.utils import get_openapi
     from pydantic.json_schema import models_json_schema
 
@@ -508,13 +509,40 @@ def document_json_bodies(app: Any, models: Iterable[type[BaseModel]]) -> None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
+            documented: list[type[BaseModel]] = [*models, ErrorResponse]
             _, definitions = models_json_schema(
-                [(model, "validation") for model in models],
+                [(model, "validation") for model in documented],
                 ref_template="#/components/schemas/{model}",
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definitions.get("$defs", {}))
+            document_refusals(schema)
             app.openapi_schema = schema
         return app.openapi_schema  # type: ignore[no-any-return]
 
     app.openapi = openapi
+
+
+# What ServiceMiddleware answers on its own, by the operations it can answer it for.
+_BODY_REFUSALS = {
+    BodyTimeout.status_code: f"The body did not arrive in time (`{BodyTimeout.error}`).",
+    BodyTooLarge.status_code: f"The body is larger than the server takes (`{BodyTooLarge.error}`).",
+    415: "The body is not sent as JSON (`unsupported_media_type`).",
+}
+_OVERLOAD = f"Too many requests are in flight (`{Overloaded.error}`); retry after Retry-After."
+
+
+def document_refusals(schema: dict[str, Any]) -> None:
+    """Document, on each operation of an OpenAPI `schema`, the refusals `ServiceMiddleware`
+    can give it: 408, 413 and 415 where there is a request body, 503 except on the paths
+    exempt from the in-flight cap. A status the route documents keeps its description."""
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            refusals = dict(_BODY_REFUSALS) if "requestBody" in operation else {}
+            if path not in UNLIMITED_PATHS:
+                refusals[Overloaded.status_code] = _OVERLOAD
+            responses = operation.setdefault("responses", {})
+            for status, description in refusals.items():
+                documented = responses.setdefault(str(status), {"description": description})
+                documented.setdefault("content", envelope)

@@ -18,9 +18,25 @@ router = APIRouter(tags=["webhooks"], route_class=DocstringRoute)
 
 # A tuple, not a set: a delivery's fields may be lists or objects, which cannot be hashed.
 ALIAS_EVENTS = (("model_version_alias", "created"),)
+# Read by the route itself (the signature covers the raw bytes), documented here.
+_DELIVERY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "An MLflow webhook event, signed in X-MLflow-Signature.",
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("/webhooks/mlflow", responses=error_responses(400, 401, 413, 415))
+@router.post(
+    "/webhooks/mlflow", responses=error_responses(400, 401, 413, 415), openapi_extra=_DELIVERY
+)
 async def mlflow_webhook(request: Request, state: StateDep) -> JSONResponse:
     """Receive an MLflow webhook delivery and check the alias at once when it concerns ours."""
     secret = state.settings.webhook_secret
