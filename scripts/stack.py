@@ -43,6 +43,8 @@ DEFAULTS = {
     "STACK_MLFLOW_PORT": "5002",
     "STACK_MLFLOW_WORKERS": "1",
     "STACK_PREDICTOR_PORT": "8001",
+    # Predictor replicas, on consecutive ports from STACK_PREDICTOR_PORT.
+    "STACK_PREDICTORS": "1",
     "STACK_GATEWAY_PORT": "8002",
     "STACK_PROMETHEUS_PORT": "9090",
     # Monitoring: Flower (the retrain jobs' metrics), and where installed, Alertmanager and
@@ -120,7 +122,7 @@ def stack_env() -> dict[str, str]:
     env = {**DEFAULTS, **configured}
     # Where clients find MLflow and the predictor follows from the ports, unless set outright.
     env.setdefault("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{env['STACK_MLFLOW_PORT']}")
-    env.setdefault("GATEWAY_PREDICTOR_URL", f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}")
+    env.setdefault("GATEWAY_PREDICTOR_URL", ",".join(predictor_urls(env)))
     env.setdefault("REDIS_URL", f"redis://127.0.0.1:{env['STACK_REDIS_PORT']}/0")
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     env.update(
@@ -132,6 +134,11 @@ def stack_env() -> dict[str, str]:
         STACK_PROMETHEUS=shutil.which("prometheus") or "prometheus",
     )
     return env
+
+
+def predictor_urls(env: dict[str, str]) -> list[str]:
+    first = int(env["STACK_PREDICTOR_PORT"])
+    return [f"http://127.0.0.1:{first + i}" for i in range(int(env["STACK_PREDICTORS"]))]
 
 
 def redis_answers(url: str) -> bool:
@@ -268,7 +275,7 @@ def up() -> None:
         run(env, str(VENV / "bin" / "supervisord"), "-c", str(CONF))
     else:
         supervisorctl(env, "update", check=False)
-        supervisorctl(env, "start", "mlflow", "trainer", "predictor", "gateway", check=False)
+        supervisorctl(env, "start", "mlflow", "trainer", "predictor:*", "gateway", check=False)
 
     if redis_answers(env["REDIS_URL"]):
         say(f"reusing the Redis that answers at {env['REDIS_URL']}")
@@ -300,9 +307,10 @@ def up() -> None:
         say(f"registry has no {BASELINE_MODEL}@production: training the baseline")
         run(env, str(VENV / "bin" / "iris-mlops"), "train")
 
-    predictor = f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}"
+    predictors = predictor_urls(env)
     gateway = f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}"
-    wait_http(f"{predictor}/readyz", "predictor", 120)
+    for number, url in enumerate(predictors):
+        wait_http(f"{url}/readyz", f"predictor-{number}", 120)
     wait_http(f"{gateway}/readyz", "gateway", 60)
     prometheus = (
         f"http://127.0.0.1:{env['STACK_PROMETHEUS_PORT']}" if shutil.which("prometheus") else None
@@ -311,9 +319,9 @@ def up() -> None:
         f"""
 The stack is up.
   gateway     {gateway}        (API docs: {gateway}/docs)
-  predictor   {predictor}
+  predictor   {", ".join(predictors)}
   MLflow UI   {env["MLFLOW_TRACKING_URI"]}
-  metrics     {gateway}/metrics, {predictor}/metrics{
+  metrics     {gateway}/metrics, {predictors[0]}/metrics{
             f'''
   Prometheus  {prometheus}'''
             if prometheus
@@ -354,7 +362,7 @@ def status() -> None:
     print(supervisorctl(env, "status", check=False).stdout, end="")
     for name, url in (
         ("mlflow", f"{env['MLFLOW_TRACKING_URI']}/health"),
-        ("predictor", f"http://127.0.0.1:{env['STACK_PREDICTOR_PORT']}/readyz"),
+        *((f"predictor-{n}", f"{url}/readyz") for n, url in enumerate(predictor_urls(env))),
         ("gateway", f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}/readyz"),
         ("flower", f"http://127.0.0.1:{env['STACK_FLOWER_PORT']}/healthcheck"),
     ):
