@@ -134,7 +134,11 @@ class BenchStack:
         # The password in a file, not on the command line (ps shows that to every user).
         config = folder / "redis.conf"
         config.touch(mode=0o600)
-        config.write_text(f"requirepass {os.environ['REDIS_PASSWORD']}\n")
+        # Capped without eviction, as make up's own Redis is (scripts/stack.py).
+        config.write_text(
+            f"requirepass {os.environ['REDIS_PASSWORD']}\n"
+            "maxmemory 512mb\nmaxmemory-policy noeviction\n"
+        )
         self.redis_command = [
             binary,
             str(config),

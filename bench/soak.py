@@ -59,7 +59,7 @@ import httpx
 import numpy as np
 import redis
 
-from bench import payloads
+from bench import hostile, payloads
 from bench.config import MODEL_NAME, ROOT
 from bench.console import say
 from bench.local_stack import BenchStack
@@ -86,6 +86,12 @@ SUBMIT_RETRY_S = 3.0
 # When, as a share of the run, each step starts (the first promotion waits for the first job).
 FIRST_JOB_AT = 0.05
 REDIS_RESTART_AT = 0.45
+# Hostile clients beside the traffic: trickling uploads, then a flood of anonymous batches.
+SLOW_CLIENTS_AT = 0.2
+FLOOD_AT = 0.55
+FLOOD_BATCHES = 120
+# Small enough for the flood to reach it: the soak shows the budget holding.
+STORE_MAX_BYTES = 8 * 1024 * 1024
 LAST_JOB_AT = 0.65
 PROMOTE_BACK_AT = 0.75
 # A move needs this long before the run ends, or its swap could not be seen.
@@ -781,9 +787,12 @@ class Soak:
         self.memory = MemoryWatch(stack, self.clock)
         self.moves: list[AliasMove] = []
         self.redis_restart: dict[str, Any] | None = None
+        self.hostile: dict[str, Any] = {}
+        self._hostile_threads: list[threading.Thread] = []
 
     def run(self) -> dict[str, Any]:
         original = self.stack.production_version()
+        self.hostile["redis_before"] = self._redis_memory()
         self.traffic.start()
         self.timeline.add(f"traffic started; warm-up {WARMUP_S:g} s, then {self.window_s:g} s")
         time.sleep(WARMUP_S)
@@ -800,6 +809,9 @@ class Soak:
             self.timeline.add("traffic stopped")
             memory_end = self.memory.sample()
             self.memory.stop()
+        for thread in self._hostile_threads:
+            thread.join()
+        self.hostile["redis_after"] = self._redis_memory()
         self._wait_for_jobs(traffic_end + JOB_GRACE_S)
         self.jobs.stop()
         predictor_stop = stop_predictor(self.stack)
@@ -818,6 +830,8 @@ class Soak:
             "alias_moves": [move.as_dict() for move in self.moves],
             "predictor_poll_interval_s": poll_interval_s(self.stack),
             "redis_restart": self.redis_restart,
+            "hostile": self.hostile,
+            "store_max_bytes": STORE_MAX_BYTES,
             "memory": memory_report(memory_start, memory_end, self.memory),
             "predictor_stop": predictor_stop,
             "prediction_log": prediction_log,
@@ -841,6 +855,12 @@ class Soak:
                 version = (first.registered.get(MODEL_NAME) or {}).get("version")
                 if first.status == "succeeded" and version:
                     self.moves.append(promote(self.stack, self.timeline, str(version), "to A's"))
+            if "slow_clients" not in self.hostile and now >= at(SLOW_CLIENTS_AT):
+                self._in_background("slow_clients", hostile.trickling_uploads)
+            if "flood" not in self.hostile and now >= at(FLOOD_AT):
+                self._in_background(
+                    "flood", lambda url: hostile.anonymous_flood(url, FLOOD_BATCHES)
+                )
             if self.redis_restart is None and now >= at(REDIS_RESTART_AT):
                 self.redis_restart = self._restart_redis_under_jobs(end)
             if last is None and now >= at(LAST_JOB_AT):
@@ -852,6 +872,24 @@ class Soak:
             ):
                 self.moves.append(promote(self.stack, self.timeline, original, "back to original"))
             time.sleep(0.2)
+
+    def _in_background(self, phase: str, run: Any) -> None:
+        """Run a hostile phase against the gateway beside the traffic; its report lands in
+        `self.hostile[phase]`."""
+        self.hostile[phase] = {"started_s": self.timeline.add(f"{phase} started")}
+
+        def report() -> None:
+            self.hostile[phase] |= run(self.stack.gateway_url)
+            self.timeline.add(f"{phase} over")
+
+        thread = threading.Thread(target=report, name=phase, daemon=True)
+        thread.start()
+        self._hostile_threads.append(thread)
+
+    def _redis_memory(self) -> dict[str, Any]:
+        namespace = self.stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE
+        with redis.Redis.from_url(self.stack.redis_url, socket_timeout=10) as client:
+            return hostile.redis_memory(client, namespace)
 
     def _restart_redis_under_jobs(self, end: float) -> dict[str, Any]:
         """Restart Redis while job B runs and job C waits in the queue behind it."""
@@ -890,6 +928,8 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = [job for job in soak["jobs"] if job["job_id"] is not None]
     lost = [job["label"] for job in jobs if job["lost"]]
     crashed = traffic["crashed_clients"]
+    slow, flood = soak["hostile"].get("slow_clients", {}), soak["hostile"].get("flood", {})
+    after = soak["hostile"].get("redis_after", {})
     log_matches = (
         log["lines"] == traffic["answered_200"]
         and log["rows"] == traffic["rows_answered"]
@@ -911,6 +951,21 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "0",
             "measured": f"{len(lost)} of {len(jobs)}" + (f": {', '.join(lost)}" if lost else ""),
             "met": not lost and bool(jobs),
+        },
+        {
+            "check": f"Trickling uploads ({hostile.TRICKLING_CONNECTIONS:,}): each answered 408",
+            "target": "all",
+            "measured": f"{slow.get('answered_408', 0):,} of {slow.get('connections', 0):,}"
+            f" ({slow.get('outcomes', {})})",
+            "met": bool(slow) and slow.get("answered_408") == slow.get("connections"),
+        },
+        {
+            "check": "Anonymous flood: bytes of kept answers within PREDICTOR_STORE_MAX_BYTES",
+            "target": f"<= {soak['store_max_bytes']:,}",
+            "measured": f"{after.get('kept_answer_bytes', 0):,} after "
+            f"{flood.get('batches', 0)} batches of {hostile.FLOOD_BATCH_ROWS:,} rows "
+            f"({flood.get('outcomes', {})})",
+            "met": bool(flood) and after.get("kept_answer_bytes", 0) <= soak["store_max_bytes"],
         },
         {
             "check": "Prediction log: lines = requests answered 200, rows = rows answered",
@@ -1034,6 +1089,26 @@ def redis_section(restart: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def hostile_section(soak: dict[str, Any]) -> list[str]:
+    hostile_run = soak["hostile"]
+    before, after = hostile_run.get("redis_before", {}), hostile_run.get("redis_after", {})
+    slow, flood = hostile_run.get("slow_clients", {}), hostile_run.get("flood", {})
+    mib = 1024 * 1024
+    return [
+        f"- Trickling uploads: {slow.get('connections', 0):,} connections at "
+        f"{slow.get('started_s', 0):.1f} s, answered {slow.get('outcomes', {})} within "
+        f"{slow.get('seconds', 0)} s.",
+        f"- Anonymous flood: {flood.get('batches', 0)} batches of "
+        f"{flood.get('rows_each', 0):,} rows at {flood.get('started_s', 0):.1f} s, answered "
+        f"{flood.get('outcomes', {})} in {flood.get('seconds', 0)} s.",
+        f"- Redis memory: {before.get('used_memory', 0) / mib:.1f} MiB before the traffic, "
+        f"{after.get('used_memory', 0) / mib:.1f} MiB after (cap "
+        f"{after.get('maxmemory', 0) / mib:.0f} MiB, policy {after.get('maxmemory_policy')}); "
+        f"kept answers {after.get('kept_answer_bytes', 0) / mib:.1f} MiB of a "
+        f"{soak['store_max_bytes'] / mib:.0f} MiB budget.",
+    ]
+
+
 def memory_section(memory: dict[str, Any]) -> list[str]:
     entries = [
         {
@@ -1115,6 +1190,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Retrain jobs": jobs_section(soak["jobs"]),
         "Alias moves": moves_section(soak),
         "Redis restart": redis_section(soak["redis_restart"]),
+        "Hostile clients and Redis memory": hostile_section(soak),
         "Memory": memory_section(soak["memory"]),
         "Prediction log": log_section(soak),
         "Predictions kept for feedback (reported, not judged)": feedback_section(soak),
@@ -1175,6 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"state and logs in {work}")
     stack = BenchStack.prepare(work)
     os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = LOG_BACKUP_COUNT
+    os.environ["PREDICTOR_STORE_MAX_BYTES"] = str(STORE_MAX_BYTES)
     held = False
     try:
         say("starting the soak stack (durable Redis, then scripts/stack.py up)")
