@@ -12,9 +12,11 @@ answering keeps running.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -337,9 +339,15 @@ Try:
 
 
 def down() -> None:
-    if not supervisord_running():
+    if supervisord_running():
+        stop_supervisord()
+    elif not leftover_processes():
         say("nothing to stop")
         return
+    stop_leftovers()
+
+
+def stop_supervisord() -> None:
     env = stack_env()
     pid = int((STATE / "supervisord.pid").read_text().strip())
     supervisorctl(env, "shutdown", check=False)
@@ -352,6 +360,47 @@ def down() -> None:
             return
         time.sleep(0.3)
     raise SystemExit("[stack] supervisord did not stop within 90 s")
+
+
+def leftover_processes() -> list[int]:
+    """Live processes of this stack that supervisord no longer knows, found by the STACK_STATE
+    that every program (and each program's children) inherits from supervisord's environment.
+
+    supervisord stops each program's process group; a process outside it is missed: the
+    children of a master that was SIGKILLed earlier and whose replacement formed a new group
+    (MLflow's uvicorn under `mlflow server`, say), or everything after supervisord itself
+    died. Read from /proc, so on Linux only.
+    """
+    marker = f"STACK_STATE={STATE}".encode()
+    ours = {os.getpid(), os.getppid()}
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # A zombie's environment reads empty: it is dead already.
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environment and int(entry.name) not in ours:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_leftovers(grace_s: float = 15) -> None:
+    """SIGTERM the stack's leftover processes, then SIGKILL what still runs after `grace_s`."""
+    leftovers = leftover_processes()
+    if not leftovers:
+        return
+    say(f"stopping {len(leftovers)} leftover process(es) of this stack: {leftovers}")
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while (leftovers := leftover_processes()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if not leftovers:
+            return
+    raise SystemExit(f"[stack] processes {leftovers} of this stack did not stop")
 
 
 def status() -> None:
