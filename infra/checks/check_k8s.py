@@ -82,6 +82,11 @@ class RenderError(Exception):
     """An overlay does not render."""
 
 
+def shown(path: Path) -> str:
+    """A path as the repository names it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def name_of(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -158,7 +163,7 @@ def schema_problems(obj: Mapping[str, Any]) -> list[str]:
             if validator is None:
                 return [
                     f"{name_of(obj)}: no schema for {api_version} {kind} (neither Kubernetes "
-                    f"{version} nor a CRD vendored in {CRDS_DIR.relative_to(ROOT)})"
+                    f"{version} nor a CRD vendored in {shown(CRDS_DIR)})"
                 ]
             validators.append((f"Kubernetes {version}", validator))
     problems = []
@@ -175,7 +180,7 @@ def vendored_crd_problems() -> list[str]:
         digest = hashlib.sha256((CRDS_DIR / source["file"]).read_bytes()).hexdigest()
         if digest != source["sha256"]:
             problems.append(
-                f"{CRDS_DIR.relative_to(ROOT)}/{source['file']}: sha256 {digest} is not the "
+                f"{shown(CRDS_DIR / source['file'])}: sha256 {digest} is not the "
                 f"{source['version']} release's ({source['sha256']}); vendor it unchanged"
             )
     return problems

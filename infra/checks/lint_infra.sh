@@ -48,4 +48,7 @@ amtool check-config infra/alertmanager/alertmanager.yml
 step "PromQL of rules and dashboards"
 "$VENV_BIN/python" infra/checks/check_promql.py
 
+step "Kubernetes manifests (infra/k8s): render, schemas, CRDs, promtool, policy"
+"$VENV_BIN/python" infra/checks/check_k8s.py
+
 printf '\nAll infrastructure checks passed.\n'
