@@ -817,7 +817,8 @@ class Soak:
         predictor_stop = stop_predictor(self.stack)
         self.timeline.add(f"predictor stopped in {predictor_stop['seconds']} s")
         log_dir = Path(self.stack.stack_env()["PREDICTOR_PREDICTION_LOG_DIR"])
-        answered = self.traffic.answered_ids()
+        flood = self.hostile.get("flood", {})
+        answered = self.traffic.answered_ids() | set(flood.pop("answered_ids", []))
         prediction_log = read_prediction_log(log_dir, answered)
         feedback_store = feedback_store_report(self.stack, answered, log_dir, self.clock)
         time_swaps(self.moves, self.traffic.tallies, traffic_end)
@@ -930,9 +931,14 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
     crashed = traffic["crashed_clients"]
     slow, flood = soak["hostile"].get("slow_clients", {}), soak["hostile"].get("flood", {})
     after = soak["hostile"].get("redis_after", {})
+    flood_answers = soak["hostile"].get("flood", {}).get("outcomes", {}).get("200", 0)
+    answered_200 = traffic["answered_200"] + flood_answers
+    rows_answered = traffic["rows_answered"] + soak["hostile"].get("flood", {}).get(
+        "rows_answered", 0
+    )
     log_matches = (
-        log["lines"] == traffic["answered_200"]
-        and log["rows"] == traffic["rows_answered"]
+        log["lines"] == answered_200
+        and log["rows"] == rows_answered
         and log["answered_not_logged"] == 0
         and log["logged_not_answered"] == 0
         and log["logged_twice"] == 0
@@ -968,10 +974,11 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
             "met": bool(flood) and after.get("kept_answer_bytes", 0) <= soak["store_max_bytes"],
         },
         {
-            "check": "Prediction log: lines = requests answered 200, rows = rows answered",
+            "check": "Prediction log: lines = requests answered 200, rows = rows answered "
+            "(traffic and flood)",
             "target": "equal",
-            "measured": f"{log['lines']:,} lines / {traffic['answered_200']:,} answers; "
-            f"{log['rows']:,} rows / {traffic['rows_answered']:,} rows",
+            "measured": f"{log['lines']:,} lines / {answered_200:,} answers; "
+            f"{log['rows']:,} rows / {rows_answered:,} rows",
             "met": log_matches,
         },
     ]

@@ -102,10 +102,15 @@ class JobRecorder:
         return Verdict(verdict.decode() if isinstance(verdict, bytes) else verdict), deliveries
 
     def progress(self, job_id: str, progress: JobProgress) -> None:
-        self.client.hset(
-            self.keys.record(job_id),
-            mapping=record_fields(progress=progress, heartbeat_at=_now()),
-        )
+        """Record how far the job got; a Redis that cannot take it never fails the job (the
+        next stage, or the end, is written all the same)."""
+        try:
+            self.client.hset(
+                self.keys.record(job_id),
+                mapping=record_fields(progress=progress, heartbeat_at=_now()),
+            )
+        except redis.RedisError:
+            logger.warning("Unable to record the job's progress", exc_info=True)
 
     def succeeded(self, job_id: str, result: TrainingResult) -> None:
         self._end(job_id, JobStatus.succeeded, result=result)

@@ -4,9 +4,9 @@ the job's record (iris_trainer.job_record) as it goes: running, progress, succee
 `trainer.retrain` is sent by name (the gateway never imports this module). Failures are of
 three kinds:
 
-- expected (a request outside the allow-list, data that fails validation or cannot be read):
-  retrying cannot help, so the job fails at once with `TrainingJobFailed` and a clear message
-  that never quotes the data;
+- expected (a request outside the allow-list, data that fails validation or cannot be read,
+  a production version the gate cannot load safely): retrying cannot help, so the job fails
+  at once with `TrainingJobFailed` and a clear message that never quotes the data;
 - transient (MLflow unreachable, or answering 5xx): retried with backoff, at most 3 times;
   the retry reuses any version the job already registered;
 - anything else is a bug: logged with its traceback and the job fails.
@@ -23,6 +23,8 @@ import requests
 from celery import Task
 from mlflow.exceptions import MlflowException, RestException
 from pydantic import ValidationError
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from iris_shared.jobs import RETRAIN_TASK, JobKeys, RetrainRequest, TrainingResult
 from iris_shared.logging import request_id_var
@@ -41,7 +43,8 @@ RETRY_BACKOFF_S = 5
 
 
 class TrainingJobFailed(Exception):
-    """An expected failure of a retrain job (bad parameters or data); retrying cannot help."""
+    """An expected failure of a retrain job (bad parameters or data, an unsafe production
+    version); retrying cannot help."""
 
 
 @lru_cache
@@ -49,7 +52,14 @@ def job_recorder() -> JobRecorder:
     """One per worker process, made where the task runs (after the pool forked)."""
     worker = get_worker_settings()
     return JobRecorder(
-        redis.Redis.from_url(worker.broker_url, socket_timeout=10, socket_connect_timeout=5),
+        redis.Redis.from_url(
+            worker.broker_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            # Rides over a Redis restart (down, then loading its append-only file) so that a
+            # job's end is still written.
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.2), retries=15),
+        ),
         JobKeys(worker.jobs_namespace),
         worker.heartbeat_interval_s,
     )
