@@ -5,9 +5,12 @@ Each service's `python -m <package>` calls `run()` with its app factory and sett
     python -m iris_predictor        # PREDICTOR_HOST, PREDICTOR_PORT, PREDICTOR_WORKERS, ...
     python -m iris_gateway          # GATEWAY_...
 
-With more than one worker, uvicorn's supervisor starts the workers, restarts one that dies and
-forwards SIGTERM for a graceful stop. The workers of one server then share a runtime folder,
-made empty here before any of them starts:
+With more than one worker, uvicorn's supervisor (the master) starts the workers, restarts one
+that dies and forwards SIGTERM for a graceful stop. A master that dies without doing so (the
+OOM killer, a crash) would leave its workers serving on the port with nobody watching them, and
+its own supervisor's next master could not listen there: so each worker stops by itself when
+its master is gone (`stop_with_master`). The workers of one server share a runtime folder, made
+empty here before any of them starts:
 
     <runtime>/metrics/   prometheus_client's files (PROMETHEUS_MULTIPROC_DIR), merged on every
                          scrape by `iris_shared.metrics`
@@ -18,13 +21,21 @@ made empty here before any of them starts:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
+import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.importer import import_from_string
 
 from iris_shared.http_protocol import (
     HEADER_TIMEOUT_ENV,
@@ -36,6 +47,18 @@ from iris_shared.settings import HTTPServiceSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUNTIME_ENV = "IRIS_SERVER_RUNTIME_DIR"
+# What a worker needs to know about its server before the service's factory runs (see run()).
+APP_FACTORY_ENV = "IRIS_SERVER_APP_FACTORY"
+MASTER_PID_ENV = "IRIS_SERVER_MASTER_PID"
+ORPHAN_DEADLINE_ENV = "IRIS_SERVER_ORPHAN_DEADLINE_S"
+
+# From <linux/prctl.h>.
+PR_SET_PDEATHSIG = 1
+# How often a worker looks for its master; the parent-death signal, where there is one, is
+# what stops it promptly.
+MASTER_CHECK_INTERVAL_S = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_runtime_dir(service: str) -> Path:
@@ -107,6 +130,70 @@ class WorkerPeers:
             return 0
 
 
+def set_parent_death_signal(signum: int) -> bool:
+    """Have the kernel send `signum` to this process when its parent dies (Linux only).
+
+    The kernel sends it when the parent *thread* that started this process ends. uvicorn's
+    supervisor starts and restarts every worker from its main thread, which ends only with it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        logger.warning(
+            "Unable to set the parent-death signal",
+            extra={"errno": ctypes.get_errno()},
+        )
+        return False
+    return True
+
+
+def stop_with_master(master_pid: int, deadline_s: float) -> None:
+    """Stop this worker gracefully, as on SIGTERM, once `master_pid` (its parent) is gone, and
+    end it outright if it is still alive `deadline_s` later.
+
+    SIGTERM makes uvicorn close the listening socket at once (so the supervisor's next master
+    can listen), let in-flight requests finish and run the app's lifespan shutdown. The kernel
+    sends it the moment the master dies; a thread watching the parent id covers the systems
+    without a parent-death signal, a master that died before the signal was set, and a worker
+    that never finishes stopping.
+    """
+    armed = set_parent_death_signal(signal.SIGTERM)
+    # Checked after arming: a master that died before then sent nothing.
+    already_gone = os.getppid() != master_pid
+    threading.Thread(
+        target=_watch_master,
+        args=(master_pid, armed and not already_gone, deadline_s),
+        name="master-watch",
+        daemon=True,
+    ).start()
+
+
+def _watch_master(master_pid: int, signalled_by_kernel: bool, deadline_s: float) -> None:
+    while os.getppid() == master_pid:
+        time.sleep(MASTER_CHECK_INTERVAL_S)
+    logger.warning(
+        "The master process is gone: stopping this worker",
+        extra={"master_pid": master_pid, "deadline_s": deadline_s},
+    )
+    if not signalled_by_kernel:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(deadline_s)
+    logger.error(
+        "This worker did not stop in time after its master died: ending it",
+        extra={"master_pid": master_pid},
+    )
+    logging.shutdown()
+    os._exit(1)
+
+
+def create_worker_app() -> Any:
+    """The app of one worker of a multi-process server: the service's own factory's, in a
+    worker that stops with its master (the factory and the master are named by `run()`)."""
+    stop_with_master(int(os.environ[MASTER_PID_ENV]), float(os.environ[ORPHAN_DEADLINE_ENV]))
+    return import_from_string(os.environ[APP_FACTORY_ENV])()
+
+
 def freeze_long_lived_objects() -> None:
     """Take what exists now (modules, the app, a loaded model) out of the collector's sight.
 
@@ -130,6 +217,13 @@ def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
         # Before uvicorn spawns the workers: each reads the variables when it imports
         # prometheus_client.
         prepare_runtime_dir(service)
+        os.environ[APP_FACTORY_ENV] = factory
+        os.environ[MASTER_PID_ENV] = str(os.getpid())
+        # An orphan gets the grace period for its in-flight requests, then as long again for
+        # its lifespan shutdown (the predictor flushing its log), within supervisord's and
+        # compose's stop grace period.
+        os.environ[ORPHAN_DEADLINE_ENV] = str(2 * settings.graceful_shutdown_s)
+        factory = f"{__name__}:{create_worker_app.__name__}"
     uvicorn.run(
         factory,
         factory=True,

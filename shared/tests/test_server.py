@@ -1,0 +1,236 @@
+"""A multi-process server's workers stop with their master (iris_shared.server), for real.
+
+Each test serves tiny_service.py with two workers through `iris_shared.server.run`, as the
+predictor and the gateway are served, and kills or stops its master.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iris_shared.testing import free_port
+
+pytestmark = [pytest.mark.integration]
+
+SERVICE = Path(__file__).with_name("tiny_service.py")
+
+
+def proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields from the state on (the name before them may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (dead, waiting to be reaped) is not alive."""
+    try:
+        return proc_stat(pid)[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with suppress(FileNotFoundError, ProcessLookupError):
+            fields = proc_stat(int(entry.name))
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def workers_of(master: int) -> set[int]:
+    """The master's uvicorn workers (its other child is multiprocessing's resource tracker)."""
+    found = set()
+    for pid in children(master):
+        with suppress(FileNotFoundError, ProcessLookupError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+    return found
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until `check()` held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def port_free(port: int) -> bool:
+    """Whether a new server could listen on `port` now (uvicorn binds with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class TinyServer:
+    master: subprocess.Popen[bytes]
+    port: int
+    state: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answering_pid(self) -> int:
+        return int(httpx.get(f"{self.url}/pid", timeout=2).text)
+
+    def wait_serving(self, workers: set[int]) -> None:
+        """Wait until each of `workers` has answered a request."""
+        answered: set[int] = set()
+
+        def all_answered() -> bool:
+            with suppress(httpx.HTTPError):
+                answered.add(self.answering_pid())
+            return answered >= workers
+
+        wait_for(all_answered, 30, f"an answer from each of {workers}")
+
+    def stopped(self) -> set[int]:
+        """The workers whose lifespan shutdown ran to its end."""
+        return {int(path.name) for path in (self.state / "stopped").iterdir()}
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@contextmanager
+def tiny_server(tmp_path: Path, workers: int = 2, **env: str) -> Iterator[TinyServer]:
+    """The tiny service served by `workers` processes; the whole process group is SIGKILLed at
+    the end, so a worker that outlived its master is never left behind by the test."""
+    port = free_port()
+    state = tmp_path / "state"
+    (state / "stopped").mkdir(parents=True)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        master = subprocess.Popen(
+            [sys.executable, str(SERVICE)],
+            env={
+                **os.environ,
+                "TINY_PORT": str(port),
+                "TINY_WORKERS": str(workers),
+                "TINY_STATE_DIR": str(state),
+                **env,
+            },
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = TinyServer(master, port, state, log)
+    try:
+        wait_for(lambda: len(workers_of(master.pid)) == workers, 30, f"{workers} workers")
+        server.wait_serving(workers_of(master.pid))
+        yield server
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(master.pid, signal.SIGKILL)
+        master.wait(10)
+
+
+def slow_request(server: TinyServer, seconds: float) -> tuple[threading.Thread, list[int]]:
+    """A request that takes `seconds`, in flight once this returns; its status goes in the list."""
+    statuses: list[int] = []
+
+    def send() -> None:
+        try:
+            statuses.append(
+                httpx.get(f"{server.url}/slow?seconds={seconds}", timeout=30).status_code
+            )
+        except httpx.HTTPError:
+            statuses.append(0)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    wait_for((server.state / "slow-started").exists, 10, "the slow request in flight")
+    return thread, statuses
+
+
+def test_workers_stop_gracefully_and_free_the_port_when_their_master_is_killed(
+    tmp_path: Path,
+) -> None:
+    with tiny_server(tmp_path) as server:
+        master = server.master.pid
+        old = children(master)
+        workers = workers_of(master)
+        thread, statuses = slow_request(server, 2)
+
+        server.master.send_signal(signal.SIGKILL)
+        server.master.wait(5)
+
+        # The port is free for the supervisor's next master at once, while the request that was
+        # in flight still finishes: the workers stop as on SIGTERM, not as on SIGKILL.
+        wait_for(lambda: port_free(server.port), 3, "the port free after the master's death")
+        thread.join(15)
+        assert statuses == [200], server.tail()
+        wait_for(lambda: not any(alive(pid) for pid in old), 10, "every old child gone")
+        assert server.stopped() == workers, server.tail()
+
+
+def test_a_worker_the_master_restarted_stops_with_it_too(tmp_path: Path) -> None:
+    with tiny_server(tmp_path) as server:
+        master = server.master.pid
+        first = workers_of(master)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: len(workers_of(master) - first) == 1, 30, "a replacement for the killed worker"
+        )
+        current = workers_of(master)
+        server.wait_serving(current)
+
+        server.master.send_signal(signal.SIGKILL)
+        server.master.wait(5)
+
+        wait_for(lambda: not any(alive(pid) for pid in current), 10, "every worker gone")
+        assert server.stopped() == current, server.tail()
+
+
+def test_a_worker_that_cannot_stop_after_its_master_died_is_ended(tmp_path: Path) -> None:
+    """A shutdown that hangs (a log that cannot be flushed, say) does not keep an orphan alive:
+    it gets as long again as the grace period for in-flight requests, then ends."""
+    with tiny_server(tmp_path, TINY_HANG_ON_SHUTDOWN="1", TINY_GRACEFUL_SHUTDOWN_S="1") as server:
+        old = children(server.master.pid)
+
+        server.master.send_signal(signal.SIGKILL)
+        server.master.wait(5)
+
+        wait_for(lambda: port_free(server.port), 3, "the port free after the master's death")
+        wait_for(lambda: not any(alive(pid) for pid in old), 8, "every old child gone")
+        assert server.stopped() == set()
+
+
+def test_sigterm_to_the_master_still_stops_every_worker_gracefully(tmp_path: Path) -> None:
+    with tiny_server(tmp_path) as server:
+        workers = workers_of(server.master.pid)
+        thread, statuses = slow_request(server, 1)
+
+        server.master.send_signal(signal.SIGTERM)
+
+        assert server.master.wait(20) == 0, server.tail()
+        thread.join(15)
+        assert statuses == [200], server.tail()
+        assert server.stopped() == workers, server.tail()
+        assert not any(alive(pid) for pid in workers)

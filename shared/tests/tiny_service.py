@@ -1,0 +1,64 @@
+"""A tiny service served by `iris_shared.server.run`, for test_server.py's process tests.
+
+    TINY_PORT=8000 TINY_WORKERS=2 TINY_STATE_DIR=/tmp/x python tiny_service.py
+
+    GET /pid             the answering worker's process id
+    GET /slow?seconds=S  the same, S seconds later; touches <state>/slow-started when it begins
+
+Each worker touches <state>/stopped/<pid> at the end of its lifespan shutdown, as the
+predictor's recorder flushes its log there; with TINY_HANG_ON_SHUTDOWN=1 that shutdown never
+ends instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+STATE = Path(os.environ.get("TINY_STATE_DIR", "."))
+
+
+async def pid(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(os.getpid()))
+
+
+async def slow(request: Request) -> PlainTextResponse:
+    (STATE / "slow-started").touch()
+    await asyncio.sleep(float(request.query_params["seconds"]))
+    return PlainTextResponse(str(os.getpid()))
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    if os.environ.get("TINY_HANG_ON_SHUTDOWN") == "1":
+        await asyncio.Event().wait()
+    (STATE / "stopped" / str(os.getpid())).touch()
+
+
+def create_app() -> Starlette:
+    return Starlette(routes=[Route("/pid", pid), Route("/slow", slow)], lifespan=lifespan)
+
+
+if __name__ == "__main__":
+    from iris_shared.server import run
+    from iris_shared.settings import HTTPServiceSettings
+
+    run(
+        "tiny",
+        "tiny_service:create_app",
+        HTTPServiceSettings(
+            host="127.0.0.1",
+            port=int(os.environ["TINY_PORT"]),
+            workers=int(os.environ["TINY_WORKERS"]),
+            graceful_shutdown_s=int(os.environ.get("TINY_GRACEFUL_SHUTDOWN_S", "5")),
+        ),
+    )
