@@ -3,12 +3,13 @@
 import os
 
 from iris_predictor.config import get_settings
+from iris_shared.servable import forbid_unpickling
 from iris_shared.server import run
 
 if __name__ == "__main__":
-    # The predictor loads models itself (skops, a fixed allow-list) and never unpickles: with
-    # this, no MLflow loader would either.
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    # The predictor loads models with iris_shared.model_files only; with this, no MLflow loader
+    # would deserialize one either (nothing above imports MLflow).
+    forbid_unpickling()
     # MLflow's client waits 120 s per request and retries for minutes by default; the alias
     # watcher must notice a dead MLflow within seconds. The environment can say otherwise.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -1,9 +1,11 @@
 """The MLflow side: what an alias points at, downloading and loading it, and the local copy.
 
-MLflow's client finds and downloads a version; loading it is done here, not by MLflow's
-loaders: only versions that meet `iris_shared.servable` (skops format, the four measurements
-as the signature) are loaded, with skops and this deployment's list of trusted types. A
-version saved with pickle is refused, never unpickled.
+MLflow's client finds and downloads a version, after its listing shows it within the size
+cap; loading it is never MLflow's: `iris_shared.model_files` loads only what meets the serving
+contract (skops with this deployment's trusted types, the four measurements, the three
+species, a model file inside its folder). A version saved with pickle is refused, never
+unpickled. Why a version failed to load is shown in the public GET /model: only the loader's
+fixed reasons are, never an exception's text (that goes to the log).
 
 The local copy (`<cache_dir>/<name>@<alias>/`) holds the last loaded model's directory and
 `served.json` describing it; it lets a predictor that starts while MLflow is down serve the
@@ -23,19 +25,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import mlflow.artifacts
-import skops.io
-import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from iris_predictor.inference import LoadedModel
+from iris_predictor.inference import IncompatibleModelError, LoadedModel
+from iris_shared.model_files import UnsafeModelError, check_listed_size, load_model_files
 from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.registry import NOT_FOUND_ERRORS, VersionTag
 from iris_shared.schemas import ServedModel
-from iris_shared.servable import SKOPS_TRUSTED_TYPES, servability_problems
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +47,18 @@ class RegistryUnavailableError(Exception):
 
 
 class ModelLoadError(Exception):
-    """A registered version could not be downloaded or loaded."""
+    """A registered version could not be downloaded or loaded; the message is safe to show."""
 
 
-class UnservableModelError(Exception):
-    """The version breaks the serving contract (format or signature); it is never loaded."""
-
-
-def load_servable(model_dir: Path) -> Any:
-    """The estimator of a downloaded MLflow model, if it meets the serving contract."""
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
-    problems = servability_problems(mlmodel if isinstance(mlmodel, dict) else {})
-    if problems:
-        raise UnservableModelError("; ".join(problems))
-    model_file = model_dir / mlmodel["flavors"]["sklearn"]["pickled_model"]
-    return skops.io.load(model_file, trusted=list(SKOPS_TRUSTED_TYPES))
+def _safe_reason(exc: Exception) -> str:
+    """Why a load failed, in words fit for the public GET /model (the details are logged)."""
+    if isinstance(exc, UnsafeModelError):
+        return exc.reason
+    if isinstance(exc, IncompatibleModelError):
+        return "it does not take the four measurements in order"
+    if isinstance(exc, MlflowException | OSError):
+        return "its files could not be fetched from MLflow"
+    return "it could not be loaded (see the predictor's log)"
 
 
 def _read_profile(path: Path | None) -> ReferenceProfile | None:
@@ -175,9 +172,14 @@ class ModelRegistry:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         folder = f"v{ref.version}-{uuid.uuid4().hex[:8]}"
         target = self.cache_dir / folder
+        uri = f"models:/{ref.name}/{ref.version}"
         try:
+            files = get_artifact_repository(
+                uri, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+            check_listed_size(files.list_artifacts)
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{ref.name}/{ref.version}",
+                artifact_uri=uri,
                 dst_path=str(target),
                 tracking_uri=self.tracking_uri,
                 registry_uri=self.tracking_uri,
@@ -195,17 +197,16 @@ class ModelRegistry:
             )
             profile_path = self._profile(ref.run_id, target)
             loaded = LoadedModel(
-                model=load_servable(Path(local)),
+                model=load_model_files(Path(local)),
                 info=info,
                 profile=_read_profile(profile_path),
             )
         except Exception as exc:
-            # MLflow, network, disk, unpickling or shape errors alike: the caller keeps the old
-            # model.
+            # MLflow, network, disk, refused files or shape errors alike: the caller keeps the
+            # old model, and logs this exception (chained) with its traceback.
             shutil.rmtree(target, ignore_errors=True)
-            reason = f"{type(exc).__name__}: {exc}"[:500]
             raise ModelLoadError(
-                f"Unable to load {ref.name} version {ref.version}: {reason}"
+                f"Unable to load {ref.name} version {ref.version}: {_safe_reason(exc)}"
             ) from exc
         self._remember(
             info,
@@ -240,7 +241,7 @@ class ModelRegistry:
             metadata = json.loads(metadata_path.read_text())
             info = ServedModel.model_validate(metadata["served"])
             info = info.model_copy(update={"source": "local-cache", "loaded_at": datetime.now(UTC)})
-            model = load_servable(self.cache_dir / metadata["model_dir"])
+            model = load_model_files(self.cache_dir / metadata["model_dir"])
             profile = metadata.get("profile")
             return LoadedModel(
                 model=model,

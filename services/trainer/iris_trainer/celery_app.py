@@ -29,10 +29,11 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import import_modules, setup_logging
 
 from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
+from iris_shared.servable import forbid_unpickling
 from iris_trainer.config import WorkerSettings, get_worker_settings
 
 
@@ -75,6 +76,14 @@ def create_celery_app(worker: WorkerSettings | None = None) -> Celery:
     app = Celery("trainer", include=["iris_trainer.tasks"])
     app.conf.update(celery_config(worker or get_worker_settings()))
     return app
+
+
+@import_modules.connect
+def _forbid_unpickling(**_: Any) -> None:
+    # Sent when a Celery program of this app (the worker, Flower) is about to import the tasks,
+    # so before MLflow, and before the worker forks its pool, which inherits the switch.
+    # Merely importing this module (tests, the CLI) leaves the process's environment alone.
+    forbid_unpickling()
 
 
 @setup_logging.connect

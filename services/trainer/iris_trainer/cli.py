@@ -22,6 +22,7 @@ import httpx
 from iris_shared.logging import configure_logging
 from iris_shared.monitoring import FeedbackKeys
 from iris_shared.registry import DEFAULT_MODEL, VersionTag
+from iris_shared.servable import forbid_unpickling
 from iris_trainer.config import get_settings, get_worker_settings
 
 if TYPE_CHECKING:
@@ -379,3 +380,10 @@ def _error_message(response: httpx.Response) -> str:
         return str(response.json()["message"])
     except (ValueError, KeyError, TypeError):
         return response.text[:200] or response.reason_phrase
+
+
+def run() -> None:
+    """The `iris-mlops` command. A process of its own: MLflow's model loaders are switched off
+    in it (iris_shared.servable) before any command imports MLflow, as in every service."""
+    forbid_unpickling()
+    main()

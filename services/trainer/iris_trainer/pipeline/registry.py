@@ -3,20 +3,27 @@
 Aliases carry the lifecycle (iris_shared.registry): the gate gives a new version `challenger`,
 or `production` when the model has none yet. Moving `production` afterwards is a deliberate
 act that goes through the gateway's POST /promote, never through this module.
+
+A version is read back (to score production's at the gate) with `iris_shared.model_files`,
+never with MLflow's loaders, which unpickle whatever the registry holds.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import mlflow.sklearn
+import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from iris_shared.model_files import check_listed_size, load_model_files
 from iris_shared.registry import CHALLENGER, NOT_FOUND_ERRORS, PRODUCTION, GateOutcome, VersionTag
 
 # Longest wait for a new version to become READY (the server may copy artefacts first).
@@ -154,7 +161,16 @@ def recorded_decision(version: ModelVersion) -> GateDecision | None:
 
 
 def load_version(name: str, version: str) -> Any:
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    """The fitted estimator of a version, from the tracking server `mlflow` is set to.
+
+    Raises `iris_shared.model_files.UnsafeModelError` when its files cannot be loaded safely
+    (pickled, too big, a path leading out, other classes): nothing of them is run.
+    """
+    uri = f"models:/{name}/{version}"
+    check_listed_size(get_artifact_repository(uri).list_artifacts)
+    with tempfile.TemporaryDirectory(prefix="iris-version-") as folder:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+        return load_model_files(Path(local))
 
 
 def set_aliases(client: MlflowClient, name: str, version: str, aliases: list[str]) -> None:

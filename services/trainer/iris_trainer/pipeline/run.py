@@ -1,8 +1,9 @@
 """The whole pipeline: `train_from_settings` for the CLI and the task, `run_training` under it.
 
-Expected failures (parameters, data that cannot be read or fails validation) come out as one
-exception, `TrainingRefused`, whose message is safe to show to whoever asked for the run;
-anything else (MLflow unreachable, a bug) propagates unchanged for the caller to retry or report.
+Expected failures (parameters, data that cannot be read or fails validation, a production
+version the gate cannot load safely) come out as one exception, `TrainingRefused`, whose
+message is safe to show to whoever asked for the run; anything else (MLflow unreachable, a bug)
+propagates unchanged for the caller to retry or report.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
 from iris_shared.jobs import CandidateOutcome, JobProgress, TrainingResult, TrainingStage
+from iris_shared.model_files import UnsafeModelError
 from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.registry import PRODUCTION, VersionTag
 from iris_shared.schemas import FEATURE_NAMES
@@ -56,7 +58,8 @@ ProgressCallback = Callable[[JobProgress], None]
 
 
 class TrainingRefused(Exception):
-    """Nothing was trained: the parameters or the data are wrong, and retrying cannot help.
+    """The run cannot succeed, and retrying cannot help: the parameters or the data are wrong
+    (nothing was trained), or production's version cannot be loaded safely to gate against.
 
     The message names lines, columns and reasons but never quotes the data, so it can go back
     to a remote caller; `report`, when the data failed validation, holds the values as well.
@@ -335,7 +338,22 @@ def _gate(
     production_score: float | None = None
     if production is not None:
         # Both models answer the same held-out rows, so the comparison is like for like.
-        production_model = registry.load_version(name, str(production.version))
+        try:
+            production_model = registry.load_version(name, str(production.version))
+        except UnsafeModelError as exc:
+            # Whoever can write to the registry wrote it: no retry can make it safe, and no
+            # candidate may be judged against it (or take over from it) unseen. The traceback
+            # carries the details the message leaves out.
+            logger.warning(
+                "Production version cannot be loaded safely; nothing gated",
+                exc_info=True,
+                extra={"model": name, "version": production.version, "candidate": version},
+            )
+            raise TrainingRefused(
+                f"production version {production.version} of {name} cannot be loaded safely: "
+                f"{exc.reason}. Version {version} was registered but not gated (no alias); "
+                "point production at a servable version and retrain."
+            ) from exc
         production_score = score(production_model, data.x_test, data.y_test)[gate.metric]
     decision = registry.decide(
         candidate_score=candidate_score,
