@@ -7,6 +7,7 @@ iris-mlops train                 validate, train, log, register and gate every c
 iris-mlops models                versions, aliases, key metrics, lineage, live figures
 iris-mlops report drift          HTML report: prediction log inputs vs. the training data
 iris-mlops promote VERSION       move the `production` alias through the gateway (--model NAME)
+iris-mlops bootstrap             MLflow's service users and grants, and a first production model
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from iris_shared.logging import configure_logging
 from iris_shared.monitoring import FeedbackKeys
 from iris_shared.registry import DEFAULT_MODEL, VersionTag
 from iris_shared.servable import forbid_unpickling
-from iris_trainer.config import get_settings, get_worker_settings
+from iris_trainer.config import get_bootstrap_settings, get_settings, get_worker_settings
 
 if TYPE_CHECKING:
     from iris_trainer.feedback import LiveFigures, Rate
@@ -373,6 +374,26 @@ def promote_command(version: str, name: str) -> None:
     previous = response.json().get("previous_version")
     was = f" (was v{previous})" if previous else ""
     click.echo(f"{name}: production -> v{version}{was}")
+
+
+@main.command("bootstrap")
+def bootstrap_command() -> None:
+    """Make the registry ready to serve; safe to run on every start (compose, Kubernetes Job).
+
+    Waits for MLflow (TRAINER_BOOTSTRAP_WAIT_S). When MLflow requires credentials, creates the
+    users trainer, gateway and predictor with the passwords in SECRETS_DIR (mlflow_admin_password,
+    mlflow_trainer_password, mlflow_gateway_password, mlflow_predictor_password) and gives each
+    its grants. Trains, as the trainer, when a registered model has no `production` version.
+    Exit codes: 0 the registry serves, 1 it does not (MLflow refused, training failed),
+    2 credentials missing or wrong, 3 MLflow did not answer.
+    """
+    from iris_trainer.bootstrap import BootstrapFailed, run
+
+    try:
+        run(get_settings(), get_bootstrap_settings(), click.echo)
+    except BootstrapFailed as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -123,6 +124,52 @@ class WorkerSettings(ServiceSettings):
         return self
 
 
+def _mlflow_secret(name: str, description: str) -> Any:
+    """A secret of `iris-mlops bootstrap`: `NAME` or `TRAINER_NAME`, or the file
+    SECRETS_DIR/name (lower case) in containers."""
+    return Field(
+        default=None,
+        validation_alias=AliasChoices(name, f"TRAINER_{name}"),
+        description=description,
+    )
+
+
+class BootstrapSettings(ServiceSettings):
+    """What only `iris-mlops bootstrap` reads (same TRAINER_ prefix): MLflow's admin and the
+    service users' passwords, and how long to wait for MLflow. Kept apart from
+    `TrainerSettings` so that no long-running process ever holds the admin password."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINER_", env_file=".env", extra="ignore")
+
+    mlflow_admin_username: str = Field(
+        default="admin",
+        description="MLflow's admin user (basic-auth app): the bootstrap creates the service "
+        "users and their grants as this user.",
+    )
+    mlflow_admin_password: SecretStr | None = _mlflow_secret(
+        "MLFLOW_ADMIN_PASSWORD",
+        "Password of the admin user. Set, MLflow must require credentials and the bootstrap "
+        "manages the service users; unset, MLflow must be open (make up).",
+    )
+    mlflow_trainer_password: SecretStr | None = _mlflow_secret(
+        "MLFLOW_TRAINER_PASSWORD",
+        "Password of MLflow user `trainer` (the trainer's mlflow_tracking_password).",
+    )
+    mlflow_gateway_password: SecretStr | None = _mlflow_secret(
+        "MLFLOW_GATEWAY_PASSWORD",
+        "Password of MLflow user `gateway` (the gateway's mlflow_tracking_password).",
+    )
+    mlflow_predictor_password: SecretStr | None = _mlflow_secret(
+        "MLFLOW_PREDICTOR_PASSWORD",
+        "Password of MLflow user `predictor` (the predictor's mlflow_tracking_password).",
+    )
+    bootstrap_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long the bootstrap waits for MLflow's /health before it gives up.",
+    )
+
+
 @lru_cache
 def get_settings() -> TrainerSettings:
     settings = TrainerSettings()
@@ -134,3 +181,8 @@ def get_settings() -> TrainerSettings:
 @lru_cache
 def get_worker_settings() -> WorkerSettings:
     return WorkerSettings()
+
+
+def get_bootstrap_settings() -> BootstrapSettings:
+    # Not cached: the admin password lives only as long as the command that needs it.
+    return BootstrapSettings()
