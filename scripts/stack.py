@@ -28,7 +28,6 @@ from urllib.parse import urlparse
 import httpx
 from dotenv import dotenv_values, set_key
 
-from iris_shared.registry import LOGISTIC_REGRESSION, PRODUCTION
 from iris_shared.testing import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +64,6 @@ DEFAULTS = {
     # MLflow's server-side job runners serve GenAI features this stack does not use.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
-BASELINE_MODEL = LOGISTIC_REGRESSION
 
 
 def say(message: str) -> None:
@@ -226,15 +224,6 @@ def run(env: dict[str, str], *args: str) -> None:
         raise SystemExit(f"[stack] `{' '.join(args)}` failed with exit code {result.returncode}")
 
 
-def has_production_model(env: dict[str, str]) -> bool:
-    response = httpx.get(
-        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/alias",
-        params={"name": BASELINE_MODEL, "alias": PRODUCTION},
-        timeout=10,
-    )
-    return response.status_code == 200
-
-
 def warn_about_reused_redis(url: str, password: str | None) -> None:
     """Say plainly what a reused Redis lacks that the stack's own has: persistence (jobs would
     not survive a restart), a memory cap without eviction, and a password."""
@@ -305,9 +294,9 @@ def up() -> None:
             supervisorctl(env, "start", program, check=False)
 
     wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow", 120)
-    if not has_production_model(env):
-        say(f"registry has no {BASELINE_MODEL}@production: training the baseline")
-        run(env, str(VENV / "bin" / "iris-mlops"), "train")
+    # The one-shot bootstrap compose and Kubernetes run too: it trains the baseline, and says
+    # "training the baseline", only when the registry has no production version.
+    run(env, str(VENV / "bin" / "iris-mlops"), "bootstrap")
 
     predictors = predictor_urls(env)
     gateway = f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}"
