@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings
 
 from iris_gateway.config import GatewaySettings
 from iris_predictor.config import PredictorSettings
-from iris_trainer.config import TrainerSettings, WorkerSettings
+from iris_trainer.config import BootstrapSettings, TrainerSettings, WorkerSettings
 from tests.support.processes import REPO_ROOT
 
 DOCUMENTED = set(
@@ -35,7 +35,8 @@ def variable_names(settings: type[BaseSettings]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "settings", [TrainerSettings, WorkerSettings, PredictorSettings, GatewaySettings]
+    "settings",
+    [TrainerSettings, WorkerSettings, BootstrapSettings, PredictorSettings, GatewaySettings],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     missing = sorted(set(variable_names(settings)) - DOCUMENTED)
