@@ -38,6 +38,7 @@ SERVICE_USERS = ("trainer", "gateway", "predictor")
 ALIAS_MOVER = "gateway"
 REGISTERED_MODEL = "registered_model"
 EDIT = "EDIT"
+ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
 # Where MLflow's clients read their credentials (user name, password).
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
@@ -103,7 +104,16 @@ def grant_alias_mover(auth: AuthServiceClient, client: MlflowClient) -> None:
             if missing(exc):
                 continue
             raise
-        auth.grant_user_permission(ALIAS_MOVER, REGISTERED_MODEL, model, EDIT)
+        try:
+            auth.grant_user_permission(ALIAS_MOVER, REGISTERED_MODEL, model, EDIT)
+        except RestException as exc:
+            if exc.error_code != ALREADY_EXISTS:
+                raise
+            held = auth.get_user_permission(ALIAS_MOVER, REGISTERED_MODEL, model).permission
+            if held != EDIT:
+                # Someone changed it by hand: back to what the stack needs.
+                auth.revoke_user_permission(ALIAS_MOVER, REGISTERED_MODEL, model)
+                auth.grant_user_permission(ALIAS_MOVER, REGISTERED_MODEL, model, EDIT)
         log(f"{ALIAS_MOVER} may move the aliases of {model}")
 
 
