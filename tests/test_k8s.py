@@ -61,8 +61,6 @@ KUBERNETES_ONLY = {
     "mlflow": {
         # compose passes --artifacts-destination; a setting here, so prod can name a bucket.
         "MLFLOW_ARTIFACTS_DESTINATION",
-        # The basic-auth app's configuration file, mounted from a ConfigMap.
-        "MLFLOW_AUTH_CONFIG_PATH",
         # Read by MLflow and libpq from the environment only; from Secrets, never in a file.
         "MLFLOW_AUTH_ADMIN_PASSWORD",
         "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -768,63 +766,80 @@ def auth_mlflow(logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 ADMIN_PASSWORD = secrets.token_urlsafe(16)
 
 
-def run_bootstrap(
-    tracking_uri: str, users_dir: Path, home: Path
+def job_secrets_dir(
+    objects: list[dict[str, Any]], secret_values: dict[str, dict[str, str]], folder: Path
+) -> Path:
+    """SECRETS_DIR as the bootstrap Job's projected volume lays it out, from these values."""
+    job = find(objects, "Job", "bootstrap")
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]
+    folder.mkdir()
+    for source in volume["projected"]["sources"]:
+        values = secret_values[source["secret"]["name"]]
+        for item in source["secret"]["items"]:
+            # kubectl create secret --from-file keeps a file's final newline.
+            (folder / item["path"]).write_text(values[item["key"]] + "\n")
+    return folder
+
+
+def run_job_command(
+    objects: list[dict[str, Any]], tracking_uri: str, secrets_dir: Path, home: Path
 ) -> subprocess.CompletedProcess[str]:
-    # The trainer's own password as the Job mounts it: a file in SECRETS_DIR.
-    secrets_dir = home / "secrets"
-    secrets_dir.mkdir(exist_ok=True)
-    shutil.copyfile(users_dir / "trainer", secrets_dir / "mlflow_tracking_password")
+    """The Job's command with its ConfigMap's settings, against this MLflow and checkout."""
+    job = find(objects, "Job", "bootstrap")
+    (main,) = job["spec"]["template"]["spec"]["containers"]
+    settings = find(objects, "ConfigMap", main["envFrom"][0]["configMapRef"]["name"])["data"]
     env = child_env(
-        MLFLOW_TRACKING_URI=tracking_uri,
-        MLFLOW_TRACKING_USERNAME="trainer",
-        SECRETS_DIR=str(secrets_dir),
-        MLFLOW_USERS_DIR=str(users_dir),
-        TRAINER_REPO_ROOT=str(REPO_ROOT),
-        TRAINER_REPORTS_DIR=str(home / "reports"),
-        HOME=str(home),
+        **{
+            **settings,
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "SECRETS_DIR": str(secrets_dir),
+            "TRAINER_REPO_ROOT": str(REPO_ROOT),
+            "TRAINER_REPORTS_DIR": str(home / "reports"),
+            "HOME": str(home),
+        }
     )
+    command = [str(VENV_BIN / main["command"][0]), *main["command"][1:]]
     return subprocess.run(
-        [str(VENV_BIN / "python"), str(K8S_DIR / "base/bootstrap.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
+        command, env=env, capture_output=True, text=True, check=False, timeout=300
     )
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_bootstrap_job_trains_once_and_lets_only_the_gateway_move_aliases(
-    auth_mlflow: str, data_ready: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rendered: dict[str, list[dict[str, Any]]],
+    auth_mlflow: str,
+    data_ready: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from iris_shared.registry import DEFAULT_MODEL, PRODUCTION, REGISTERED_MODELS
 
-    users_dir = tmp_path / "mlflow-users"
-    users_dir.mkdir()
     passwords = {"admin": ADMIN_PASSWORD}
     passwords |= {user: secrets.token_urlsafe(16) for user in ("trainer", "gateway", "predictor")}
-    for user, password in passwords.items():
-        (users_dir / user).write_text(password + "\n")  # as `kubectl create secret` files end
-
-    first = run_bootstrap(auth_mlflow, users_dir, tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "training the first models" in first.stderr
+    secrets_dir = job_secrets_dir(
+        rendered["dev"], {"iris-mlflow-users": passwords}, tmp_path / "secrets"
+    )
 
     def client_as(user: str) -> MlflowClient:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", passwords[user])
         return MlflowClient(auth_mlflow)
 
+    def version_counts() -> dict[str, int]:
+        reader = client_as("predictor")
+        return {
+            name: len(reader.search_model_versions(f"name='{name}'")) for name in REGISTERED_MODELS
+        }
+
+    first = run_job_command(rendered["dev"], auth_mlflow, secrets_dir, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
     production = client_as("predictor").get_model_version_by_alias(DEFAULT_MODEL, PRODUCTION)
-    versions = {
-        name: len(client_as("predictor").search_model_versions(f"name='{name}'"))
-        for name in REGISTERED_MODELS
-    }
+    versions = version_counts()
+    assert all(count >= 1 for count in versions.values())
     # The gateway may move aliases; the predictor only reads.
     client_as("gateway").set_registered_model_alias(DEFAULT_MODEL, "k8s-test", production.version)
     with pytest.raises(MlflowException):
@@ -832,14 +847,9 @@ def test_the_bootstrap_job_trains_once_and_lets_only_the_gateway_move_aliases(
             DEFAULT_MODEL, "k8s-test", production.version
         )
 
-    second = run_bootstrap(auth_mlflow, users_dir, tmp_path)
+    second = run_job_command(rendered["dev"], auth_mlflow, secrets_dir, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "has a production version" in second.stderr
-    assert "training" not in second.stderr
-    assert {
-        name: len(client_as("predictor").search_model_versions(f"name='{name}'"))
-        for name in REGISTERED_MODELS
-    } == versions
+    assert version_counts() == versions
 
 
 def secret_names(node: Any) -> Iterator[str]:
