@@ -381,6 +381,7 @@ def test_the_drains_are_the_services_own(checker: ModuleType) -> None:
     assert drains["trainer"] == WorkerSettings.model_fields["soft_shutdown_timeout_s"].default
 
 
+@pytest.mark.integration
 def test_every_rendered_workload_is_one_the_policy_sees(
     checker: ModuleType, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -394,6 +395,7 @@ def test_every_rendered_workload_is_one_the_policy_sees(
 # ---------------------------------------------------------------- schemas
 
 
+@pytest.mark.integration
 def test_schemas_refuse_unknown_and_missing_fields(
     checker: ModuleType, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -489,6 +491,7 @@ def manifest_env_names(objects: list[dict[str, Any]], service: str) -> set[str]:
     return names
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 @pytest.mark.parametrize("service", CONFIGURED_SERVICES)
 def test_each_service_gets_the_variables_compose_gives_it(
@@ -516,6 +519,7 @@ def test_each_env_file_is_a_configmap_of_the_kustomization() -> None:
         assert envs == [f"{name.removesuffix('-env')}.env"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("service", CONFIGURED_SERVICES)
 def test_each_service_runs_the_image_compose_builds(
     rendered: dict[str, list[dict[str, Any]]], service: str
@@ -532,6 +536,7 @@ def test_each_service_runs_the_image_compose_builds(
         assert prod_image.endswith(f":{tag}")
 
 
+@pytest.mark.integration
 def test_flower_runs_compose_s_command(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert (
         container(rendered["dev"], "flower")["command"] == compose_services()["flower"]["command"]
@@ -541,6 +546,7 @@ def test_flower_runs_compose_s_command(rendered: dict[str, list[dict[str, Any]]]
 # ---------------------------------------------------------------- generated objects
 
 
+@pytest.mark.integration
 def test_the_prometheus_rules_are_the_rule_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
     rules = {
         obj["metadata"]["name"]: obj["spec"]["groups"]
@@ -554,6 +560,7 @@ def test_the_prometheus_rules_are_the_rule_files(rendered: dict[str, list[dict[s
         assert rules[name] == yaml.safe_load(path.read_text())["groups"]
 
 
+@pytest.mark.integration
 def test_the_dashboard_is_the_dashboard_file(rendered: dict[str, list[dict[str, Any]]]) -> None:
     path = REPO_ROOT / "infra/grafana/dashboards/iris-mlops.json"
     config_map = find(rendered["dev"], "ConfigMap", "grafana-dashboard-iris-mlops")
@@ -869,6 +876,7 @@ def secret_names(node: Any) -> Iterator[str]:
             yield from secret_names(item)
 
 
+@pytest.mark.integration
 def test_every_secret_the_manifests_reference_is_documented(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
