@@ -93,6 +93,29 @@ SOAK_MINUTES ?= 5
 soak: install ## Mixed traffic for SOAK_MINUTES (5) while a retrain runs, the alias moves and Redis restarts; bench/soak-results.{json,md}
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
+# Containers (scripts/images.sh): ENGINE=docker|podman (default docker when its daemon answers,
+# else podman), OFFLINE=auto|yes|no (bases built from Debian's packages where no registry
+# answers). $(COMPOSE_RUN) ARGS runs compose with the engine, command and files that
+# `make images` chose (`bash scripts/images.sh env` prints them).
+COMPOSE_RUN := bash scripts/images.sh compose
+.PHONY: images
+images: ## Build every image of the stack (docker, else podman; Debian-built bases where no registry answers)
+	bash scripts/images.sh build
+
+PREDICTORS ?= 1
+WORKERS ?= 1
+.PHONY: compose-up
+compose-up: install images ## The stack in containers (PREDICTORS and WORKERS replicas), the first model trained by its bootstrap
+	PREDICTORS=$(PREDICTORS) WORKERS=$(WORKERS) $(BIN)/python scripts/compose_stack.py up
+
+.PHONY: compose-down
+compose-down: install ## Stop the containers; the volumes (registry, jobs, prediction logs) stay
+	$(BIN)/python scripts/compose_stack.py down
+
+.PHONY: compose-smoke
+compose-smoke: install images ## The seed's workflow against the containers only (2 predictors, 2 workers), on a project of its own
+	$(BIN)/python scripts/compose_stack.py smoke
+
 .PHONY: clean
 clean: down ## Remove local state (.state/, reports/) but keep the venv
 	rm -rf .state reports
