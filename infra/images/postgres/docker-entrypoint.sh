@@ -49,6 +49,10 @@ if [ "$(id -u)" = 0 ]; then
     chmod 0700 "$PGDATA"
     exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
+# Started as postgres (compose's `user: postgres`): initdb wants the folder for itself alone.
+chmod 0700 "$PGDATA" 2>/dev/null || :
+# The socket's folder, should /run be an empty tmpfs (a read-only root filesystem's).
+mkdir -p /var/run/postgresql 2>/dev/null || :
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -z "$POSTGRES_PASSWORD" ]; then
