@@ -25,10 +25,10 @@ if ! command -v amtool >/dev/null 2>&1; then
 fi
 
 step "hadolint"
-"$VENV_BIN/hadolint" services/Dockerfile
+"$VENV_BIN/hadolint" services/Dockerfile services/mlflow/Dockerfile infra/images/*/Dockerfile
 
-step "compose.yaml against the compose specification"
-"$VENV_BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
+step "compose files against the compose specification"
+"$VENV_BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml compose.offline.yaml
 
 step "GitHub workflows against their schema"
 "$VENV_BIN/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
