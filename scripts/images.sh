@@ -360,6 +360,9 @@ cmd_build() {
   fi
   echo "$offline" >"$OFFLINE_STATE"
   say "all images built in $((SECONDS - started))s; compose files: $(compose_files)"
+  if [ "$offline" = yes ]; then
+    say "offline, the stack runs without Grafana (no Debian package; see $OFFLINE_OVERRIDE)"
+  fi
 }
 
 # --- compose ---------------------------------------------------------------------------------
