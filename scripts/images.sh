@@ -8,6 +8,7 @@
 #   scripts/images.sh engine         docker or podman
 #   scripts/images.sh offline        yes when the stack runs on the Debian-built bases
 #   scripts/images.sh sizes          each image and its size
+#   scripts/images.sh prune          drop the layers of earlier builds (the next build starts cold)
 #   scripts/images.sh verify         start each image briefly the way compose runs it
 #
 # Engine: docker when its daemon answers, else podman (installed and configured by
@@ -24,9 +25,12 @@
 #   COMPOSE="..."           the compose command (docker compose / the venv's podman-compose)
 #   CA_BUNDLE=FILE          podman builds: CA bundle mounted for HTTPS through a TLS-intercepting
 #                           proxy (default: the host's /etc/ssl/certs/ca-certificates.crt)
+#   MIN_FREE_GB=N           podman: prune first when the image store's disk has less free (15)
 #
 # Caches between runs: the Debian base is made only when missing; image layers are reused
-# (never --no-cache); uv's downloads live in a build cache mount (RUN --mount=type=cache).
+# (never --no-cache); uv's downloads live in a build cache mount (RUN --mount=type=cache). Each
+# change of the lock leaves the previous dependency layers behind (gigabytes): `prune` drops
+# them, and `build` prunes by itself when the disk runs low.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -334,9 +338,31 @@ check_offline_override() {
   return "$missing"
 }
 
+# podman: the untagged images of earlier builds on the Debian base (each carries its label),
+# which are also the layer cache. Images of other projects are left alone.
+prune_offline_layers() {
+  [ "$ENGINE" = podman ] || die "docker: use docker builder prune and docker image prune"
+  local removed
+  removed="$(podman image prune -f --filter label=org.iris-mlops.recipe | wc -l)"
+  say "pruned $removed untagged images of earlier builds"
+}
+
+# Prunes first when the image store's disk has less than MIN_FREE_GB left.
+prune_if_disk_low() {
+  [ "$ENGINE" = podman ] || return 0
+  local store free_gb
+  store="$(podman info --format '{{.Store.GraphRoot}}')"
+  free_gb="$(df -P -BG "$store" | awk 'NR == 2 { sub(/G$/, "", $4); print $4 }')"
+  if [ "$free_gb" -lt "${MIN_FREE_GB:-15}" ]; then
+    say "${free_gb} GB free for images: dropping earlier builds' layers first"
+    prune_offline_layers
+  fi
+}
+
 cmd_build() {
   resolve_engine
   mkdir -p "$LOG_DIR"
+  prune_if_disk_low
   CA_BUNDLE="${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}"
   if [ "$ENGINE" != podman ] || [ ! -f "$CA_BUNDLE" ]; then CA_BUNDLE=""; fi
   local offline started=$SECONDS
@@ -453,6 +479,10 @@ case "${1:-build}" in
     resolve_offline
     ;;
   sizes) cmd_sizes ;;
+  prune)
+    resolve_engine
+    prune_offline_layers
+    ;;
   verify) cmd_verify ;;
   *) die "unknown command '$1' (see the top of $0)" ;;
 esac
