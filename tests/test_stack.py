@@ -5,18 +5,30 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from dotenv import dotenv_values
 
 from tests.support.core import cli_env
-from tests.support.processes import REPO_ROOT, free_port, http_ok, tcp_open, wait_until
+from tests.support.processes import (
+    REPO_ROOT,
+    VENV_BIN,
+    free_port,
+    http_ok,
+    tcp_open,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,23 +47,45 @@ def stack(clone: Path, command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+PREDICTORS = 2
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (make up's predictor replicas use these)."""
+    while True:
+        first = free_port()
+        if all(_port_free(first + offset) for offset in range(1, count)):
+            return first
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    names = ("mlflow", "predictor", "gateway", "prometheus", "flower", "alertmanager")
-    return {name: free_port() for name in (*names, "redis_exporter")}
+    names = ("mlflow", "gateway", "prometheus", "flower", "alertmanager", "redis")
+    return {
+        "predictor": free_ports(PREDICTORS),
+        **{name: free_port() for name in (*names, "redis_exporter")},
+    }
 
 
 @pytest.fixture(scope="module")
-def clone(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, ports: dict[str, int]
-) -> Iterator[Path]:
+def clone(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> Iterator[Path]:
     clone = tmp_path_factory.mktemp("stack") / "iris-mlops"
     subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
     (clone / ".env").write_text(
         (REPO_ROOT / ".env.example").read_text()
-        + f"\nREDIS_URL={redis_url}\n"
+        + f"\nSTACK_REDIS_PORT={ports['redis']}\n"
         + f"STACK_MLFLOW_PORT={ports['mlflow']}\n"
         + f"STACK_PREDICTOR_PORT={ports['predictor']}\n"
+        + f"STACK_PREDICTORS={PREDICTORS}\n"
         + f"STACK_GATEWAY_PORT={ports['gateway']}\n"
         + f"STACK_PROMETHEUS_PORT={ports['prometheus']}\n"
         + f"STACK_FLOWER_PORT={ports['flower']}\n"
@@ -107,9 +141,100 @@ def test_up_again_changes_nothing(clone: Path, ports: dict[str, int]) -> None:
     status = stack(clone, "status").stdout
     assert before, status
     assert pids(status) == before, "a program was restarted"
-    for program in ("mlflow", "trainer", "predictor:predictor-0", "gateway"):
+    for program in ("mlflow", "trainer", "predictor:predictor-0", "predictor:predictor-1"):
         assert f"{program} " in status
-    assert "STOPPED" in status.split("redis", 1)[1].splitlines()[0], "a Redis was already there"
+    assert "redis" in before
+
+
+def test_up_runs_its_own_redis_with_a_password_a_memory_cap_and_no_eviction(
+    clone: Path, ports: dict[str, int]
+) -> None:
+    settings = dotenv_values(clone / ".env")
+    password = settings["REDIS_PASSWORD"]
+    assert password
+    assert len(password) >= 32
+    assert settings["REDIS_URL"] == f"redis://127.0.0.1:{ports['redis']}/0"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=ports["redis"]).ping()
+    with redis.Redis(port=ports["redis"], password=password, decode_responses=True) as client:
+        config = client.config_get("maxmemory") | client.config_get("maxmemory-policy")
+        config |= client.config_get("appendonly")
+    assert int(config["maxmemory"]) == 512 * 1024 * 1024
+    assert config["maxmemory-policy"] == "noeviction"
+    assert config["appendonly"] == "yes"
+    # The password is in a file of the stack's, on no command line any user can read.
+    assert not any(password in command for command in stack_processes(clone).values())
+
+
+def test_a_killed_predictor_replica_costs_no_request_through_the_gateway(
+    clone: Path, ports: dict[str, int]
+) -> None:
+    gateway = f"http://127.0.0.1:{ports['gateway']}"
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    outcomes[str(client.post(f"{gateway}/predict", json=SETOSA).status_code)] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for client in clients:
+        client.start()
+    time.sleep(1.5)
+    victim = int(pids(stack(clone, "status").stdout)["predictor:predictor-1"])
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(3)
+    stop.set()
+    for client in clients:
+        client.join()
+
+    assert set(outcomes) == {"200"}, outcomes
+    assert outcomes["200"] > 50
+    # Both replicas had answered: the gateway spreads predictions over them.
+    served = [
+        httpx.get(f"http://127.0.0.1:{ports['predictor'] + n}/metrics", timeout=10).text
+        for n in range(PREDICTORS)
+    ]
+    assert "iris_predictions_total{" in served[0]
+    wait_until(http_ok(f"http://127.0.0.1:{ports['predictor'] + 1}/readyz"), 60, "replica back")
+
+
+def test_the_cli_finds_the_running_stacks_log_redis_and_namespace(clone: Path) -> None:
+    """After `make up`, the commands of the README need no flags."""
+    env = {
+        k: v
+        for k, v in cli_env().items()
+        if not k.startswith(("REDIS_", "JOBS_", "PREDICTOR_", "MLFLOW_TRACKING"))
+    }
+    batch = {"instances": [SETOSA] * 120}
+    gateway = dotenv_values(clone / ".env")["STACK_GATEWAY_PORT"]
+    answer = httpx.post(f"http://127.0.0.1:{gateway}/predict/batch", json=batch, timeout=10)
+    assert answer.status_code == 200
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "iris-mlops"), *args],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def reported() -> bool:
+        return run("report", "drift").returncode == 0
+
+    # The predictor writes its log a moment after answering.
+    wait_until(reported, 30, "iris-mlops report drift")
+    pending = run("data", "add-feedback", "--dry-run")
+
+    assert (clone / "reports" / "drift.html").exists()
+    assert pending.returncode == 0, pending.stderr
+    assert "No labelled rows are waiting" in pending.stdout
 
 
 def proc_stat(pid: int) -> list[str]:
@@ -192,16 +317,12 @@ def test_a_killed_server_master_is_replaced_and_its_workers_stop(
     assert "address already in use" not in restarts.lower(), restarts
 
 
-def test_down_frees_the_ports_and_leaves_the_reused_redis(
-    clone: Path, ports: dict[str, int], redis_url: str
-) -> None:
+def test_down_frees_the_ports_and_leaves_nothing_behind(clone: Path, ports: dict[str, int]) -> None:
     result = stack(clone, "down")
     assert result.returncode == 0, result.stderr
-    for name in ("mlflow", "predictor", "gateway", "prometheus"):
+    for name in ("mlflow", "predictor", "gateway", "prometheus", "redis"):
         with pytest.raises(ConnectionRefusedError):
             tcp_open(ports[name])()
-    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    assert tcp_open(redis_port)()
     # Nothing `up` started is left behind, not even the workers of a master killed earlier.
     with suppress(TimeoutError):
         wait_until(lambda: not stack_processes(clone), 5, "the stack's processes gone")
