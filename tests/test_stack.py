@@ -185,6 +185,11 @@ def test_a_killed_predictor_replica_costs_no_request_through_the_gateway(
     for client in clients:
         client.start()
     time.sleep(1.5)
+    # Both replicas answer: the gateway spreads predictions over them.
+    served = [
+        httpx.get(f"http://127.0.0.1:{ports['predictor'] + n}/metrics", timeout=10).text
+        for n in range(PREDICTORS)
+    ]
     victim = int(pids(stack(clone, "status").stdout)["predictor:predictor-1"])
     os.kill(victim, signal.SIGKILL)
     time.sleep(3)
@@ -194,12 +199,7 @@ def test_a_killed_predictor_replica_costs_no_request_through_the_gateway(
 
     assert set(outcomes) == {"200"}, outcomes
     assert outcomes["200"] > 50
-    # Both replicas had answered: the gateway spreads predictions over them.
-    served = [
-        httpx.get(f"http://127.0.0.1:{ports['predictor'] + n}/metrics", timeout=10).text
-        for n in range(PREDICTORS)
-    ]
-    assert "iris_predictions_total{" in served[0]
+    assert all("iris_predictions_total{" in text for text in served)
     wait_until(http_ok(f"http://127.0.0.1:{ports['predictor'] + 1}/readyz"), 60, "replica back")
 
 
