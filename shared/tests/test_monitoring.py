@@ -10,14 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from iris_shared.monitoring import (
-    PSI_ALERT_THRESHOLD,
-    Feedback,
-    FeedbackKeys,
-    ReferenceProfile,
-    Species,
-    psi,
-)
+from iris_shared.drift import PSI_ALERT_THRESHOLD, ReferenceProfile, psi
+from iris_shared.monitoring import Feedback, FeedbackKeys, Species
 from iris_shared.schemas import FEATURE_NAMES, SPECIES
 
 RNG = np.random.default_rng(7)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from iris_predictor.linear import Scorer, linear_scorer
+from iris_shared.drift import ReferenceProfile
 from iris_shared.http import Overloaded
-from iris_shared.monitoring import ReferenceProfile
 from iris_shared.schemas import FEATURE_NAMES, ServedModel
 
 # Models fitted on a DataFrame remember its column names and warn on every call with an array.

@@ -32,8 +32,8 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from iris_predictor.inference import IncompatibleModelError, LoadedModel
+from iris_shared.drift import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.model_files import UnsafeModelError, check_listed_size, load_model_files
-from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.registry import NOT_FOUND_ERRORS, VersionTag
 from iris_shared.schemas import ServedModel
 

@@ -13,7 +13,7 @@ from iris_predictor.inference import LoadedModel
 from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.monitoring import Answered, DriftMonitor, ShadowScorer
 from iris_predictor.serving import ModelHolder
-from iris_shared.monitoring import PSI_ALERT_THRESHOLD, ReferenceProfile
+from iris_shared.drift import PSI_ALERT_THRESHOLD, ReferenceProfile
 from iris_shared.schemas import FEATURE_NAMES
 
 IRIS = load_iris().data

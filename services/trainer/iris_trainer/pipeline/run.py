@@ -26,9 +26,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
+from iris_shared.drift import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.jobs import CandidateOutcome, JobProgress, TrainingResult, TrainingStage
 from iris_shared.model_files import UnsafeModelError
-from iris_shared.monitoring import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.registry import PRODUCTION, VersionTag
 from iris_shared.schemas import FEATURE_NAMES
 from iris_trainer.config import TrainerSettings
