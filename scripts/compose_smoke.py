@@ -240,7 +240,7 @@ class Smoke:
         return int(count.strip() or 0)
 
     def remove(self) -> None:
-        self.compose.run("down", "--volumes", check=False)
+        self.compose.remove_everything()
 
 
 def _git(*args: str) -> str:

@@ -190,6 +190,27 @@ class Compose:
     def exec(self, container: str, *command: str) -> str:
         return self.engine_run("exec", container, *command).stdout
 
+    def remove_everything(self) -> None:
+        """`down --volumes`, then whatever an engine's compose left of the project behind it
+        (podman-compose's pod, a container a failed `up` never attached, volumes, networks)."""
+        self.run("down", "--volumes", "--remove-orphans", check=False, capture=True)
+        label = f"label=com.docker.compose.project={self.project}"
+        for kind in ("container", "volume", "network"):
+            listing = self.engine_run(
+                kind,
+                "ls",
+                "-q",
+                *(["-a"] if kind == "container" else []),
+                "--filter",
+                label,
+                check=False,
+            ).stdout.split()
+            if listing:
+                force = ["-f"] if kind != "network" else []
+                self.engine_run(kind, "rm", *force, *listing, check=False)
+        if self.engine == "podman":
+            self.engine_run("pod", "rm", "-f", "--ignore", f"pod_{self.project}", check=False)
+
 
 def _exports(text: str) -> dict[str, str]:
     found = {}
@@ -231,14 +252,9 @@ def ports() -> dict[str, int]:
 
 def start(compose: Compose, predictors: int, workers: int, timeout: float = 600) -> None:
     """compose up with the replicas asked for; returns once a production model is served."""
-    compose.run(
-        "up",
-        "-d",
-        "--scale",
-        f"predictor={predictors}",
-        "--scale",
-        f"trainer={workers}",
-    )
+    # compose.yaml's deploy.replicas read these (podman-compose takes one --scale only).
+    compose.env.update(PREDICTORS=str(predictors), WORKERS=str(workers))
+    compose.run("up", "-d")
     gateway = f"http://127.0.0.1:{compose.env.get('COMPOSE_GATEWAY_PORT', '8002')}"
 
     def bootstrapped() -> bool:
