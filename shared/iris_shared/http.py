@@ -385,7 +385,12 @@ class ServiceMiddleware:
         if not streamed and (length is None or length == b"0"):
             return None
         kind = (media_type or b"").split(b";", 1)[0].strip().lower()
-        if kind == b"application/json" or kind.endswith(b"+json"):
+        # A plain route (iris_shared.plain_routes) says which bodies it reads; all others JSON.
+        accepts = getattr(scope.get("route"), "accepts", None)
+        if accepts is not None:
+            if accepts(kind):
+                return None
+        elif kind == b"application/json" or kind.endswith(b"+json"):
             return None
         return error_response(
             415,
@@ -498,16 +503,23 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def document_json_bodies(app: Any, models: Iterable[type[BaseModel]]) -> None:
+def document_json_bodies(
+    app: Any, models: Iterable[type[BaseModel]], stubs: Iterable[Any] = ()
+) -> None:
     """Add the schemas `json_body` refers to, which FastAPI cannot see, to the app's OpenAPI,
-    and the answers `ServiceMiddleware` gives before any route runs (`document_refusals`)."""
+    the routes `stubs` document (plain routes, which FastAPI does not serve), and the answers
+    `ServiceMiddleware` gives before any route runs (`document_refusals`)."""
+    stubs = list(stubs)
     from fastapi.openapi.utils import get_openapi
     from pydantic.json_schema import models_json_schema
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*stubs, *app.routes],
             )
             documented: list[type[BaseModel]] = [*models, ErrorResponse]
             _, definitions = models_json_schema(

@@ -5,8 +5,9 @@ HTTP metrics and `GET /metrics`, the OpenAPI schemas of bodies that routes read 
 a garbage collector that leaves start-up's objects alone (`freeze_long_lived_objects`).
 
     ServiceApp.__call__
+    ├── PlainRoutes.match            plain routes (iris_shared.plain_routes) first
     └── ServiceMiddleware            every HTTP request: id, limits, HTTP metrics
-        ├── a RawRoute's endpoint    POST /predict and friends: straight to the endpoint
+        ├── a PlainRoute's endpoint  POST /predict, the protocol adapters: guards, endpoint
         └── FastAPI as usual         everything else: routing, dependencies, error handlers
 """
 
@@ -17,9 +18,11 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 
 from iris_shared.http import (
     RawRoute,
@@ -31,6 +34,7 @@ from iris_shared.http import (
     install_error_handlers,
 )
 from iris_shared.metrics import ServiceMetrics
+from iris_shared.plain_routes import PlainRoute, PlainRoutes
 from iris_shared.server import freeze_long_lived_objects
 from iris_shared.settings import HTTPServiceSettings
 
@@ -38,23 +42,32 @@ ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ServiceApp(FastAPI):
-    """FastAPI behind `ServiceMiddleware`, serving `RawRoute`s without the router.
+    """FastAPI behind `ServiceMiddleware`, with `PlainRoute`s served before FastAPI.
 
-    On the prediction path, FastAPI's router and its middleware layers (route matching against
-    every route, the exception-handling wrappers around each send) cost as much as the model.
-    The first request for a `RawRoute` goes through the router as usual, and the route tells the
-    app the exact method and path it answered (`learn_raw_route`); from then on such requests go
-    from the middleware straight to the endpoint, and what it raises is answered by the app's
-    own exception handlers, so the client sees exactly what the router would give. Every other
-    request, lifespan included, goes through FastAPI unchanged.
+    A request whose method and path a plain route answers never reaches FastAPI: the app
+    matches it first (so the middleware knows its template and the bodies it reads), and after
+    the middleware runs the route's guards and endpoint; what they raise is answered by the
+    app's own exception handlers, as for any FastAPI route. A plain path asked with another
+    method is a 405. Every other request, lifespan included, goes through FastAPI unchanged.
+
+    `RawRoute` (a FastAPI route that taught the app a shortcut after its first request) is kept
+    only until the gateway's routes are plain ones.
     """
 
     service_middleware: ServiceMiddleware
     # Every route as its router declared it (with its template), for requests refused before
     # routing.
     declared_routes: list[BaseRoute]
+    plain_routes: PlainRoutes
 
-    def serve_with(self, settings: HTTPServiceSettings, metrics: ServiceMetrics) -> None:
+    def serve_with(
+        self,
+        settings: HTTPServiceSettings,
+        metrics: ServiceMetrics,
+        plain_routes: Iterable[PlainRoute] = (),
+    ) -> None:
+        self.plain_routes = PlainRoutes(plain_routes)
+        self._refuse_shadowed_routes()
         self.service_middleware = ServiceMiddleware(
             self._dispatch,
             max_body_bytes=settings.max_body_bytes,
@@ -65,11 +78,32 @@ class ServiceApp(FastAPI):
         # (method, path) -> what the router put in scope["route"], and the route.
         self._raw_routes: dict[tuple[str, str], tuple[Any, RawRoute]] = {}
 
+    def _refuse_shadowed_routes(self) -> None:
+        """A FastAPI route that a plain route hides would never run: refuse to build that app."""
+        for plain in self.plain_routes.routes:
+            # As declared: the app's own `routes` hides included routers' behind wrappers.
+            for route in getattr(self, "declared_routes", self.routes):
+                if isinstance(route, APIRoute) and route.path == plain.path:
+                    hidden = (route.methods or set()) & (plain.methods or set())
+                    if hidden:
+                        raise ValueError(
+                            f"{sorted(hidden)} {plain.path} is both a plain route and a FastAPI "
+                            "route; the FastAPI one would never run."
+                        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
+        if self.plain_routes:
+            match, route, path_params = self.plain_routes.match(scope)
+            if route is not None:
+                # Before the middleware: it reads the route's template and media types.
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = path_params
+                scope[_PLAIN] = match
         await self.service_middleware(scope, receive, send)
 
     def learn_raw_route(self, scope: Scope, route: RawRoute) -> None:
@@ -78,6 +112,10 @@ class ServiceApp(FastAPI):
             self._raw_routes[(scope["method"], scope["path"])] = (scope.get("route", route), route)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plain = scope.get(_PLAIN)
+        if plain is not None:
+            await self._serve_plain(scope, receive, send, plain)
+            return
         learned = self._raw_routes.get((scope["method"], scope["path"]))
         if learned is None or scope.get("root_path"):
             await super().__call__(scope, receive, send)
@@ -90,6 +128,18 @@ class ServiceApp(FastAPI):
             response = await self._handler_for(exc)(request, exc)
         await response(scope, receive, send)
 
+    async def _serve_plain(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
+        route: PlainRoute = scope["route"]
+        request = Request(scope, receive, send)
+        try:
+            if match is not Match.FULL:
+                allowed = ", ".join(sorted(route.methods or ()))
+                raise StarletteHTTPException(405, headers={"Allow": allowed})
+            response = await route.answer(request)
+        except Exception as exc:
+            response = await self._handler_for(exc)(request, exc)
+        await response(scope, receive, send)
+
     def _handler_for(self, exc: Exception) -> ExceptionHandler:
         # The handler of the closest class in the exception's MRO, as Starlette picks it.
         for kind in type(exc).__mro__:
@@ -97,6 +147,10 @@ class ServiceApp(FastAPI):
             if handler is not None:
                 return handler  # type: ignore[return-value]
         raise exc
+
+
+# The scope key under which the app tells its dispatch that a plain route matched.
+_PLAIN = "iris.plain_route"
 
 
 def _frozen_after_startup(lifespan: Any) -> Any:
@@ -119,9 +173,12 @@ def create_service_app(
     settings: HTTPServiceSettings,
     metrics: ServiceMetrics,
     routers: Iterable[APIRouter],
+    plain_routes: Iterable[PlainRoute] = (),
     json_bodies: Iterable[type[BaseModel]] = (),
     lifespan: Any = None,
 ) -> ServiceApp:
+    """The service's app: `routers` served by FastAPI, `plain_routes` before it (see
+    `iris_shared.plain_routes`); both documented in one OpenAPI document."""
     app = ServiceApp(
         title=title,
         description=description,
@@ -134,8 +191,12 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     metrics.install(app)
-    app.declared_routes = [route for router in routers for route in router.routes]
+    plain_routes = list(plain_routes)
+    app.declared_routes = [
+        *plain_routes,
+        *(route for router in routers for route in router.routes),
+    ]
     install_error_handlers(app)
-    app.serve_with(settings, metrics)
-    document_json_bodies(app, json_bodies)
+    app.serve_with(settings, metrics, plain_routes)
+    document_json_bodies(app, json_bodies, [route.stub() for route in plain_routes])
     return app

@@ -13,8 +13,9 @@ import pytest
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from iris_shared.http import DocstringRoute, RawRoute, error_responses, json_body
+from iris_shared.http import DocstringRoute, error_responses, json_body
 from iris_shared.metrics import ServiceMetrics
+from iris_shared.plain_routes import PlainRoute
 from iris_shared.service import create_service_app
 from iris_shared.settings import HTTPServiceSettings
 
@@ -26,12 +27,14 @@ class Order(BaseModel):
 
 
 def stack_openapi() -> dict[str, Any]:
-    raw = APIRouter(route_class=RawRoute)
     routes = APIRouter(route_class=DocstringRoute)
 
-    @raw.post("/raw", responses=error_responses(400), openapi_extra=json_body(Order))
     async def raw_order(request: Request) -> Response:
         """Take an order read by the route itself."""
+        return Response(b"{}", media_type="application/json")
+
+    async def table(request: Request) -> Response:
+        """Show a table."""
         return Response(b"{}", media_type="application/json")
 
     @routes.post("/orders", responses={503: {"description": "The kitchen is closed."}})
@@ -55,7 +58,13 @@ def stack_openapi() -> dict[str, Any]:
         version="0",
         settings=HTTPServiceSettings(),
         metrics=ServiceMetrics(),
-        routers=[raw, routes],
+        routers=[routes],
+        plain_routes=[
+            PlainRoute(
+                "/raw", raw_order, responses=error_responses(400), openapi_extra=json_body(Order)
+            ),
+            PlainRoute("/tables/{table}", table, methods=["GET"], response_model=Order),
+        ],
         json_bodies=[Order],
     )
     return app.openapi()
@@ -87,3 +96,22 @@ def test_a_route_without_a_body_documents_overload_only_and_health_nothing() -> 
 
 def test_the_envelope_is_among_the_components() -> None:
     assert "ErrorResponse" in stack_openapi()["components"]["schemas"]
+
+
+def test_a_plain_route_is_documented_like_a_fastapi_route() -> None:
+    paths = stack_openapi()["paths"]
+
+    body_route = paths["/raw"]["post"]
+    assert body_route["summary"] == "Take an order read by the route itself."
+    assert body_route["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Order"
+    }
+    assert "400" in body_route["responses"]
+    templated = paths["/tables/{table}"]["get"]
+    assert templated["parameters"] == [
+        {"name": "table", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    assert templated["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Order"
+    }
+    assert "head" not in paths["/tables/{table}"]

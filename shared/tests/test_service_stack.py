@@ -11,16 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import Counter
 
-from iris_shared.http import RawRoute, ServiceError
+from iris_shared.http import ServiceError
 from iris_shared.http_protocol import (
     HEADER_TIMEOUT_ENV,
     MAX_HEADER_BYTES_ENV,
     GuardedHttpToolsProtocol,
 )
 from iris_shared.metrics import KEPT_MODEL_VERSIONS, ServiceMetrics
+from iris_shared.plain_routes import PlainRoute
 from iris_shared.service import create_service_app
 from iris_shared.settings import HTTPServiceSettings
 from iris_shared.testing import serve_in_thread
@@ -34,34 +35,50 @@ class Teapot(ServiceError):
 def stack_app(
     max_concurrent_requests: int = 2, max_body_bytes: int = 1000, body_read_timeout_s: float = 10
 ) -> FastAPI:
-    router = APIRouter(route_class=RawRoute)
-
-    @router.post("/slow")
     async def slow(request: Request) -> Response:
         """Answer after a while."""
         await request.body()
         await asyncio.sleep(0.5)
         return Response(b"{}", media_type="application/json")
 
-    @router.post("/echo")
     async def echo(request: Request) -> Response:
         """Answer the body."""
         return Response(await request.body(), media_type="application/json")
 
-    @router.get("/teapot")
     async def teapot(request: Request) -> Response:
         """Refuse, as a domain error."""
         raise Teapot("I am a teapot.", headers={"X-Why": "tea"})
 
-    @router.post("/explode")
     async def explode(request: Request) -> Response:
         """Fail in a way nobody planned for."""
         raise RuntimeError("boom")
 
-    @router.get("/healthz")
     async def healthz(request: Request) -> Response:
         """Answer at once."""
         return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def item(request: Request) -> Response:
+        """Answer the path's item."""
+        return Response(request.path_params["name"].encode(), media_type="text/plain")
+
+    routes = [
+        PlainRoute("/slow", slow),
+        PlainRoute("/echo", echo),
+        PlainRoute("/teapot", teapot, methods=["GET"]),
+        PlainRoute("/explode", explode),
+        PlainRoute("/healthz", healthz, methods=["GET"]),
+        PlainRoute("/items/{name}", item, methods=["GET"]),
+    ]
+    # A FastAPI route beside them keeps its dependencies.
+    router = APIRouter()
+
+    async def refuse() -> None:
+        raise Teapot("Refused by a dependency.")
+
+    @router.get("/guarded", dependencies=[Depends(refuse)])
+    async def guarded() -> dict[str, str]:
+        """Answer only past the dependency."""
+        return {"status": "ok"}
 
     settings = HTTPServiceSettings(
         max_concurrent_requests=max_concurrent_requests,
@@ -75,6 +92,7 @@ def stack_app(
         settings=settings,
         metrics=ServiceMetrics(),
         routers=[router],
+        plain_routes=routes,
     )
 
 
@@ -167,9 +185,9 @@ def test_metrics_count_refusals_too(url: str) -> None:
     assert 'http_requests_total{handler="/echo",method="POST",status="4xx"}' in text
 
 
-def test_repeated_requests_to_a_raw_route_are_answered_alike() -> None:
-    # The first request to a RawRoute goes through the router; later ones skip it. A client
-    # must not be able to tell: same answers, same headers, same metrics.
+def test_repeated_requests_to_a_plain_route_are_answered_alike() -> None:
+    # Plain routes are served before FastAPI; a client must not be able to tell: answers,
+    # headers and metrics as FastAPI's would be, from the first request on.
     with serve_in_thread(stack_app()) as base_url, httpx.Client(base_url=base_url) as client:
         echoed = [client.post("/echo", json={"n": n}) for n in range(3)]
         teapots = [client.get("/teapot") for _ in range(3)]
@@ -195,6 +213,111 @@ def test_repeated_requests_to_a_raw_route_are_answered_alike() -> None:
         'http_requests_total{handler="/explode",method="POST",status="5xx"} 3.0',
     ):
         assert line in metrics
+
+
+def test_a_plain_route_gets_its_path_parameters_and_its_template_in_the_metrics(url: str) -> None:
+    answer = httpx.get(f"{url}/items/tulip")
+    text = httpx.get(f"{url}/metrics").text
+
+    assert (answer.status_code, answer.text) == (200, "tulip")
+    assert 'http_requests_total{handler="/items/{name}",method="GET",status="2xx"}' in text
+
+
+def test_a_wrong_method_on_a_plain_path_says_which_are_allowed(url: str) -> None:
+    response = httpx.post(f"{url}/items/tulip", json={})
+
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert response.headers["Allow"] == "GET, HEAD"
+
+
+def test_fastapi_routes_beside_plain_ones_keep_their_dependencies(url: str) -> None:
+    for _ in range(3):
+        response = httpx.get(f"{url}/guarded")
+        assert response.status_code == 418
+        assert response.json()["message"] == "Refused by a dependency."
+
+
+def guarded_app(calls: list[str]) -> FastAPI:
+    async def check(request: Request) -> None:
+        calls.append(request.headers.get("X-Token", ""))
+        if request.headers.get("X-Token") != "open":
+            raise Teapot("No token.")
+
+    async def sesame(request: Request) -> Response:
+        """Open."""
+        return Response(b"{}", media_type="application/json")
+
+    async def csv(request: Request) -> Response:
+        """Read any body."""
+        return Response(await request.body(), media_type="text/plain")
+
+    return create_service_app(
+        title="t",
+        description="t",
+        version="0",
+        settings=HTTPServiceSettings(),
+        metrics=ServiceMetrics(),
+        routers=[],
+        plain_routes=[
+            PlainRoute("/sesame", sesame, guards=[check]),
+            PlainRoute("/csv", csv, media_types=None),
+            PlainRoute("/json-or-csv", csv, media_types=("application/json", "text/csv")),
+        ],
+    )
+
+
+def test_a_plain_routes_guards_run_on_every_request() -> None:
+    calls: list[str] = []
+    with serve_in_thread(guarded_app(calls)) as base_url, httpx.Client(base_url=base_url) as client:
+        refused = [client.post("/sesame", json={}) for _ in range(3)]
+        opened = client.post("/sesame", json={}, headers={"X-Token": "open"})
+
+    assert [r.status_code for r in refused] == [418, 418, 418]
+    assert opened.status_code == 200
+    assert calls == ["", "", "", "open"]
+
+
+def test_a_plain_route_takes_the_bodies_it_declares_and_no_others() -> None:
+    with serve_in_thread(guarded_app([])) as base_url, httpx.Client(base_url=base_url) as client:
+        anything = client.post("/csv", content=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"})
+        untyped = client.post("/csv", content=b"\x00\x01")
+        listed = client.post(
+            "/json-or-csv", content=b"a\n1\n", headers={"Content-Type": "text/csv; charset=utf-8"}
+        )
+        unlisted = client.post(
+            "/json-or-csv", content=b"a=1", headers={"Content-Type": "text/plain"}
+        )
+
+    assert (anything.status_code, anything.text) == (200, "a,b\n1,2\n")
+    assert (untyped.status_code, untyped.content) == (200, b"\x00\x01")
+    assert listed.status_code == 200
+    assert unlisted.status_code == 415
+    assert unlisted.json()["error"] == "unsupported_media_type"
+
+
+def test_a_fastapi_route_hidden_by_a_plain_one_is_refused_when_the_app_is_built() -> None:
+    router = APIRouter()
+
+    @router.post("/echo", dependencies=[Depends(lambda: None)])
+    async def echo() -> dict[str, str]:
+        """Never reached."""
+        return {}
+
+    async def plain(request: Request) -> Response:
+        """Answer."""
+        return Response(b"{}")
+
+    with pytest.raises(ValueError, match="would never run"):
+        create_service_app(
+            title="t",
+            description="t",
+            version="0",
+            settings=HTTPServiceSettings(),
+            metrics=ServiceMetrics(),
+            routers=[router],
+            plain_routes=[PlainRoute("/echo", plain)],
+        )
 
 
 # Slow and oversized requests: the stack's own protocol (headers) and middleware (bodies).

@@ -116,7 +116,7 @@ def create_app(
         else None,
     )
 
-    routers = [predict.router, model.router, health.router]
+    routers = [model.router, health.router]
     if settings.webhook_secret is not None:
         routers.append(webhooks.router)
     app = create_service_app(
@@ -126,6 +126,7 @@ def create_app(
         settings=settings,
         metrics=metrics,
         routers=routers,
+        plain_routes=predict.ROUTES,
         json_bodies=predict.JSON_BODIES,
         lifespan=lifespan,
     )

@@ -1,8 +1,9 @@
 """POST /predict and POST /predict/batch: the hot path.
 
-Both are `RawRoute`s: the body is decoded and checked by `iris_predictor.inputs` (the shared
-schemas' rules, with their 400s), scored by the micro-batcher, and answered with JSON encoded
-once (`answers.py`). The log line and the per-row metrics are left to the recorder's thread.
+Both are plain routes (iris_shared.plain_routes), served before FastAPI: the body is decoded
+and checked by `iris_predictor.inputs` (the shared schemas' rules, with their 400s), scored by
+the micro-batcher, and answered with JSON encoded once (`answers.py`). The log line and the
+per-row metrics are left to the recorder's thread.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from iris_predictor import answers, inputs
 from iris_predictor.recorder import PredictionRecord
 from iris_predictor.state import PredictorState
-from iris_shared.http import RawRoute, error_responses, json_body, server_request_id
+from iris_shared.http import error_responses, json_body, server_request_id
+from iris_shared.plain_routes import PlainRoute
 from iris_shared.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
     PredictionRequest,
     PredictionResponse,
 )
-
-router = APIRouter(tags=["predictions"], route_class=RawRoute)
 
 JSON_BODIES = (PredictionRequest, BatchPredictionRequest)
 _JSON = "application/json"
@@ -58,12 +59,6 @@ async def _score(
     return request_id, served.version, probabilities, classes
 
 
-@router.post(
-    "/predict",
-    response_model=PredictionResponse,
-    responses=error_responses(400, 413, 415, 503),
-    openapi_extra=json_body(PredictionRequest),
-)
 async def predict(request: Request) -> Response:
     """Predict the species of one flower from its four measurements."""
     state: PredictorState = request.app.state.predictor
@@ -72,12 +67,6 @@ async def predict(request: Request) -> Response:
     return Response(answers.one(probabilities, classes, version, request_id), media_type=_JSON)
 
 
-@router.post(
-    "/predict/batch",
-    response_model=BatchPredictionResponse,
-    responses=error_responses(400, 413, 415, 503),
-    openapi_extra=json_body(BatchPredictionRequest),
-)
 async def predict_batch(request: Request) -> Response:
     """Predict the species of many flowers, answering in input order."""
     state: PredictorState = request.app.state.predictor
@@ -88,3 +77,23 @@ async def predict_batch(request: Request) -> Response:
         answers.batch(probabilities, classes, version, request_id, feedback_rows),
         media_type=_JSON,
     )
+
+
+ROUTES = (
+    PlainRoute(
+        "/predict",
+        predict,
+        tags=["predictions"],
+        response_model=PredictionResponse,
+        responses=error_responses(400, 413, 415, 503),
+        openapi_extra=json_body(PredictionRequest),
+    ),
+    PlainRoute(
+        "/predict/batch",
+        predict_batch,
+        tags=["predictions"],
+        response_model=BatchPredictionResponse,
+        responses=error_responses(400, 413, 415, 503),
+        openapi_extra=json_body(BatchPredictionRequest),
+    ),
+)
