@@ -3,6 +3,9 @@
     POST /predict          proxied to the predictor (status code and body unchanged)
     POST /predict/batch    proxied to the predictor
     GET  /model            proxied to the predictor
+    /v2/...                the Open Inference Protocol V2, proxied (routes/open_inference.py)
+    POST /invocations      MLflow's scoring protocol, proxied, with GET /ping, /health and
+                           /version (routes/mlflow_scoring.py)
     POST /retrain          queue a `trainer.retrain` Celery job (Bearer token) → 202 + Location
     GET  /jobs             recent retrain jobs, newest first (Bearer token)
     GET  /jobs/{job_id}    one job's status, progress, result or error (Bearer token)
@@ -35,7 +38,15 @@ from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.registry import ModelRegistry
 from iris_gateway.replicas import PredictorReplicas
-from iris_gateway.routes import feedback, health, jobs, predict, promote
+from iris_gateway.routes import (
+    feedback,
+    health,
+    jobs,
+    mlflow_scoring,
+    open_inference,
+    predict,
+    promote,
+)
 from iris_gateway.state import GatewayState
 from iris_gateway.upstream import Upstream
 from iris_shared.jobs import JobKeys
@@ -174,7 +185,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version=VERSION,
         settings=settings,
         metrics=metrics,
-        routers=[predict.router, jobs.router, promote.router, feedback.router, health.router],
+        routers=[jobs.router, promote.router, feedback.router, health.router],
+        # Every protocol's prediction paths: plain routes, proxied as they are (iris_gateway.proxy).
+        plain_routes=[*predict.ROUTES, *open_inference.ROUTES, *mlflow_scoring.ROUTES],
         json_bodies=[*predict.JSON_BODIES, *feedback.JSON_BODIES],
         lifespan=lifespan,
     )

@@ -3,6 +3,10 @@
 HTTP metrics, `/metrics` and the merge across worker processes come from
 `iris_shared.metrics.ServiceMetrics`; the gateway adds:
 
+- `iris_gateway_prediction_requests_total{protocol,status}`: prediction requests passed to the
+  predictor, by protocol (`native` for /predict and /predict/batch, `v2` for the Open Inference
+  Protocol's infer, `mlflow` for /invocations) and status class (`2xx`; `5xx` includes the
+  gateway's own 502/504 when no predictor answered);
 - `iris_gateway_upstream_errors_total{upstream,reason}`: calls to the predictor, Redis (job
   records and the Celery broker) or MLflow that failed (`connect`, `timeout`, `transport`,
   `status_5xx`, `unavailable`, ...);
@@ -17,6 +21,8 @@ HTTP metrics, `/metrics` and the merge across worker processes come from
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge
 
 from iris_shared.metrics import ServiceMetrics
@@ -25,6 +31,16 @@ from iris_shared.metrics import ServiceMetrics
 class GatewayMetrics(ServiceMetrics):
     def __init__(self) -> None:
         super().__init__()
+        self.prediction_requests = Counter(
+            "iris_gateway_prediction_requests_total",
+            "Prediction requests passed to the predictor, by protocol and status class.",
+            ["protocol", "status"],
+            registry=self.registry,
+        )
+        # `labels()` validates and locks on every call; protocols and classes are few.
+        self._prediction_requests_of = functools.lru_cache(maxsize=64)(
+            self.prediction_requests.labels
+        )
         self.upstream_errors = Counter(
             "iris_gateway_upstream_errors_total",
             "Calls from the gateway to an upstream that failed.",
@@ -59,6 +75,9 @@ class GatewayMetrics(ServiceMetrics):
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+
+    def prediction_request(self, protocol: str, status: int) -> None:
+        self._prediction_requests_of(protocol, f"{status // 100}xx").inc()
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.upstream_errors.labels(upstream=upstream, reason=reason).inc()

@@ -145,6 +145,7 @@ class PredictorReplicas:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        encoded: bool = False,
     ) -> UpstreamResponse:
         """Send one request to a ready replica; once more to another if it fails to answer."""
         candidates = self._candidates()
@@ -154,7 +155,7 @@ class PredictorReplicas:
             last = attempt == len(candidates[:2]) - 1
             try:
                 answer = await replica.upstream.request(
-                    method, path, body=body, headers=headers, timeout=timeout
+                    method, path, body=body, headers=headers, timeout=timeout, encoded=encoded
                 )
             except UpstreamUnavailable:
                 replica.ready = False

@@ -53,7 +53,18 @@ class UpstreamTimeout(UpstreamError):
 
 # Headers of the upstream's answer worth keeping; the rest (hop-by-hop, its own request id,
 # content-length) is the gateway's to set.
-_PASSED_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "Cache-Control")
+_PASSED_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Retry-After",
+    "Cache-Control",
+    # The binary tensor extension of the Open Inference Protocol: where the JSON part ends.
+    "Inference-Header-Content-Length",
+    # The predictor's own id of an answer, under which POST /feedback finds it.
+    "Iris-Request-ID",
+)
+
+
+_NO_CONTENT_TYPE = frozenset({"Content-Type"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,11 @@ class UpstreamResponse:
 
 # Parsing a URL is a tenth of what aiohttp does per request, and the prediction paths are few.
 _url = functools.lru_cache(maxsize=256)(URL)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded_url(url: str) -> URL:
+    return URL(url, encoded=True)
 
 
 class Upstream:
@@ -103,8 +119,14 @@ class Upstream:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        encoded: bool = False,
     ) -> UpstreamResponse:
-        """Send one request; transport failures become `UpstreamError`s (and are counted)."""
+        """Send one request; transport failures become `UpstreamError`s (and are counted).
+
+        `encoded`: `path` is percent-encoded already and is sent exactly as it is (yarl would
+        otherwise decode it and resolve `..`). A `body` without a content type goes without
+        one, as the client sent it (aiohttp would call it application/octet-stream).
+        """
         sent_headers = dict(headers or {})
         request_id = request_id_var.get()
         if request_id:
@@ -112,13 +134,14 @@ class Upstream:
         try:
             async with self.session.request(
                 method,
-                _url(f"{self.base_url}{path}"),
+                (_encoded_url if encoded else _url)(f"{self.base_url}{path}"),
                 data=body,
                 json=json_body,
                 params=params,
                 headers=sent_headers,
                 auth=self.auth,
                 timeout=timeout or self.timeout,
+                skip_auto_headers=_NO_CONTENT_TYPE if body is not None else None,
             ) as response:
                 content = await response.read()
                 kept = {

@@ -79,6 +79,56 @@ def create_stub_predictor(delay_s: float = 0.0) -> tuple[FastAPI, dict[str, Any]
             {"status": "ready"} if state["ready"] else NOT_READY, 200 if state["ready"] else 503
         )
 
+    # The other protocols' paths answer what they were sent, as the predictor saw it: the
+    # gateway's tests check what passes through, not what a predictor would answer.
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        seen = {
+            "method": request.method,
+            "raw_path": request.scope["raw_path"].decode("latin-1"),
+            "query": request.scope["query_string"].decode("latin-1"),
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body_bytes": len(body),
+        }
+        state["protocol_requests"].append({**seen, "body": body})
+        if body.startswith(b"binary:"):
+            # Answers in the binary tensor extension's shape: JSON, then raw bytes.
+            header = json.dumps(seen).encode()
+            return Response(
+                header + body,
+                media_type="application/octet-stream",
+                headers={
+                    "Inference-Header-Content-Length": str(len(header)),
+                    "Iris-Request-ID": "0123456789abcdef0123456789abcdef",
+                },
+            )
+        if request.headers.get("content-type") == "text/plain":
+            # MLflow's 415, which is not JSON.
+            return Response("Unsupported content type", status_code=415, media_type="text/plain")
+        return answer(seen, 200)
+
+    state["protocol_requests"] = []
+    echoed = [
+        ("GET", "/v2"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/{name}"),
+        ("GET", "/v2/models/{name}/versions/{version}"),
+        ("GET", "/v2/models/{name}/ready"),
+        ("GET", "/v2/models/{name}/versions/{version}/ready"),
+        ("POST", "/v2/models/{name}/infer"),
+        ("POST", "/v2/models/{name}/versions/{version}/infer"),
+        ("POST", "/invocations"),
+        ("GET", "/ping"),
+        ("GET", "/health"),
+        ("GET", "/version"),
+        # Paths the gateway must never reach by a model name such as "..".
+        ("POST", "/v2/infer"),
+        ("POST", "/webhooks/mlflow"),
+    ]
+    for method, path in echoed:
+        app.add_api_route(path, echo, methods=[method])
+
     return app, state
 
 

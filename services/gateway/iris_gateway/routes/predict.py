@@ -1,17 +1,20 @@
-"""Predictions, proxied to the predictor unchanged (status code, body and content type).
+"""Predictions in the project's own JSON, proxied to the predictor unchanged (status code,
+body and content type).
 
 The body is passed through as bytes rather than parsed here, so a client gets exactly the
 predictor's answer, validation errors included, and the gateway spends no time on JSON.
-OpenAPI still documents the requests with the shared schemas (`json_body`).
+These are plain routes (`iris_shared.plain_routes`), served before FastAPI; OpenAPI still
+documents the requests with the shared schemas (`json_body`).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
-from iris_gateway.state import GatewayState
-from iris_gateway.upstream import UpstreamResponse
-from iris_shared.http import RawRoute, error_responses, json_body
+from iris_gateway.proxy import forward
+from iris_shared.http import error_responses, json_body
+from iris_shared.plain_routes import PlainRoute
 from iris_shared.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -20,53 +23,49 @@ from iris_shared.schemas import (
     ServedModel,
 )
 
-router = APIRouter(tags=["predictions"], route_class=RawRoute)
-
 JSON_BODIES = (PredictionRequest, BatchPredictionRequest)
 UPSTREAM_ERRORS = (502, 503, 504)
+PROTOCOL = "native"
 
 
-def _response(state: GatewayState, upstream: UpstreamResponse) -> Response:
-    if upstream.status_code >= 500:
-        state.metrics.upstream_error("predictor", "status_5xx")
-    return Response(
-        content=upstream.content, status_code=upstream.status_code, headers=upstream.headers
-    )
-
-
-async def _forward(request: Request, path: str) -> Response:
-    state: GatewayState = request.app.state.gateway
-    headers = {"Content-Type": request.headers.get("content-type", "application/json")}
-    upstream = await state.predictor.request(
-        "POST", path, body=await request.body(), headers=headers
-    )
-    return _response(state, upstream)
-
-
-@router.post(
-    "/predict",
-    response_model=PredictionResponse,
-    responses=error_responses(400, 413, 415, *UPSTREAM_ERRORS),
-    openapi_extra=json_body(PredictionRequest),
-)
 async def predict(request: Request) -> Response:
     """Predict the species of one flower."""
-    return await _forward(request, "/predict")
+    return await forward(request, PROTOCOL, default_content_type="application/json")
 
 
-@router.post(
-    "/predict/batch",
-    response_model=BatchPredictionResponse,
-    responses=error_responses(400, 413, 415, *UPSTREAM_ERRORS),
-    openapi_extra=json_body(BatchPredictionRequest),
-)
 async def predict_batch(request: Request) -> Response:
     """Predict the species of several flowers at once."""
-    return await _forward(request, "/predict/batch")
+    return await forward(request, PROTOCOL, default_content_type="application/json")
 
 
-@router.get("/model", response_model=ServedModel, responses=error_responses(*UPSTREAM_ERRORS))
 async def served_model(request: Request) -> Response:
     """Describe the model the predictor is serving."""
-    state: GatewayState = request.app.state.gateway
-    return _response(state, await state.predictor.request("GET", "/model"))
+    return await forward(request, "")
+
+
+ROUTES = [
+    PlainRoute(
+        "/predict",
+        predict,
+        tags=["predictions"],
+        response_model=PredictionResponse,
+        responses=error_responses(400, 413, 415, *UPSTREAM_ERRORS),
+        openapi_extra=json_body(PredictionRequest),
+    ),
+    PlainRoute(
+        "/predict/batch",
+        predict_batch,
+        tags=["predictions"],
+        response_model=BatchPredictionResponse,
+        responses=error_responses(400, 413, 415, *UPSTREAM_ERRORS),
+        openapi_extra=json_body(BatchPredictionRequest),
+    ),
+    PlainRoute(
+        "/model",
+        served_model,
+        methods=["GET"],
+        tags=["predictions"],
+        response_model=ServedModel,
+        responses=error_responses(*UPSTREAM_ERRORS),
+    ),
+]

@@ -1,0 +1,87 @@
+"""MLflow's scoring protocol (`mlflow models serve`), proxied to the predictor.
+
+    POST /invocations     dataframe_split, dataframe_records, instances or inputs as JSON, or
+                          text/csv → {"predictions": [...]}
+    GET  /ping, /health   200 once the predictor has a model
+    GET  /version         the MLflow version the predictor serves with
+
+The answers are the predictor's, unchanged: MLflow's error shape for a bad body, its 415 for
+another content type. MLflow's `/health` is the predictor's model check; the gateway's own
+liveness and readiness stay `/healthz` and `/readyz`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iris_gateway.proxy import forward
+from iris_shared.http import error_responses
+from iris_shared.plain_routes import PlainRoute
+
+PROTOCOL = "mlflow"
+TAGS = ["mlflow scoring protocol"]
+UPSTREAM_ERRORS = (502, 503, 504)
+
+
+async def invocations(request: Request) -> Response:
+    """Predict the species of the rows of a dataframe, as `mlflow models serve` does."""
+    return await forward(request, PROTOCOL)
+
+
+async def ping(request: Request) -> Response:
+    """Answer 200 once the predictor has a model, as `mlflow models serve` does."""
+    return await forward(request, "")
+
+
+async def health(request: Request) -> Response:
+    """Answer 200 once the predictor has a model (MLflow's alias of /ping)."""
+    return await forward(request, "")
+
+
+async def version(request: Request) -> Response:
+    """Tell the version of MLflow the predictor serves with."""
+    return await forward(request, "")
+
+
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_JSON: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _get(path: str, endpoint: Any) -> PlainRoute:
+    return PlainRoute(
+        path,
+        endpoint,
+        methods=["GET"],
+        tags=TAGS,
+        responses={
+            200: {"description": "The predictor's answer.", "content": _TEXT},
+            **error_responses(*UPSTREAM_ERRORS),
+        },
+    )
+
+
+ROUTES = [
+    PlainRoute(
+        "/invocations",
+        invocations,
+        # The predictor answers other types with MLflow's own 415.
+        media_types=None,
+        tags=TAGS,
+        responses={
+            200: {"description": "The predictions.", "content": _JSON},
+            **error_responses(400, 413, 415, *UPSTREAM_ERRORS),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {**_JSON, "text/csv": {"schema": {"type": "string"}}},
+            }
+        },
+    ),
+    _get("/ping", ping),
+    _get("/health", health),
+    _get("/version", version),
+]
