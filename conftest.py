@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.predictor",
     "tests.support.worker",
     "tests.support.gateway",
+    "tests.support.protocol_clients",
 ]
