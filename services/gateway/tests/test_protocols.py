@@ -6,8 +6,11 @@ real clients)."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -261,3 +264,64 @@ def test_openapi_lists_both_protocols(gateway: str) -> None:
     assert {"/v2", "/v2/health/live", "/v2/health/ready", "/ping", "/health", "/version"} <= set(
         paths
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "head"),
+    [
+        (f"/v2/models/{MODEL}/infer", b"Inference-Header-Content-Length: 10\r\n"),
+        ("/invocations", b"Content-Type: text/csv\r\n"),
+    ],
+)
+def test_a_body_that_trickles_in_gets_408_on_every_protocol(
+    start_gateway_app: Callable[..., str],
+    stub_predictor: tuple[str, dict[str, Any]],
+    path: str,
+    head: bytes,
+) -> None:
+    gateway = start_gateway_app(predictor_url=stub_predictor[0], BODY_READ_TIMEOUT_S=0.5)
+    host, port = gateway.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n".encode()
+            + head
+            + b"\r\nbinary:"
+        )
+        answer = connection.makefile("rb").read()
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"408"
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+
+
+def test_beyond_the_cap_on_requests_in_flight_every_protocol_gets_503(
+    start_gateway_app: Callable[..., str], slow_predictor: str
+) -> None:
+    # One request in flight at most; the slow predictor holds the first for 3 s.
+    gateway = start_gateway_app(
+        predictor_url=slow_predictor, max_concurrent_requests=1, predictor_timeout_s=10
+    )
+
+    with ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(
+            httpx.post,
+            f"{gateway}/predict",
+            json={"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
+            timeout=10,
+        )
+        # Until the first request is in flight, these reach the (fast) echo.
+        deadline = time.monotonic() + 2.5
+        while httpx.get(f"{gateway}/v2/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "the first request never got in flight"
+        refused = [
+            httpx.post(f"{gateway}/v2/models/{MODEL}/infer", json=V2_JSON),
+            httpx.post(f"{gateway}/invocations", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}),
+            httpx.get(f"{gateway}/ping"),
+        ]
+        assert holding.result().status_code == 200
+
+    for response in refused:
+        assert response.status_code == 503
+        assert response.json()["error"] == "overloaded"
+        assert response.headers["Retry-After"] == "1"
