@@ -47,7 +47,37 @@ async def version(request: Request) -> Response:
 
 
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_JSON: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+_MLFLOW_ERROR = {
+    "type": "object",
+    "required": ["error_code", "message"],
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+}
+_PREDICTIONS = {
+    "type": "object",
+    "required": ["predictions"],
+    "properties": {
+        "predictions": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The species of each row, in order.",
+        }
+    },
+}
+_FRAME = {
+    "type": "object",
+    "description": "One of MLflow's input forms: dataframe_split, dataframe_records, "
+    "instances or inputs.",
+    "example": {
+        "dataframe_split": {
+            "columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+            "data": [[5.1, 3.5, 1.4, 0.2]],
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
 
 
 def _get(path: str, endpoint: Any) -> PlainRoute:
@@ -71,13 +101,18 @@ ROUTES = [
         media_types=None,
         tags=TAGS,
         responses={
-            200: {"description": "The predictions.", "content": _JSON},
-            **error_responses(400, 413, 415, *UPSTREAM_ERRORS),
+            **error_responses(408, 413, *UPSTREAM_ERRORS),
+            200: {"description": "The predictions.", "content": _json(_PREDICTIONS)},
+            400: {
+                "description": "MLflow's error: the body is not a frame of flowers.",
+                "content": _json(_MLFLOW_ERROR),
+            },
+            415: {"description": "Neither JSON nor CSV (MLflow's text answer).", "content": _TEXT},
         },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {**_JSON, "text/csv": {"schema": {"type": "string"}}},
+                "content": {**_json(_FRAME), "text/csv": {"schema": {"type": "string"}}},
             }
         },
     ),

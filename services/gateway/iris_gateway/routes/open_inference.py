@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_gateway.proxy import forward
-from iris_shared.http import error_responses
 from iris_shared.plain_routes import PlainRoute
 
 PROTOCOL = "v2"
@@ -60,30 +59,128 @@ async def infer(request: Request) -> Response:
     return await forward(request, PROTOCOL)
 
 
-_ANY_JSON: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **_ANY_JSON,
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
+# The protocol's shapes, for the documentation (the predictor validates; the gateway passes
+# bodies through). Extra members are allowed, as the protocol allows `parameters` anywhere.
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+    "description": "The protocol's error; the gateway's own refusals add `message` and `detail`.",
+}
+_TENSOR_METADATA = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+_SERVER_METADATA = {
+    "type": "object",
+    "required": ["name", "version", "extensions"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "extensions": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_MODEL_METADATA = {
+    "type": "object",
+    "required": ["name", "platform", "inputs", "outputs"],
+    "properties": {
+        "name": {"type": "string"},
+        "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"},
+        "inputs": {"type": "array", "items": _TENSOR_METADATA},
+        "outputs": {"type": "array", "items": _TENSOR_METADATA},
+    },
+}
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["predict", "predict_proba"]},
+                    "parameters": {"type": "object"},
+                },
             },
         },
+    },
+    "example": {
+        "id": "42",
+        "inputs": [
+            {"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}
+        ],
+    },
+}
+_INFER_RESPONSE = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "request_id": {
+                    "type": "string",
+                    "description": "The server's id of the answer: quote it to POST /feedback.",
+                }
+            },
+        },
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+    },
+}
+_BINARY = {
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"},
     }
 }
 
 
-def _get(path: str, endpoint: Any, *not_found: int) -> PlainRoute:
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """Answers in the protocol's error shape, which the gateway's envelope also has."""
+    return {
+        code: {"description": "The request was not answered.", "content": _json(_ERROR)}
+        for code in status_codes
+    }
+
+
+def _get(path: str, endpoint: Any, answer: dict[str, Any] | None, *statuses: int) -> PlainRoute:
+    ok: dict[str, Any] = {"description": "The predictor's answer."}
+    if answer is not None:
+        ok["content"] = _json(answer)
     return PlainRoute(
         path,
         endpoint,
         methods=["GET"],
         tags=TAGS,
-        responses={
-            200: {"description": "The predictor's answer.", "content": _ANY_JSON},
-            **error_responses(*not_found, *UPSTREAM_ERRORS),
-        },
+        responses={200: ok, **_errors(*statuses, *UPSTREAM_ERRORS)},
     )
 
 
@@ -95,21 +192,30 @@ def _infer(path: str) -> PlainRoute:
         media_types=None,
         tags=TAGS,
         responses={
-            200: {"description": "The inference response.", "content": _ANY_JSON},
-            **error_responses(400, 404, 413, 415, *UPSTREAM_ERRORS),
+            200: {
+                "description": "The inference response: JSON, or with binary outputs the JSON "
+                "(`Inference-Header-Content-Length` bytes) followed by the raw tensors.",
+                "content": {**_json(_INFER_RESPONSE), **_BINARY},
+            },
+            **_errors(400, 404, 408, 413, 415, *UPSTREAM_ERRORS),
         },
-        openapi_extra=_INFER_BODY,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {**_json(_INFER_REQUEST), **_BINARY},
+            }
+        },
     )
 
 
 ROUTES = [
-    _get("/v2", server_metadata),
-    _get("/v2/health/live", server_live),
-    _get("/v2/health/ready", server_ready),
-    _get("/v2/models/{name}", model_metadata, 404),
-    _get("/v2/models/{name}/versions/{version}", model_metadata, 404),
-    _get("/v2/models/{name}/ready", model_ready, 404),
-    _get("/v2/models/{name}/versions/{version}/ready", model_ready, 404),
+    _get("/v2", server_metadata, _SERVER_METADATA),
+    _get("/v2/health/live", server_live, None),
+    _get("/v2/health/ready", server_ready, None),
+    _get("/v2/models/{name}", model_metadata, _MODEL_METADATA, 404),
+    _get("/v2/models/{name}/versions/{version}", model_metadata, _MODEL_METADATA, 404),
+    _get("/v2/models/{name}/ready", model_ready, None, 404),
+    _get("/v2/models/{name}/versions/{version}/ready", model_ready, None, 404),
     _infer("/v2/models/{name}/infer"),
     _infer("/v2/models/{name}/versions/{version}/infer"),
 ]
