@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_gateway.proxy import forward
-from iris_shared.http import error_responses
+from iris_shared.http import ErrorResponse, error_responses
 from iris_shared.plain_routes import PlainRoute
 
 PROTOCOL = "mlflow"
@@ -88,7 +88,8 @@ def _get(path: str, endpoint: Any) -> PlainRoute:
         tags=TAGS,
         responses={
             200: {"description": "The predictor's answer.", "content": _TEXT},
-            **error_responses(*UPSTREAM_ERRORS),
+            # MLflow's answer without a model, or a predictor replica older than these paths.
+            **error_responses(404, *UPSTREAM_ERRORS),
         },
     )
 
@@ -101,13 +102,19 @@ ROUTES = [
         media_types=None,
         tags=TAGS,
         responses={
-            **error_responses(408, 413, *UPSTREAM_ERRORS),
+            # 404: a predictor replica older than these paths (during a rolling upgrade).
+            **error_responses(404, 408, 413, *UPSTREAM_ERRORS),
             200: {"description": "The predictions.", "content": _json(_PREDICTIONS)},
             400: {
                 "description": "MLflow's error: the body is not a frame of flowers.",
                 "content": _json(_MLFLOW_ERROR),
             },
-            415: {"description": "Neither JSON nor CSV (MLflow's text answer).", "content": _TEXT},
+            415: {
+                "description": "Neither JSON nor CSV: MLflow's text answer (the error envelope "
+                "from a predictor replica older than this path).",
+                "content": _TEXT,
+                "model": ErrorResponse,
+            },
         },
         openapi_extra={
             "requestBody": {

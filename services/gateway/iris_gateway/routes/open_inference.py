@@ -208,10 +208,12 @@ def _infer(path: str) -> PlainRoute:
     )
 
 
+# 404 on every path: an unknown model or version, or a predictor replica older than these
+# paths (during a rolling upgrade the gateway may be newer than some replicas).
 ROUTES = [
-    _get("/v2", server_metadata, _SERVER_METADATA),
-    _get("/v2/health/live", server_live, None),
-    _get("/v2/health/ready", server_ready, None),
+    _get("/v2", server_metadata, _SERVER_METADATA, 404),
+    _get("/v2/health/live", server_live, None, 404),
+    _get("/v2/health/ready", server_ready, None, 404),
     _get("/v2/models/{name}", model_metadata, _MODEL_METADATA, 404),
     _get("/v2/models/{name}/versions/{version}", model_metadata, _MODEL_METADATA, 404),
     _get("/v2/models/{name}/ready", model_ready, None, 404),
