@@ -165,6 +165,18 @@ class ServedModel(BaseModel):
         description="The `challenger` version, scoring the same inputs in the shadow of this "
         "one (its answers are compared, never returned); absent without a challenger.",
     )
+    scorer: str | None = Field(
+        default=None,
+        description="What scores this version: 'numpy' (the predictor's own arithmetic for a "
+        "standardised logistic regression, checked equal to scikit-learn's at load) or "
+        "'scikit-learn'.",
+        examples=["numpy"],
+    )
+    scorer_mismatch: str | None = Field(
+        default=None,
+        description="Set when the numpy scorer was made for this version but its numbers "
+        "differ from scikit-learn's: scikit-learn scores it, at about half the throughput.",
+    )
 
 
 # MLflow keeps version numbers in an SQL INTEGER column (SqlModelVersion.version), 32 bits on

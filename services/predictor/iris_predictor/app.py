@@ -23,6 +23,7 @@ import redis
 from fastapi import FastAPI
 
 from iris_predictor.config import PredictorSettings, get_settings
+from iris_predictor.core import PredictionCore
 from iris_predictor.inference import LoadedModel, MicroBatcher
 from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.monitoring import DriftMonitor, PredictionStore, ShadowScorer
@@ -32,7 +33,7 @@ from iris_predictor.registry import ModelRegistry
 from iris_predictor.routes import health, model, predict, webhooks
 from iris_predictor.serving import ModelHolder
 from iris_predictor.state import PredictorState
-from iris_predictor.watcher import ModelWatcher
+from iris_predictor.watcher import ModelWatcher, report_fast_path
 from iris_shared.logging import configure_logging
 from iris_shared.monitoring import FeedbackKeys
 from iris_shared.server import WorkerPeers
@@ -77,6 +78,7 @@ def create_app(
     if isinstance(model_source, LoadedModel):
         holder = ModelHolder(model_source.info.name, model_source.info.alias, model_source)
         metrics.model_served(model_source.info.name, model_source.version, model_source.info.alias)
+        report_fast_path(model_source, metrics)
         peers.mark_ready()
     else:
         registry = model_source or registry_for(settings, settings.model_alias)
@@ -130,21 +132,24 @@ def create_app(
         json_bodies=predict.JSON_BODIES,
         lifespan=lifespan,
     )
+    batcher = MicroBatcher(settings.max_queued_rows, on_call=metrics.model_called)
+    recorder = PredictionRecorder(
+        PredictionLog(
+            settings.prediction_log_dir,
+            max_bytes=settings.prediction_log_max_bytes,
+            backup_count=settings.prediction_log_backup_count,
+        ),
+        metrics,
+        queue_size=settings.prediction_log_queue_size,
+        monitors=monitors,
+    )
     app.state.predictor = PredictorState(
         settings=settings,
         holder=holder,
         metrics=metrics,
-        batcher=MicroBatcher(settings.max_queued_rows, on_call=metrics.model_called),
-        recorder=PredictionRecorder(
-            PredictionLog(
-                settings.prediction_log_dir,
-                max_bytes=settings.prediction_log_max_bytes,
-                backup_count=settings.prediction_log_backup_count,
-            ),
-            metrics,
-            queue_size=settings.prediction_log_queue_size,
-            monitors=monitors,
-        ),
+        batcher=batcher,
+        recorder=recorder,
+        core=PredictionCore(holder, batcher, recorder, metrics, challenger),
         watcher=watcher,
         peers=peers,
         feedback_rows=settings.store_max_rows if store is not None else 0,

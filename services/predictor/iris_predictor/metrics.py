@@ -9,7 +9,8 @@ cost more than scoring the row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -130,12 +131,35 @@ class PredictorMetrics(ServiceMetrics):
             "Answers not kept because their request id was taken already (never overwritten).",
             registry=registry,
         )
+        self.prediction_requests = Counter(
+            "iris_prediction_requests_total",
+            "Answered prediction requests, by the protocol they came in by (native, v2, mlflow).",
+            ["protocol"],
+            registry=registry,
+        )
+        self.prediction_rows = Counter(
+            "iris_prediction_rows_total",
+            "Rows scored in answered prediction requests, by protocol.",
+            ["protocol"],
+            registry=registry,
+        )
+        self.scorer_mismatch = Gauge(
+            "iris_model_scorer_mismatch",
+            "1 while the served version under `alias` is one the numpy scorer was made for but "
+            "whose numbers it does not match: scikit-learn scores it, at about half the "
+            "throughput (GET /model says by how much they differ).",
+            ["alias"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.ready.set(0)
         self.load_failing.set(0)
         self._served_labels: dict[str, tuple[str, str, str]] = {}
         # `labels()` validates and locks on every call; (species, version) pairs are few.
         self._predictions_of = functools.lru_cache(maxsize=1024)(self.predictions.labels)
         self._feature_histograms = [self.feature_value.labels(f) for f in FEATURE_NAMES]
+        self._requests_by = functools.lru_cache(maxsize=16)(self.prediction_requests.labels)
+        self._rows_by = functools.lru_cache(maxsize=16)(self.prediction_rows.labels)
 
     def model_served(self, name: str, version: str, alias: str, *, answers: bool = True) -> None:
         """`version` is served under `alias` now; `answers`: it is the one requests get."""
@@ -171,6 +195,21 @@ class PredictorMetrics(ServiceMetrics):
         for species, count in zip(classes, counts.tolist(), strict=True):
             if count:
                 self._predictions_of(species, version).inc(count)
+
+    def count_requests(self, records: Iterable[Any]) -> None:
+        """Count answered requests (anything with `protocol` and `rows`) by protocol."""
+        requests: dict[str, int] = {}
+        rows: dict[str, int] = {}
+        for record in records:
+            requests[record.protocol] = requests.get(record.protocol, 0) + 1
+            rows[record.protocol] = rows.get(record.protocol, 0) + len(record.rows)
+        for protocol, count in requests.items():
+            self._requests_by(protocol).inc(count)
+            self._rows_by(protocol).inc(rows[protocol])
+
+    def scorer_checked(self, alias: str, mismatch: bool) -> None:
+        """The numpy scorer does (not) match the version now served under `alias`."""
+        self.scorer_mismatch.labels(alias).set(1 if mismatch else 0)
 
     def model_called(self, requests: int) -> None:
         self.batch_requests.observe(requests)

@@ -1,6 +1,7 @@
 """The prediction log: one JSON line per answered request, in rotating files that survive restarts.
 
-    {"time": "2026-11-28T09:00:00.123+00:00", "request_id": "...", "model_version": "1",
+    {"time": "2026-11-28T09:00:00.123+00:00", "request_id": "...", "trace_id": null,
+     "protocol": "native", "model_version": "1",
      "latency_ms": 0.61, "rows": 1, "inputs": {"sepal_length": [5.1], ...},
      "predicted_species": ["Iris-setosa"], "probabilities": {"Iris-setosa": [0.97], ...}}
 

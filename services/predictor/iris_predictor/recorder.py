@@ -50,6 +50,8 @@ class PredictionRecord:
     rows: np.ndarray
     probabilities: np.ndarray
     classes: tuple[str, ...]
+    # How the request came in: "native", "v2" or "mlflow" (iris_predictor.core).
+    protocol: str = "native"
 
 
 class Pass:
@@ -96,6 +98,7 @@ class Pass:
                 "time": datetime.fromtimestamp(record.time, UTC).isoformat(timespec="milliseconds"),
                 "request_id": record.request_id,
                 "trace_id": record.trace_id,
+                "protocol": record.protocol,
                 "model_version": record.model_version,
                 "latency_ms": round(record.latency_ms, 3),
                 "rows": end - start,
@@ -210,6 +213,7 @@ class PredictionRecorder:
     def _handle(self, records: list[PredictionRecord]) -> None:
         answers = Pass(records)
         self.metrics.observe_features(answers.rows)
+        self.metrics.count_requests(records)
         self.log.write(answers.log_lines())
         monitors = self.monitors
         if monitors.drift is not None:

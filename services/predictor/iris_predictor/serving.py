@@ -52,12 +52,14 @@ class ModelHolder:
     def describe(self, challenger: ModelHolder | None = None) -> ServedModel:
         """What GET /model says: the served model, a failing newer version if any, and the
         challenger scoring in its shadow."""
-        info = self.require().info
+        served = self.require()
         shadow = challenger.current if challenger is not None else None
-        return info.model_copy(
+        return served.info.model_copy(
             update={
                 "load_error": self.load_failure,
-                "challenger": shadow.info if shadow is not None else None,
+                "challenger": _with_scorer(shadow) if shadow is not None else None,
+                "scorer": served.scorer_name,
+                "scorer_mismatch": served.fast_path.mismatch,
             }
         )
 
@@ -66,3 +68,9 @@ class ModelHolder:
         with self._swap_lock:
             previous, self._current = self._current, new
         return previous
+
+
+def _with_scorer(model: LoadedModel) -> ServedModel:
+    return model.info.model_copy(
+        update={"scorer": model.scorer_name, "scorer_mismatch": model.fast_path.mismatch}
+    )

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from iris_predictor.config import PredictorSettings
+from iris_predictor.core import PredictionCore
 from iris_predictor.inference import MicroBatcher
 from iris_predictor.metrics import PredictorMetrics
 from iris_predictor.recorder import PredictionRecorder
@@ -23,6 +24,8 @@ class PredictorState:
     metrics: PredictorMetrics
     batcher: MicroBatcher
     recorder: PredictionRecorder
+    # Rows in, answers out, for every protocol's adapter.
+    core: PredictionCore
     watcher: ModelWatcher | None
     peers: WorkerPeers
     # Rows of an answer that can take feedback at most (0: answers are not kept).

@@ -6,15 +6,18 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 
 from iris_predictor.app import create_app
 from iris_predictor.config import PredictorSettings
+from iris_predictor.inference import LoadedModel
 from iris_predictor.webhooks import sign
 
 Serve = Callable[[FastAPI], AbstractContextManager[httpx.Client]]
@@ -201,3 +204,31 @@ def test_openapi_documents_the_envelope_and_examples(client: httpx.Client) -> No
     request_schema = schema["components"]["schemas"]["PredictionRequest"]
     assert request_schema["examples"][0]["sepal_length"] == 5.1
     assert "/predict/batch" in schema["paths"]
+
+
+def test_a_numpy_scorer_that_does_not_match_is_reported_not_silent(
+    settings: PredictorSettings, loaded_model: LoadedModel, serve: Serve
+) -> None:
+    pipeline = loaded_model.model
+    own = pipeline.predict_proba
+    # As if scikit-learn changed how it computes: one ulp off everywhere.
+    pipeline.predict_proba = lambda rows: np.nextafter(own(rows), 1.0)
+    try:
+        drifted = replace(loaded_model, model=pipeline)
+        with serve(create_app(settings, model_source=drifted)) as client:
+            described = client.get("/model").json()
+            answered = client.post("/predict", json=SETOSA)
+            metrics = client.get("/metrics").text
+    finally:
+        del pipeline.predict_proba
+
+    assert described["scorer"] == "scikit-learn"
+    assert "differ by up to" in described["scorer_mismatch"]
+    assert answered.status_code == 200
+    assert 'iris_model_scorer_mismatch{alias="production"} 1.0' in metrics
+
+
+def test_the_served_models_scorer_is_described(client: httpx.Client) -> None:
+    described = client.get("/model").json()
+
+    assert (described["scorer"], described["scorer_mismatch"]) == ("numpy", None)

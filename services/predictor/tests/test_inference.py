@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from iris_predictor.core import Answer, PredictionCore
 from iris_predictor.inference import IncompatibleModelError, LoadedModel, MicroBatcher
-from iris_predictor.metrics import FEATURE_BUCKETS, observe_columns
+from iris_predictor.metrics import FEATURE_BUCKETS, PredictorMetrics, observe_columns
+from iris_predictor.prediction_log import PredictionLog
+from iris_predictor.recorder import PredictionRecorder
+from iris_predictor.serving import ModelHolder
 from iris_shared.http import Overloaded
 
 ROWS = np.array(
@@ -43,7 +48,7 @@ def test_concurrent_requests_are_scored_together_and_each_gets_its_rows(
         batcher = MicroBatcher(max_queued_rows=1000)
         try:
             return await asyncio.gather(
-                *(batcher.score(model, ROWS[i % 4 : i % 4 + 1]) for i in range(40))
+                *(batcher.score(model.batch_scorer, ROWS[i % 4 : i % 4 + 1]) for i in range(40))
             )
         finally:
             batcher.close()
@@ -70,7 +75,10 @@ def test_requests_for_two_models_are_never_mixed(loaded_model: LoadedModel) -> N
         batcher = MicroBatcher(max_queued_rows=1000)
         try:
             return await asyncio.gather(
-                *(batcher.score(loaded_model if i % 2 else other, ROWS[:1]) for i in range(10))
+                *(
+                    batcher.score((loaded_model if i % 2 else other).batch_scorer, ROWS[:1])
+                    for i in range(10)
+                )
             )
         finally:
             batcher.close()
@@ -80,14 +88,23 @@ def test_requests_for_two_models_are_never_mixed(loaded_model: LoadedModel) -> N
 
 
 def test_a_model_with_a_numpy_scorer_is_scored_at_once_request_by_request(
-    loaded_model: LoadedModel,
+    loaded_model: LoadedModel, tmp_path: Path
 ) -> None:
+    metrics = PredictorMetrics()
     calls: list[int] = []
+    metrics.model_called = calls.append  # type: ignore[method-assign]
+    batcher = MicroBatcher(max_queued_rows=1000)
+    recorder = PredictionRecorder(PredictionLog(tmp_path, 1 << 20, 1), metrics, queue_size=100)
+    core = PredictionCore(ModelHolder("m", "production", loaded_model), batcher, recorder, metrics)
 
-    async def run() -> list[np.ndarray]:
-        batcher = MicroBatcher(max_queued_rows=1000, on_call=calls.append)
+    async def run() -> list[Answer]:
         try:
-            return await asyncio.gather(*(batcher.score(loaded_model, ROWS) for _ in range(5)))
+            return await asyncio.gather(
+                *(
+                    core.predict(ROWS, request_id=str(i), trace_id=None, protocol="native")
+                    for i in range(5)
+                )
+            )
         finally:
             batcher.close()
 
@@ -95,8 +112,34 @@ def test_a_model_with_a_numpy_scorer_is_scored_at_once_request_by_request(
 
     assert loaded_model.fast_scorer is not None
     assert calls == [1] * 5, "no batching needed: each request is one call"
-    for answer in answers:
-        assert np.array_equal(answer, loaded_model.model.predict_proba(ROWS))
+    for i, answer in enumerate(answers):
+        assert answer.request_id == str(i)
+        assert np.array_equal(answer.probabilities, loaded_model.model.predict_proba(ROWS))
+        assert answer.labels() == list(loaded_model.model.predict(ROWS))
+
+
+def test_the_batcher_batches_any_function_of_rows() -> None:
+    calls: list[int] = []
+
+    def doubled(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return rows * 2
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(max_queued_rows=1000)
+        try:
+            return await asyncio.gather(
+                *(batcher.score(doubled, ROWS[i : i + 1]) for i in range(4))
+            )
+        finally:
+            batcher.close()
+
+    answers = asyncio.run(run())
+
+    assert sum(calls) == 4
+    assert len(calls) < 4
+    for i, answer in enumerate(answers):
+        assert np.array_equal(answer, ROWS[i : i + 1] * 2)
 
 
 def test_a_full_queue_refuses_at_once(loaded_model: LoadedModel) -> None:
@@ -104,7 +147,7 @@ def test_a_full_queue_refuses_at_once(loaded_model: LoadedModel) -> None:
         batcher = MicroBatcher(max_queued_rows=3)
         try:
             with pytest.raises(Overloaded):
-                await batcher.score(loaded_model, ROWS)
+                await batcher.score(loaded_model.batch_scorer, ROWS)
         finally:
             batcher.close()
 

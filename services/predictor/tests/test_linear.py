@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from iris_predictor.inference import LoadedModel
-from iris_predictor.linear import linear_scorer
+from iris_predictor.linear import check_linear_scorer, linear_scorer
 from iris_shared.schemas import FEATURE_NAMES
 
 IRIS = load_iris()
@@ -62,6 +62,8 @@ def test_other_models_are_left_to_scikit_learn(loaded_model: LoadedModel) -> Non
 
     for model in others:
         assert linear_scorer(model) is None, model
+        # Not made for these: nothing to report.
+        assert check_linear_scorer(model).mismatch is None
     forest = replace(loaded_model, model=others[0])
     assert forest.fast_scorer is None
     assert np.array_equal(forest.predict_proba(IRIS.data), others[0].predict_proba(IRIS.data))
@@ -77,5 +79,9 @@ def test_a_model_whose_numbers_differ_even_slightly_is_left_to_scikit_learn(
 
     try:
         assert linear_scorer(pipeline) is None
+        # Said, not silent: GET /model, the log and a metric report it (test_app.py).
+        mismatch = check_linear_scorer(pipeline).mismatch
+        assert mismatch is not None
+        assert "differ by up to" in mismatch
     finally:
         del pipeline.predict_proba
