@@ -79,7 +79,7 @@ format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(PY_SOURCES)
 
 .PHONY: bench
-bench: install ## Benchmark against `mlflow models serve` with wrk; bench/results.{json,md}, README table
+bench: install ## Benchmark against `mlflow models serve`, MLServer and BentoML (own venvs) with wrk; bench/results.{json,md}, README table
 	bash bench/ensure_wrk.sh
 	$(BIN)/python -m bench.run
 

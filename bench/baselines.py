@@ -1,9 +1,11 @@
-"""The two servers the predictor is compared with: `mlflow models serve` on the same model
-version, and a constant-answer endpoint launched exactly as supervisord launches the
-predictor (same command line, same worker count, only the app swapped)."""
+"""Two of the servers the predictor is compared with (the peers are in bench/peers.py):
+`mlflow models serve` on the same model version, and a constant-answer endpoint launched
+exactly as supervisord launches the predictor (same command line, same worker count, only the
+app swapped)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,9 +15,16 @@ from pathlib import Path
 
 from supervisor.datatypes import dict_of_key_value_pairs
 
+from bench import payloads
 from bench.config import MLFLOW_SERVE_WORKERS, MODEL_NAME, ROOT
 from bench.local_stack import SUPERVISORD_CONF, BenchStack, program_section
-from bench.processes import ManagedProcess, free_port, start_process, wait_for_http
+from bench.processes import (
+    ManagedProcess,
+    free_port,
+    start_process,
+    wait_for_answer,
+    wait_for_http,
+)
 from iris_predictor.config import PredictorSettings
 
 # The predictor's entry points, as the supervisord command may name them, and the constant
@@ -25,6 +34,17 @@ CONSTANT_ENTRY_POINTS = {
     "iris_predictor": "bench.constant_app",
 }
 _WORKERS_FLAG = re.compile(r"(?:--workers|-w)[= ](\d+)")
+# `python -m iris_predictor` inside a shell command (`sh -c '... exec .../python -m ...'`).
+_MODULE_IN_SCRIPT = re.compile(r"(-m\s+)iris_predictor(?=\s|$)")
+
+
+def constant_token(token: str) -> str:
+    """One token of the predictor's command with the constant server's entry point in place
+    of the predictor's, whether the token is the entry point or a shell script naming it."""
+    if token in CONSTANT_ENTRY_POINTS:
+        return CONSTANT_ENTRY_POINTS[token]
+    runner = CONSTANT_ENTRY_POINTS["iris_predictor"]
+    return _MODULE_IN_SCRIPT.sub(lambda found: found.group(1) + runner, token)
 
 
 class LaunchError(RuntimeError):
@@ -60,7 +80,12 @@ def start_mlflow_serve(stack: BenchStack, version: str) -> RunningServer:
     # The bench process already carries MLFLOW_TRACKING_URI and the venv first on PATH.
     process = start_process("mlflow-serve", command, dict(os.environ), stack.logs, cwd=stack.work)
     url = f"http://127.0.0.1:{port}"
-    startup_s = wait_for_http(process, f"{url}/ping", timeout=300)
+    # Timed to the first answer, as the peers are: /ping turns 200 once the model is loaded,
+    # but a worker may still be starting.
+    first = json.dumps(payloads.mlflow_body([payloads.FLOWER], "dataframe_split")).encode()
+    startup_s = wait_for_answer(
+        process, f"{url}/invocations", first, {"Content-Type": "application/json"}, timeout=300
+    )
     return RunningServer(process, url, startup_s, command, MLFLOW_SERVE_WORKERS)
 
 
@@ -78,11 +103,12 @@ def predictor_launch(stack: BenchStack, port: int) -> tuple[list[str], dict[str,
         "here": str(SUPERVISORD_CONF.parent),
         "program_name": "predictor",
         "group_name": "predictor",
-        "process_num": "0",
-        "numprocs": "1",
+        # Numbers: supervisord formats them with %d (replicas' ports and names).
+        "process_num": 0,
+        "numprocs": 1,
     }
     predictor_command = shlex.split(section["command"] % expansions)
-    command = [CONSTANT_ENTRY_POINTS.get(token, token) for token in predictor_command]
+    command = [constant_token(token) for token in predictor_command]
     if command == predictor_command:
         raise LaunchError(
             f"the predictor's command in {SUPERVISORD_CONF.name} names none of "
@@ -100,7 +126,7 @@ def predictor_launch(stack: BenchStack, port: int) -> tuple[list[str], dict[str,
     workers_flag = _WORKERS_FLAG.search(" ".join(command))
     if workers_flag:
         workers = int(workers_flag.group(1))
-    elif "-m" in command:
+    elif f"-m {CONSTANT_ENTRY_POINTS['iris_predictor']}" in " ".join(command):
         # The runner takes the count from the predictor's settings (PREDICTOR_WORKERS, .env).
         workers = int(env.get("PREDICTOR_WORKERS") or PredictorSettings().workers)
     else:

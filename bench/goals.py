@@ -167,3 +167,225 @@ def _swap_goals(swap: SwapOutcome | None, error: str | None) -> list[Goal]:
             served is not None and served <= limit,
         ),
     ]
+
+
+# The peers' load names (bench/run.py), and what each is called in the goals.
+PEER_LABELS = {
+    "mlserver": "MLServer V2 JSON",
+    "bentoml": "BentoML JSON",
+    "mlflow": "mlflow models serve",
+    "mlserver-batch": "MLServer V2 JSON",
+    "mlserver-binary-batch": "MLServer V2 binary",
+    "bentoml-batch": "BentoML JSON",
+    "mlflow-batch": "mlflow models serve",
+    "mlflow-batch-split": "mlflow models serve dataframe_split",
+    "mlflow-batch-csv": "mlflow models serve text/csv",
+}
+ONE_ROW_PEERS = ("mlserver", "bentoml", "mlflow")
+BATCH_PEERS = (
+    "mlserver-batch",
+    "mlserver-binary-batch",
+    "bentoml-batch",
+    "mlflow-batch",
+    "mlflow-batch-split",
+    "mlflow-batch-csv",
+)
+
+
+def best_of(
+    summaries: dict[str, Summary], names: tuple[str, ...], field: str
+) -> tuple[str, Summary] | None:
+    """The measured load among `names` with the highest `field`; None when none was measured."""
+    measured = [(name, summaries[name]) for name in names if name in summaries]
+    if not measured:
+        return None
+    return max(measured, key=lambda entry: float(getattr(entry[1], field)))
+
+
+def _against_best(
+    key: str,
+    goal: str,
+    ours: Summary | None,
+    summaries: dict[str, Summary],
+    peers: tuple[str, ...],
+    field: str,
+    times: float,
+    missing: str,
+) -> Goal:
+    best = best_of(summaries, peers, field)
+    found = _at_least(key, goal, ours, None if best is None else best[1], field, times, missing)
+    if best is None or ours is None:
+        return found
+    return Goal(
+        key,
+        goal,
+        found.target,
+        f"{found.measured} ({PEER_LABELS.get(best[0], best[0])})",
+        found.ratio,
+        found.met,
+    )
+
+
+def lowest_p99_goal(
+    ours: Summary | None, summaries: dict[str, Summary], peers: tuple[str, ...], missing: str
+) -> Goal:
+    """p99 against the peer with the lowest p99, which is stricter than against the fastest."""
+    goal = f"Predictor `POST /predict` vs the peers, one row, {CONNECTIONS} connections: p99"
+    target = "≤ 1/5 (0.2x) of the lowest peer p99"
+    measured = [(name, summaries[name]) for name in peers if name in summaries]
+    if ours is None or not measured:
+        return Goal("peers_one_row_p99", goal, target, missing, None, False)
+    name, peer = min(measured, key=lambda entry: entry[1].p99_ms)
+    ratio = round(ours.p99_ms / peer.p99_ms, 3) if peer.p99_ms else None
+    return Goal(
+        "peers_one_row_p99",
+        goal,
+        target,
+        f"{ours.p99_ms:,.1f} vs {peer.p99_ms:,.1f} ms ({PEER_LABELS.get(name, name)})",
+        ratio,
+        ratio is not None and ratio <= 0.2,
+    )
+
+
+def memory_goals(memory: dict[str, Any]) -> list[Goal]:
+    """Each predictor process ≤ MLServer's largest, the whole predictor ≤ ½ of
+    `mlflow models serve -w 2`'s: met only when both RSS and PSS are within."""
+    predictor = memory.get("predictor")
+    mlserver = memory.get("MLServer")
+    mlflow_serve = memory.get(f"mlflow models serve -w {MLFLOW_SERVE_WORKERS}")
+    goals = []
+    goal = "Memory: the predictor's largest process vs MLServer's largest (RSS and PSS)"
+    if predictor and mlserver:
+        rss = predictor["largest_rss_mib"] / mlserver["largest_rss_mib"]
+        pss = predictor["largest_pss_mib"] / mlserver["largest_pss_mib"]
+        goals.append(
+            Goal(
+                "memory_worker_vs_mlserver",
+                goal,
+                "≤ 1x",
+                f"RSS {predictor['largest_rss_mib']:,.0f} vs {mlserver['largest_rss_mib']:,.0f} "
+                f"MiB, PSS {predictor['largest_pss_mib']:,.0f} vs "
+                f"{mlserver['largest_pss_mib']:,.0f} MiB",
+                round(max(rss, pss), 3),
+                rss <= 1 and pss <= 1,
+            )
+        )
+    else:
+        goals.append(Goal("memory_worker_vs_mlserver", goal, "≤ 1x", "not measured", None, False))
+    goal = f"Memory: the whole predictor vs {MLFLOW} (RSS and PSS, process trees)"
+    if predictor and mlflow_serve:
+        rss = predictor["rss_mib"] / mlflow_serve["rss_mib"]
+        pss = predictor["pss_mib"] / mlflow_serve["pss_mib"]
+        goals.append(
+            Goal(
+                "memory_total_vs_mlflow",
+                goal,
+                "≤ 1/2 (0.5x)",
+                f"RSS {predictor['rss_mib']:,.0f} vs {mlflow_serve['rss_mib']:,.0f} MiB, "
+                f"PSS {predictor['pss_mib']:,.0f} vs {mlflow_serve['pss_mib']:,.0f} MiB",
+                round(max(rss, pss), 3),
+                rss <= 0.5 and pss <= 0.5,
+            )
+        )
+    else:
+        goals.append(
+            Goal("memory_total_vs_mlflow", goal, "≤ 1/2 (0.5x)", "not measured", None, False)
+        )
+    return goals
+
+
+def evaluate_peer_goals(
+    summaries: dict[str, Summary], memory: dict[str, Any], missing: dict[str, str]
+) -> list[Goal]:
+    """The issue's goals against MLServer, BentoML and `mlflow models serve`, from this run.
+
+    `missing` says, per load name, why it was not measured (a peer that did not start, a
+    protocol this predictor does not serve); a goal that needs it is reported not met with it.
+    """
+
+    def why(*names: str) -> str:
+        reasons = [f"{name}: {missing[name]}" for name in names if name in missing]
+        return _not_measured("; ".join(reasons) if reasons else None)
+
+    get = summaries.get
+    batch = f"{BATCH_ROWS:,}-row batches, {BATCH_CONNECTIONS} connections"
+    one = f"one row, {CONNECTIONS} connections"
+    return [
+        _against_best(
+            "peers_one_row_throughput",
+            f"Predictor `POST /predict` vs the faster peer on its own protocol, {one}: req/s",
+            get("predictor"),
+            summaries,
+            ONE_ROW_PEERS,
+            "requests_per_s",
+            10,
+            why("predictor", *ONE_ROW_PEERS),
+        ),
+        lowest_p99_goal(get("predictor"), summaries, ONE_ROW_PEERS, why("predictor")),
+        _at_least(
+            "v2_json_one_row",
+            f"V2 JSON vs MLServer V2 JSON, same body, {one}: req/s",
+            get("predictor-v2"),
+            get("mlserver"),
+            "requests_per_s",
+            10,
+            why("predictor-v2", "mlserver"),
+        ),
+        _at_least(
+            "v2_json_batch",
+            f"V2 JSON vs MLServer V2 JSON, same body, {batch}: rows/s",
+            get("predictor-v2-batch"),
+            get("mlserver-batch"),
+            "rows_per_s",
+            2,
+            why("predictor-v2-batch", "mlserver-batch"),
+        ),
+        _against_best(
+            "v2_binary_batch",
+            f"V2 binary, {batch}, vs the faster peer's best batch figure on any protocol: rows/s",
+            get("predictor-v2-binary-batch"),
+            summaries,
+            BATCH_PEERS,
+            "rows_per_s",
+            5,
+            why("predictor-v2-binary-batch"),
+        ),
+        _at_least(
+            "native_batch_vs_mlserver",
+            f"`POST /predict/batch` vs MLServer V2 JSON, {batch}: rows/s",
+            get("predictor-batch"),
+            get("mlserver-batch"),
+            "rows_per_s",
+            2,
+            why("predictor-batch", "mlserver-batch"),
+        ),
+        _at_least(
+            "invocations_one_row",
+            f"`/invocations` vs {MLFLOW}, same body, {one}: req/s",
+            get("predictor-invocations"),
+            get("mlflow"),
+            "requests_per_s",
+            10,
+            why("predictor-invocations", "mlflow"),
+        ),
+        _at_least(
+            "invocations_split_batch",
+            f"`/invocations` dataframe_split vs {MLFLOW}, same body, {batch}: rows/s",
+            get("predictor-invocations-batch"),
+            # run.py adds "mlflow-batch-split" only when mlflow's own batch shape is another.
+            get("mlflow-batch-split") or get("mlflow-batch"),
+            "rows_per_s",
+            5,
+            why("predictor-invocations-batch", "mlflow-batch-split"),
+        ),
+        _at_least(
+            "invocations_csv_batch",
+            f"`/invocations` text/csv vs {MLFLOW}, same body, {batch}: rows/s",
+            get("predictor-invocations-csv-batch"),
+            get("mlflow-batch-csv"),
+            "rows_per_s",
+            5,
+            why("predictor-invocations-csv-batch", "mlflow-batch-csv"),
+        ),
+        *memory_goals(memory),
+    ]

@@ -215,8 +215,13 @@ class BenchStack:
         return completed
 
     def pid(self, program: str) -> int | None:
-        answer = self.supervisorctl("pid", program).stdout.strip()
-        return int(answer) if answer.isdigit() and answer != "0" else None
+        """The program's pid; for a program run as replicas (numprocs, the predictor), the
+        first replica's, which is the one the benchmark drives directly."""
+        for name in (program, f"{program}:{program}-0"):
+            answer = self.supervisorctl("pid", name).stdout.strip()
+            if answer.isdigit() and answer != "0":
+                return int(answer)
+        return None
 
     def production_version(self) -> str:
         response = httpx.get(

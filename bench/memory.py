@@ -36,12 +36,18 @@ def _memory_kib(pid: int) -> tuple[int, int]:
 
 
 def tree_memory(pid: int | None) -> dict[str, Any] | None:
+    """RSS and PSS of the tree rooted at `pid`, summed, and of its largest process (by RSS)."""
     if pid is None:
         return None
     pids = process_tree(pid)
-    rss, pss = (sum(column) for column in zip(*(_memory_kib(p) for p in pids), strict=True))
+    per_process = [_memory_kib(p) for p in pids]
+    rss, pss = (sum(column) for column in zip(*per_process, strict=True))
+    largest_rss, largest_pss = max(per_process)
     return {
         "processes": len(pids),
         "rss_mib": round(rss / 1024, 1),
         "pss_mib": round(pss / 1024, 1),
+        "largest_rss_mib": round(largest_rss / 1024, 1),
+        "largest_pss_mib": round(largest_pss / 1024, 1),
+        "per_process_rss_mib": [round(kib / 1024, 1) for kib, _ in per_process],
     }

@@ -110,3 +110,35 @@ def wait_for_http(process: ManagedProcess, url: str, timeout: float) -> float:
         raise StartupError(
             f"{process.name} not ready at {url} after {timeout:.0f}s:\n{process.tail()}"
         ) from None
+
+
+def answers_post(url: str, body: bytes, headers: dict[str, str]) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.post(url, content=body, headers=headers, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def wait_for_answer(
+    process: ManagedProcess, url: str, body: bytes, headers: dict[str, str], timeout: float
+) -> float:
+    """Seconds until a prediction request to `url` answers 200: a server's cold start to its
+    first real answer, not to a health check that may pass before the model is loaded."""
+    answers = answers_post(url, body, headers)
+
+    def answered() -> bool:
+        if process.process.poll() is not None:
+            raise StartupError(
+                f"{process.name} exited with code {process.process.returncode}:\n{process.tail()}"
+            )
+        return answers()
+
+    try:
+        return wait_until(answered, timeout, interval=0.1)
+    except TimeoutError:
+        raise StartupError(
+            f"{process.name} gave no answer at {url} after {timeout:.0f}s:\n{process.tail()}"
+        ) from None

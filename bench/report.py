@@ -80,6 +80,116 @@ def load_table(results: dict[str, Any]) -> list[str]:
     return _table([*header, "max ms", "failed", "req/s per round"], rows)
 
 
+# The peer table's rows: server, protocol, and the load names of its one-row and batch figures.
+PEER_ROWS = (
+    ("predictor", "native `/predict`, `/predict/batch`", "predictor", "predictor-batch"),
+    ("predictor", "V2 JSON", "predictor-v2", "predictor-v2-batch"),
+    ("predictor", "V2 binary tensors", "predictor-v2-binary", "predictor-v2-binary-batch"),
+    ("predictor", "`/invocations` JSON†", "predictor-invocations", "predictor-invocations-batch"),
+    ("predictor", "`/invocations` text/csv", None, "predictor-invocations-csv-batch"),
+    ("MLServer", "V2 JSON", "mlserver", "mlserver-batch"),
+    ("MLServer", "V2 binary tensors", None, "mlserver-binary-batch"),
+    ("BentoML", "JSON `/classify`", "bentoml", "bentoml-batch"),
+    ("mlflow models serve", "`/invocations` JSON‡", "mlflow", "mlflow-batch"),
+    ("mlflow models serve", "`/invocations` dataframe_split", None, "mlflow-batch-split"),
+    ("mlflow models serve", "`/invocations` text/csv", None, "mlflow-batch-csv"),
+)
+# Memory and cold start rows: the report's name, and the key of each in results.json.
+PEER_PROCESSES = (
+    ("predictor (master + workers)", "predictor", "predictor"),
+    ("MLServer", "MLServer", "MLServer"),
+    ("BentoML", "BentoML", "BentoML"),
+    ("mlflow models serve -w 2", "mlflow models serve -w 2", "mlflow models serve -w 2"),
+)
+
+
+def peer_table(results: dict[str, Any]) -> list[str]:
+    """One row per server and protocol: one row at 32 connections, 1,000 rows at 4."""
+    load = results["load"]
+    servers, missing = load["servers"], load.get("not_measured", {})
+
+    def figures(name: str | None, field: str) -> list[Any]:
+        if name is None:
+            return ["-", "-"]
+        if name not in servers:
+            return ["not measured" if name in missing else "-", "-"]
+        median = servers[name]["median"]
+        return [f"{median[field]:,.0f}", f"{median['p99_ms']:.1f}"]
+
+    rows = [
+        [server, protocol, *figures(one, "requests_per_s"), *figures(batch, "rows_per_s")]
+        for server, protocol, one, batch in PEER_ROWS
+        if any(name in servers or name in missing for name in (one, batch) if name)
+    ]
+    header = [
+        "Server",
+        "Protocol",
+        f"one row: req/s ({load['connections']} conn.)",
+        "p99 ms",
+        f"{load['batch_rows']:,}-row batches: rows/s ({load['batch_connections']} conn.)",
+        "p99 ms",
+    ]
+    shapes = load["mlflow_shape"]
+    lines = _table(header, rows)
+    lines += [
+        "",
+        f"† the same bodies as mlflow models serve: `{shapes['one_row']}` for one row, "
+        "`dataframe_split` for batches. ‡ the shape mlflow answers fastest in a short probe: "
+        f"`{shapes['one_row']}` for one row, `{shapes['batch']}` for batches. V2 bodies are the "
+        "same for the predictor and MLServer (one `[n, 4]` FP64 tensor, no `outputs`: MLServer "
+        "answers `predict`, the predictor `predict` and `predict_proba`); binary bodies are "
+        "tritonclient's (FP32, `binary_data_output`).",
+    ]
+    if missing:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- `{name}`: {why}" for name, why in sorted(missing.items())]
+    return lines
+
+
+def peer_resources(results: dict[str, Any]) -> list[str]:
+    reports = results["reports"]
+    memory, cold = reports["memory"], reports["cold_start"]
+    rows = []
+    for label, memory_key, cold_key in PEER_PROCESSES:
+        m = memory.get(memory_key)
+        start = cold.get(cold_key) or {}
+        seconds = start.get("seconds")
+        rows.append(
+            [
+                label,
+                m["processes"] if m else "-",
+                m["rss_mib"] if m else "not running",
+                m["pss_mib"] if m else "-",
+                m.get("largest_rss_mib") if m else "-",
+                m.get("largest_pss_mib") if m else "-",
+                "-" if seconds is None else f"{seconds:.1f}",
+            ]
+        )
+    header = ["Server", "Processes", "RSS MiB", "PSS MiB", "largest RSS", "largest PSS"]
+    return _table([*header, "cold start s"], rows)
+
+
+def peer_settings(results: dict[str, Any]) -> list[str]:
+    peers = results["servers"].get("peers", {})
+    lines = []
+    for label, peer in peers.items():
+        if "error" in peer:
+            lines.append(f"- {label}: not run: {peer['error']}")
+            continue
+        versions = ", ".join(f"{k} {v}" for k, v in peer["versions"].items())
+        lines.append(f"- {label}: `{' '.join(peer['command'][1:])}`; {versions}.")
+    return [
+        *lines,
+        '- MLServer runs with `"parallel_workers": 0` (inference in the server process): its '
+        'inference worker pool dies at start on this machine ("There is no current event loop in '
+        'thread \'MainThread\'"). `"debug": false` turns its per-request access log off.',
+        "- BentoML: `@bentoml.service(workers=2)`, access log off. Both peers serve the "
+        "registry's production version, loaded with the predictor's own loader and written with "
+        "joblib, in virtual environments of their own (`.state/bench/venvs/`, scikit-learn "
+        "pinned to the project's version).",
+    ]
+
+
 def swap_section(results: dict[str, Any]) -> list[str]:
     swap = results["hot_swap"]
     if "error" in swap:
@@ -193,6 +303,22 @@ def markdown(results: dict[str, Any]) -> str:
         f"Model version {results['model_version']} everywhere.",
         "",
         *load_table(results),
+        "",
+        "## Against the frameworks users would pick",
+        "",
+        "Each server on its own protocols, in the same rounds as above (medians). The predictor "
+        "answers labels and probabilities for every row and logs every row; the peers answer "
+        "labels and log nothing.",
+        "",
+        *peer_table(results),
+        "",
+        "Memory after the load rounds (each server's whole process tree, from "
+        "/proc/<pid>/smaps_rollup) and cold start (process start → first 200 answer to a "
+        "one-row prediction request):",
+        "",
+        *peer_resources(results),
+        "",
+        *peer_settings(results),
         "",
         "## Hot swap under load",
         "",

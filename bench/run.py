@@ -1,12 +1,15 @@
-"""`make bench`: the serving path against `mlflow models serve`, side by side, in one run.
+"""`make bench`: the serving path against `mlflow models serve`, MLServer and BentoML, side by
+side, in one run.
 
 In order:
   1. a private Redis and a second local stack (scripts/stack.py up on free ports, its own state
      folder and API token), which trains the baseline: version 1, alias `production`;
-  2. `mlflow models serve -w 2` on that same version, and a constant-answer endpoint launched
-     with the predictor's own command line;
-  3. wrk rounds that alternate predictor, mlflow, gateway, constant, predictor batch and mlflow
-     batch, so drift on a shared machine hits all alike; medians and ratios per server;
+  2. `mlflow models serve -w 2` on that same version, a constant-answer endpoint launched
+     with the predictor's own command line, and the peers (bench/peers.py): MLServer and
+     BentoML, each in a virtual environment of its own, on the same version exported with joblib;
+  3. wrk rounds that alternate every server and protocol (one row at 32 connections, 1,000-row
+     batches at 4), so drift on a shared machine hits all alike; medians and ratios per server;
+     a predictor protocol this build does not serve is reported as not measured;
   4. memory of every service's process tree, right after the load;
   5. a hot swap under load: version 2 trained with the CLI, `production` moved to it while wrk
      drives the gateway;
@@ -19,6 +22,7 @@ BENCH_PROBE_SECONDS (2). Run from the repository root: `python -m bench.run`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +45,7 @@ from bench.config import (
     BATCH_CONNECTIONS,
     BATCH_ROWS,
     CONNECTIONS,
+    MODEL_NAME,
     README,
     RESULTS_JSON,
     RESULTS_MD,
@@ -51,10 +56,19 @@ from bench.config import (
     command_line,
 )
 from bench.console import say, timed
-from bench.goals import evaluate_goals
+from bench.goals import evaluate_goals, evaluate_peer_goals
 from bench.local_stack import BenchStack
 from bench.machine import git_commit, library_versions, load_average, machine
 from bench.memory import tree_memory
+from bench.peers import (
+    PeerEnvironment,
+    PeerServer,
+    ensure_environment,
+    export_joblib,
+    peer_environments,
+    start_bentoml,
+    start_mlserver,
+)
 from bench.report import update_readme, write_results
 from bench.retrain import retrain_breakdown
 from bench.rounds import Load, Summary, pick_mlflow_shape, run_rounds
@@ -67,10 +81,21 @@ T = TypeVar("T")
 
 @dataclass
 class Servers:
-    """What the load rounds drive, and the JSON shape mlflow gets for one row and for batches."""
+    """What the load rounds drive, the JSON shape mlflow gets for one row and for batches, and
+    why a load that a goal needs is not measured."""
 
     loads: list[Load]
     mlflow_shape: dict[str, str]
+    missing: dict[str, str]
+
+
+@dataclass
+class Peers:
+    """MLServer and BentoML, each running or with the reason it does not."""
+
+    mlserver: PeerServer | None
+    bentoml: PeerServer | None
+    errors: dict[str, str]
 
 
 def attempt(what: str, step: Callable[[], T]) -> tuple[T | None, str | None]:
@@ -89,17 +114,33 @@ def check_answers(target: Target) -> None:
     response = httpx.post(
         target.url,
         content=target.body_file.read_bytes(),
-        headers={"Content-Type": "application/json"},
+        headers=target.request_headers(),
         timeout=30,
     )
     if response.status_code != 200:
-        raise RuntimeError(f"{target.name} answered {response.status_code}: {response.text[:500]}")
+        raise RuntimeError(f"{target.name} answered {response.status_code}: {response.text[:300]}")
+
+
+def answering(loads: list[Load], missing: dict[str, str]) -> list[Load]:
+    """The loads whose server answers their request; the others go to `missing` with why (a
+    protocol this predictor does not serve yet, a peer that refuses the body)."""
+    kept = []
+    for load in loads:
+        try:
+            check_answers(load.target)
+        except (RuntimeError, httpx.HTTPError) as exc:
+            missing[load.target.name] = str(exc).splitlines()[0][:300]
+            say(f"not measured: {missing[load.target.name]}")
+            continue
+        kept.append(load)
+    return kept
 
 
 def build_servers(
     stack: BenchStack,
     mlflow: RunningServer,
     constant: RunningServer | None,
+    peers: Peers,
     bodies: Path,
     settings: BenchSettings,
 ) -> Servers:
@@ -128,29 +169,42 @@ def build_servers(
         shapes[kind] = pick_mlflow_shape(candidates, connections, settings.probe_seconds)
         say(f"mlflow models serve: {kind} as {shapes[kind]}")
 
-    def mlflow_body(kind: str) -> Path:
-        return bodies / f"mlflow-{kind}-{shapes[kind]}.json"
+    def mlflow_body(kind: str, shape: str | None = None) -> Path:
+        return bodies / f"mlflow-{kind}-{shape or shapes[kind]}.json"
+
+    csv_batch = payloads.write_raw(bodies, "batch.csv", payloads.mlflow_csv(flowers))
+    v2_one = payloads.write_body(bodies, "v2-one-row", payloads.v2_json_body([flower]))
+    v2_batch = payloads.write_body(bodies, "v2-batch", payloads.v2_json_body(flowers))
+    binary_one, binary_one_header = payloads.v2_binary_body([flower])
+    binary_batch, binary_batch_header = payloads.v2_binary_body(flowers)
+    bento_one = payloads.write_body(bodies, "bentoml-one-row", payloads.bentoml_body([flower]))
+    bento_batch = payloads.write_body(bodies, "bentoml-batch", payloads.bentoml_body(flowers))
+
+    def binary(name: str, url: str, body: bytes, header: int, rows: int) -> Target:
+        return Target(
+            name,
+            url,
+            payloads.write_raw(bodies, f"{name}.bin", body),
+            rows,
+            content_type="application/octet-stream",
+            headers=(("Inference-Header-Content-Length", str(header)),),
+        )
 
     batch_rows = f"{BATCH_ROWS:,} rows"
     predictor, gateway = stack.predictor_url, stack.gateway_url
-    loads = [
+    v2_infer = f"{predictor}/v2/models/{MODEL_NAME}/infer"
+    one_row_shape, split = shapes["one_row"], "dataframe_split"
+    missing: dict[str, str] = {}
+
+    one_row = [
         Load(Target("predictor", f"{predictor}/predict", one), CONNECTIONS, "POST /predict"),
         Load(
             Target("mlflow", invocations, mlflow_body("one_row")),
             CONNECTIONS,
-            f"POST /invocations ({shapes['one_row']})",
+            f"mlflow models serve: POST /invocations ({one_row_shape})",
         ),
-        Load(Target("gateway", f"{gateway}/predict", one), CONNECTIONS, "POST /predict (gateway)"),
     ]
-    if constant is not None:
-        loads.append(
-            Load(
-                Target("constant", f"{constant.url}/predict", one),
-                CONNECTIONS,
-                "POST /predict (constant answer)",
-            )
-        )
-    loads += [
+    batches = [
         Load(
             Target("predictor-batch", f"{predictor}/predict/batch", batch, BATCH_ROWS),
             BATCH_CONNECTIONS,
@@ -159,12 +213,151 @@ def build_servers(
         Load(
             Target("mlflow-batch", invocations, mlflow_body("batch"), BATCH_ROWS),
             BATCH_CONNECTIONS,
-            f"POST /invocations ({shapes['batch']}), {batch_rows}",
+            f"mlflow models serve: POST /invocations ({shapes['batch']}), {batch_rows}",
         ),
     ]
+    if shapes["batch"] != split:
+        batches.append(
+            Load(
+                Target("mlflow-batch-split", invocations, mlflow_body("batch", split), BATCH_ROWS),
+                BATCH_CONNECTIONS,
+                f"mlflow models serve: POST /invocations ({split}), {batch_rows}",
+            )
+        )
+    batches.append(
+        Load(
+            Target("mlflow-batch-csv", invocations, csv_batch, BATCH_ROWS, content_type="text/csv"),
+            BATCH_CONNECTIONS,
+            f"mlflow models serve: POST /invocations (text/csv), {batch_rows}",
+        )
+    )
+    if peers.mlserver is not None:
+        mlserver_infer = f"{peers.mlserver.server.url}/v2/models/{MODEL_NAME}/infer"
+        one_row += answering(
+            [
+                Load(
+                    Target("mlserver", mlserver_infer, v2_one),
+                    CONNECTIONS,
+                    "MLServer: POST /v2/models/{name}/infer (V2 JSON)",
+                )
+            ],
+            missing,
+        )
+        batches += answering(
+            [
+                Load(
+                    Target("mlserver-batch", mlserver_infer, v2_batch, BATCH_ROWS),
+                    BATCH_CONNECTIONS,
+                    f"MLServer: POST /v2/models/{{name}}/infer (V2 JSON), {batch_rows}",
+                ),
+                # Measured if MLServer takes the binary extension; 1.7.1's REST server does not.
+                Load(
+                    binary(
+                        "mlserver-binary-batch",
+                        mlserver_infer,
+                        binary_batch,
+                        binary_batch_header,
+                        BATCH_ROWS,
+                    ),
+                    BATCH_CONNECTIONS,
+                    f"MLServer: POST /v2/models/{{name}}/infer (binary tensors), {batch_rows}",
+                ),
+            ],
+            missing,
+        )
+    if peers.bentoml is not None:
+        classify = f"{peers.bentoml.server.url}/classify"
+        one_row += answering(
+            [Load(Target("bentoml", classify, bento_one), CONNECTIONS, "BentoML: POST /classify")],
+            missing,
+        )
+        batches += answering(
+            [
+                Load(
+                    Target("bentoml-batch", classify, bento_batch, BATCH_ROWS),
+                    BATCH_CONNECTIONS,
+                    f"BentoML: POST /classify, {batch_rows}",
+                )
+            ],
+            missing,
+        )
+    for name, error in peers.errors.items():
+        for suffix in ("", "-batch"):
+            missing[f"{name}{suffix}"] = error
+    one_row.append(
+        Load(Target("gateway", f"{gateway}/predict", one), CONNECTIONS, "POST /predict (gateway)")
+    )
+    if constant is not None:
+        one_row.append(
+            Load(
+                Target("constant", f"{constant.url}/predict", one),
+                CONNECTIONS,
+                "POST /predict (constant answer)",
+            )
+        )
+    # The predictor's other protocols (issue 16): measured where this build serves them.
+    one_row += answering(
+        [
+            Load(Target("predictor-v2", v2_infer, v2_one), CONNECTIONS, "POST /v2/.../infer"),
+            Load(
+                binary("predictor-v2-binary", v2_infer, binary_one, binary_one_header, 1),
+                CONNECTIONS,
+                "POST /v2/.../infer (binary tensors)",
+            ),
+            Load(
+                Target("predictor-invocations", f"{predictor}/invocations", mlflow_body("one_row")),
+                CONNECTIONS,
+                f"POST /invocations ({one_row_shape})",
+            ),
+        ],
+        missing,
+    )
+    batches += answering(
+        [
+            Load(
+                Target("predictor-v2-batch", v2_infer, v2_batch, BATCH_ROWS),
+                BATCH_CONNECTIONS,
+                f"POST /v2/.../infer (V2 JSON), {batch_rows}",
+            ),
+            Load(
+                binary(
+                    "predictor-v2-binary-batch",
+                    v2_infer,
+                    binary_batch,
+                    binary_batch_header,
+                    BATCH_ROWS,
+                ),
+                BATCH_CONNECTIONS,
+                f"POST /v2/.../infer (binary tensors), {batch_rows}",
+            ),
+            Load(
+                Target(
+                    "predictor-invocations-batch",
+                    f"{predictor}/invocations",
+                    mlflow_body("batch", split),
+                    BATCH_ROWS,
+                ),
+                BATCH_CONNECTIONS,
+                f"POST /invocations ({split}), {batch_rows}",
+            ),
+            Load(
+                Target(
+                    "predictor-invocations-csv-batch",
+                    f"{predictor}/invocations",
+                    csv_batch,
+                    BATCH_ROWS,
+                    content_type="text/csv",
+                ),
+                BATCH_CONNECTIONS,
+                f"POST /invocations (text/csv), {batch_rows}",
+            ),
+        ],
+        missing,
+    )
+    loads = one_row + batches
     for load in loads:
         check_answers(load.target)
-    return Servers(loads=loads, mlflow_shape=shapes)
+    return Servers(loads=loads, mlflow_shape=shapes, missing=missing)
 
 
 def poll_interval_s(stack: BenchStack) -> float:
@@ -190,7 +383,7 @@ def train_next_version(stack: BenchStack) -> tuple[str, float]:
     return stack.latest_version(), round(time.monotonic() - started, 2)
 
 
-def memory_by_service(stack: BenchStack, mlflow: RunningServer) -> dict[str, Any]:
+def memory_by_service(stack: BenchStack, mlflow: RunningServer, peers: Peers) -> dict[str, Any]:
     programs = {
         "predictor": "predictor",
         "gateway": "gateway",
@@ -199,6 +392,8 @@ def memory_by_service(stack: BenchStack, mlflow: RunningServer) -> dict[str, Any
     }
     memory = {name: tree_memory(stack.pid(program)) for name, program in programs.items()}
     memory["mlflow models serve -w 2"] = tree_memory(mlflow.process.pid)
+    memory["MLServer"] = tree_memory(peers.mlserver.server.process.pid if peers.mlserver else None)
+    memory["BentoML"] = tree_memory(peers.bentoml.server.process.pid if peers.bentoml else None)
     return memory
 
 
@@ -261,6 +456,40 @@ class AfterLoad:
     record: dict[str, Any]
 
 
+def start_peers(stack: BenchStack, version: str, bodies: Path) -> Peers:
+    """MLServer and BentoML on `version`, each in its own environment; one that cannot be set
+    up or started is recorded, and the goals that need it are reported not measured."""
+    errors: dict[str, str] = {}
+    environments = peer_environments()
+    model, error = attempt(
+        "exporting the model", lambda: export_joblib(version, stack.work / "peer-model")
+    )
+    started: dict[str, PeerServer | None] = {}
+    one_row = [payloads.FLOWER]
+    first_bodies = {
+        "mlserver": (json.dumps(payloads.v2_json_body(one_row)).encode(), "application/json"),
+        "bentoml": (json.dumps(payloads.bentoml_body(one_row)).encode(), "application/json"),
+    }
+    starters = {"mlserver": start_mlserver, "bentoml": start_bentoml}
+    for name, environment in environments.items():
+        if model is None:
+            errors[name] = f"model export failed: {error}"
+            started[name] = None
+            continue
+        say(f"starting {name} ({' '.join(environment.requirements)})")
+
+        def start(
+            name: str = name, environment: PeerEnvironment = environment, model: Path = model
+        ) -> PeerServer:
+            ensure_environment(environment)
+            return starters[name](environment, model, stack.work, stack.logs, first_bodies[name])
+
+        started[name], failure = attempt(name, start)
+        if failure is not None:
+            errors[name] = failure.splitlines()[0][:300]
+    return Peers(started["mlserver"], started["bentoml"], errors)
+
+
 def compare_servers(
     stack: BenchStack, settings: BenchSettings, phases: dict[str, float]
 ) -> Comparison:
@@ -270,28 +499,41 @@ def compare_servers(
     with timed("start_baselines", phases):
         mlflow = start_mlflow_serve(stack, version)
         constant, constant_error = attempt("constant server", lambda: start_constant_server(stack))
+    bodies = stack.work / "bodies"
+    bodies.mkdir(exist_ok=True)
+    with timed("start_peers", phases):
+        peers = start_peers(stack, version, bodies)
     try:
-        bodies = stack.work / "bodies"
-        bodies.mkdir(exist_ok=True)
         with timed("probe_mlflow_shapes", phases):
-            servers = build_servers(stack, mlflow, constant, bodies, settings)
+            servers = build_servers(stack, mlflow, constant, peers, bodies, settings)
         say(
             f"load: {settings.rounds} rounds of {settings.round_seconds} s per server, "
             f"{len(servers.loads)} servers alternated"
         )
         with timed("load_rounds", phases):
             summaries, table = summarize(servers, run_rounds(servers.loads, settings))
-        memory = memory_by_service(stack, mlflow)
+        memory = memory_by_service(stack, mlflow, peers)
     finally:
         mlflow.process.stop()
         if constant is not None:
             constant.process.stop()
+        for peer in (peers.mlserver, peers.bentoml):
+            if peer is not None:
+                peer.server.process.stop()
 
     cold_start = {
         "mlflow models serve -w 2": startup(
-            mlflow, "process start → GET /ping 200 (the CLI downloads the model first)"
+            mlflow,
+            "process start → first 200 to a one-row POST /invocations "
+            "(the CLI downloads the model first)",
         )
     }
+    first_answer = "process start → first 200 to a one-row prediction request"
+    for label, peer in (("MLServer", peers.mlserver), ("BentoML", peers.bentoml)):
+        if peer is not None:
+            cold_start[label] = startup(peer.server, first_answer)
+        else:
+            cold_start[label] = {"seconds": None, "error": peers.errors.get(label.lower())}
     if constant is not None:
         cold_start["constant endpoint"] = startup(constant, "process start → GET /readyz 200")
     record = {
@@ -301,6 +543,16 @@ def compare_servers(
             "constant_command": constant.command if constant is not None else None,
             "constant_error": constant_error,
             "mlflow_serve_command": mlflow.command,
+            "peers": {
+                label: {
+                    "command": peer.server.command,
+                    "versions": peer.versions,
+                    "settings": peer.settings,
+                }
+                if peer is not None
+                else {"error": peers.errors.get(label.lower())}
+                for label, peer in (("MLServer", peers.mlserver), ("BentoML", peers.bentoml))
+            },
         },
         "load": {
             "rounds": settings.rounds,
@@ -314,6 +566,7 @@ def compare_servers(
             "wrk_timeout": WRK_TIMEOUT,
             "order": [load.target.name for load in servers.loads],
             "mlflow_shape": servers.mlflow_shape,
+            "not_measured": servers.missing,
             "servers": table,
         },
         "ratios": ratios(summaries),
@@ -360,6 +613,9 @@ def results_record(comparison: Comparison, after: AfterLoad) -> dict[str, Any]:
     compared, later = comparison.record, after.record
     goals = evaluate_goals(
         comparison.summaries, after.swap, after.swap_error, comparison.constant_error
+    )
+    goals += evaluate_peer_goals(
+        comparison.summaries, compared["memory"], compared["load"]["not_measured"]
     )
     return {
         "goals": [goal.as_dict() for goal in goals],

@@ -31,10 +31,16 @@ class Target:
     url: str
     body_file: Path | None
     rows_per_request: int = 1
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def method(self) -> str:
         return "POST" if self.body_file is not None else "GET"
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers every request of this target carries, as wrk sends them."""
+        return {"Content-Type": self.content_type, **dict(self.headers)}
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ def run_wrk(target: Target, seconds: float, connections: int) -> WrkResult:
         "PATH": "/usr/bin:/bin",
         "BENCH_WRK_METHOD": target.method,
         "BENCH_WRK_BODY_FILE": str(target.body_file or ""),
+        "BENCH_WRK_CONTENT_TYPE": target.content_type,
+        "BENCH_WRK_HEADERS": "\n".join(f"{name}: {value}" for name, value in target.headers),
     }
     completed = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False

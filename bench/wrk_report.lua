@@ -1,7 +1,9 @@
 -- wrk script of bench/wrk.py. The request comes from the environment, so one script serves
 -- every target; done() prints one JSON line so nobody has to parse wrk's text summary.
 --   BENCH_WRK_METHOD     GET or POST
---   BENCH_WRK_BODY_FILE  file holding the JSON body (sent with Content-Type: application/json)
+--   BENCH_WRK_BODY_FILE  file holding the body, sent as it is (binary bodies too)
+--   BENCH_WRK_CONTENT_TYPE  the body's Content-Type (application/json when unset; "-" sends none)
+--   BENCH_WRK_HEADERS    further request headers, one "Name: value" per line
 
 wrk.method = os.getenv("BENCH_WRK_METHOD") or "GET"
 local body_file = os.getenv("BENCH_WRK_BODY_FILE")
@@ -9,7 +11,19 @@ if body_file and body_file ~= "" then
   local file = assert(io.open(body_file, "rb"))
   wrk.body = file:read("*a")
   file:close()
-  wrk.headers["Content-Type"] = "application/json"
+  local content_type = os.getenv("BENCH_WRK_CONTENT_TYPE") or ""
+  if content_type == "" then
+    content_type = "application/json"
+  end
+  if content_type ~= "-" then
+    wrk.headers["Content-Type"] = content_type
+  end
+end
+for line in (os.getenv("BENCH_WRK_HEADERS") or ""):gmatch("[^\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then
+    wrk.headers[name] = value
+  end
 end
 
 function done(summary, latency, requests)
