@@ -10,6 +10,9 @@ Endpoints:
     GET  /readyz             200 once a model is loaded, 503 before
     GET  /metrics            Prometheus metrics
     POST /webhooks/mlflow    MLflow webhook receiver (only when PREDICTOR_WEBHOOK_SECRET is set)
+    /v2/...                  Open Inference Protocol V2, JSON and binary (routes/open_inference.py)
+    POST /invocations        MLflow's scoring protocol, with GET /ping, /health, /version
+                             (routes/mlflow_scoring.py)
 
 Run it with `python -m iris_predictor` (one process per core, see iris_shared.server).
 """
@@ -30,7 +33,7 @@ from iris_predictor.monitoring import DriftMonitor, PredictionStore, ShadowScore
 from iris_predictor.prediction_log import PredictionLog
 from iris_predictor.recorder import Monitors, PredictionRecorder
 from iris_predictor.registry import ModelRegistry
-from iris_predictor.routes import health, model, predict, webhooks
+from iris_predictor.routes import health, mlflow_scoring, model, open_inference, predict, webhooks
 from iris_predictor.serving import ModelHolder
 from iris_predictor.state import PredictorState
 from iris_predictor.watcher import ModelWatcher, report_fast_path
@@ -128,8 +131,8 @@ def create_app(
         settings=settings,
         metrics=metrics,
         routers=routers,
-        plain_routes=predict.ROUTES,
-        json_bodies=predict.JSON_BODIES,
+        plain_routes=[*predict.ROUTES, *open_inference.ROUTES, *mlflow_scoring.ROUTES],
+        json_bodies=[*predict.JSON_BODIES, *open_inference.JSON_BODIES],
         lifespan=lifespan,
     )
     batcher = MicroBatcher(settings.max_queued_rows, on_call=metrics.model_called)

@@ -100,3 +100,82 @@ def _contract(adapter: TypeAdapter[Any], body: bytes) -> Any:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
+
+
+class InvalidRows(ServiceError):
+    """Rows a protocol adapter decoded that the contract refuses (each protocol words it)."""
+
+    status_code = 400
+    error = "validation_error"
+
+
+def checked_rows(values: Any, max_rows: int) -> np.ndarray:
+    """`values` as an (n, 4) float64 array of measurements the contract accepts: n from 1 to
+    `max_rows` (413 beyond), every value finite, greater than 0 and at most MAX_MEASUREMENT_CM
+    (400 otherwise, naming the first bad value)."""
+    try:
+        rows = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidRows("The rows must be numbers only.") from None
+    if rows.ndim == 1 and rows.size == len(FEATURE_NAMES):
+        rows = rows.reshape(1, -1)
+    if rows.ndim != 2 or rows.shape[1] != len(FEATURE_NAMES):
+        raise InvalidRows(
+            f"Each row must have the {len(FEATURE_NAMES)} measurements "
+            f"{', '.join(FEATURE_NAMES)}; got shape {list(rows.shape)}."
+        )
+    if len(rows) == 0:
+        raise InvalidRows("There are no rows to predict.")
+    if len(rows) > max_rows:
+        raise TooManyRows(f"The batch has {len(rows)} rows; the limit is {max_rows}.")
+    if not _within_bounds(rows):
+        bad = np.argwhere(~((rows > 0) & (rows <= MAX_MEASUREMENT_CM)))[0]
+        row, column = int(bad[0]), int(bad[1])
+        raise InvalidRows(
+            f"Row {row}: {FEATURE_NAMES[column]} is {float(rows[row, column])!r}; every "
+            f"measurement must be greater than 0 and at most {MAX_MEASUREMENT_CM:g} cm."
+        )
+    return rows
+
+
+def rows_from_columns(columns: list[Any], data: list[Any], max_rows: int) -> np.ndarray:
+    """Rows given with their column names, in any order, as FEATURE_NAMES-ordered rows."""
+    names = [str(name) for name in columns]
+    missing = [name for name in FEATURE_NAMES if name not in names]
+    unknown = [name for name in names if name not in FEATURE_NAMES]
+    if missing or unknown or len(set(names)) != len(names):
+        raise InvalidRows(
+            f"The columns must be {', '.join(FEATURE_NAMES)} (any order)"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            + "."
+        )
+    order = [names.index(name) for name in FEATURE_NAMES]
+    table = _numbers(data)
+    if table.ndim != 2 or table.shape[1] != len(names):
+        raise InvalidRows(f"Each row must have {len(names)} values, one per column.")
+    return checked_rows(table[:, order], max_rows)
+
+
+def rows_from_records(records: list[Any], max_rows: int) -> np.ndarray:
+    """Rows given as objects keyed by measurement name."""
+    if not records or not all(isinstance(record, dict) for record in records):
+        raise InvalidRows("The records must be a non-empty list of objects.")
+    keys = list(records[0])
+    if any(set(record) != set(keys) for record in records[1:]):
+        raise InvalidRows("Every record must have the same fields.")
+    return rows_from_columns(keys, [[record[key] for key in keys] for record in records], max_rows)
+
+
+def _numbers(data: Any) -> np.ndarray:
+    # Numbers only: booleans and strings are refused, as the native contract refuses them.
+    if not isinstance(data, list) or not all(
+        isinstance(row, list)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
+        for row in data
+    ):
+        raise InvalidRows("The data must be rows of numbers.")
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except ValueError:
+        raise InvalidRows("Every row must have the same number of values.") from None

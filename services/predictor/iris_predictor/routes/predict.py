@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from iris_predictor import answers, inputs
 from iris_predictor.core import NATIVE, Answer
+from iris_predictor.inference import LoadedModel
 from iris_predictor.state import PredictorState
 from iris_shared.http import error_responses, json_body, server_request_id
 from iris_shared.plain_routes import PlainRoute
@@ -26,9 +27,14 @@ from iris_shared.schemas import (
 
 JSON_BODIES = (PredictionRequest, BatchPredictionRequest)
 _JSON = "application/json"
+# The server's id of every prediction answer, whatever the protocol: the key feedback is given
+# under. X-Request-ID is the client's tracing id when it sent one (a gateway always does).
+ANSWER_ID_HEADER = "Iris-Request-ID"
 
 
-async def predict_rows(request: Request, rows: np.ndarray, protocol: str) -> Answer:
+async def predict_rows(
+    request: Request, rows: np.ndarray, protocol: str, model: LoadedModel | None = None
+) -> Answer:
     """Have the core answer `rows` for this request, under the server's request id."""
     state: PredictorState = request.app.state.predictor
     trace = request.scope["state"]
@@ -39,6 +45,7 @@ async def predict_rows(request: Request, rows: np.ndarray, protocol: str) -> Ans
         request_id=server_request_id(request.scope),
         trace_id=trace["request_id"] if trace["request_id_from_client"] else None,
         protocol=protocol,
+        model=model,
     )
 
 
@@ -49,6 +56,7 @@ async def predict(request: Request) -> Response:
     return Response(
         answers.one(answer.probabilities, answer.classes, answer.model_version, answer.request_id),
         media_type=_JSON,
+        headers={ANSWER_ID_HEADER: answer.request_id},
     )
 
 
@@ -67,6 +75,7 @@ async def predict_batch(request: Request) -> Response:
             feedback_rows,
         ),
         media_type=_JSON,
+        headers={ANSWER_ID_HEADER: answer.request_id},
     )
 
 

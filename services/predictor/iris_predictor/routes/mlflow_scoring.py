@@ -1,0 +1,203 @@
+"""MLflow's scoring protocol, as `mlflow models serve` speaks it, for clients already using it.
+
+    POST /invocations     application/json (dataframe_split, dataframe_records, instances,
+                          inputs) or text/csv with a header row -> {"predictions": [species]}
+    GET  /ping, /health   200 once a model is loaded
+    GET  /version         the MLflow version
+
+Columns are matched by name, in any order; `instances` and `inputs` may also be plain rows in
+FEATURE_NAMES order. The rows are checked as on /predict (`iris_predictor.inputs`), and a bad
+body is a 400 in MLflow's error shape, `{"error_code": "BAD_REQUEST", "message": ...}`; other
+content types get MLflow's 415. No pandas: bodies are decoded straight into one array. The
+server's id of the answer (the feedback key) is the Iris-Request-ID header.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iris_predictor.core import MLFLOW
+from iris_predictor.inputs import InvalidRows, checked_rows, rows_from_columns, rows_from_records
+from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
+from iris_predictor.state import PredictorState
+from iris_shared.plain_routes import PlainRoute
+from iris_shared.protocols import MlflowErrorResponse, MlflowPredictions
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_decode = msgspec.json.Decoder().decode
+_JSON = "application/json"
+_TEXT = "text/plain"
+
+
+class BadRequest(Exception):
+    """A body MLflow's scoring server would refuse with BAD_REQUEST."""
+
+
+def _mlflow_error(message: str, status_code: int = 400, code: str = "BAD_REQUEST") -> Response:
+    return Response(
+        orjson.dumps({"error_code": code, "message": message}),
+        status_code=status_code,
+        media_type=_JSON,
+    )
+
+
+def _unsupported(content_type: str) -> Response:
+    return Response(
+        "This predictor only supports the following content types: Types: "
+        f"['text/csv', 'application/json']. Got '{content_type}'.",
+        status_code=415,
+        media_type="text/plain",
+    )
+
+
+def rows_from_json(body: bytes, max_rows: int) -> np.ndarray:
+    try:
+        document = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise BadRequest("Ensure that input is a valid JSON formatted string.") from None
+    if not isinstance(document, dict):
+        raise BadRequest(
+            "The input must be a JSON object with one of the keys " + ", ".join(FORMATS)
+        )
+    keys = [key for key in FORMATS if key in document]
+    if len(keys) != 1:
+        raise BadRequest(
+            f"The input must have exactly one of the keys {', '.join(FORMATS)}; "
+            f"received {list(document)}."
+        )
+    key = keys[0]
+    data = document[key]
+    if key == "dataframe_split":
+        if not isinstance(data, dict) or "columns" not in data or "data" not in data:
+            raise BadRequest("dataframe_split needs `columns` and `data`.")
+        if not isinstance(data["columns"], list):
+            raise BadRequest("dataframe_split's `columns` must be a list.")
+        return rows_from_columns(data["columns"], data["data"], max_rows)
+    if key == "dataframe_records":
+        if not isinstance(data, list):
+            raise BadRequest("dataframe_records must be a list of objects.")
+        return rows_from_records(data, max_rows)
+    # instances / inputs: records, a column mapping, or plain rows in FEATURE_NAMES order.
+    if isinstance(data, dict):
+        columns = list(data)
+        values = [data[c] if isinstance(data[c], list) else [data[c]] for c in columns]
+        if len({len(v) for v in values}) > 1:
+            raise BadRequest(f"Every column of `{key}` must have as many values.")
+        return rows_from_columns(
+            columns, [list(row) for row in zip(*values, strict=True)], max_rows
+        )
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        return rows_from_records(data, max_rows)
+    if not isinstance(data, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool)
+        for row in data
+        for v in (row if isinstance(row, list) else [row])
+    ):
+        raise BadRequest(f"`{key}` must hold rows of numbers, records or columns.")
+    return checked_rows(data, max_rows)
+
+
+def rows_from_csv(body: bytes, max_rows: int) -> np.ndarray:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Ensure that input is a valid UTF-8 encoded string.") from None
+    lines = list(csv.reader(io.StringIO(text)))
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        raise BadRequest("The CSV needs a header row with the column names, then rows.")
+    header, *data = lines
+    # pandas' to_csv writes the index as a first, unnamed column.
+    if header and header[0] == "":
+        header, data = header[1:], [row[1:] for row in data]
+    try:
+        numbers = [[float(value) for value in row] for row in data]
+    except ValueError:
+        raise BadRequest("Every CSV value must be a number.") from None
+    return rows_from_columns(header, numbers, max_rows)
+
+
+async def invocations(request: Request) -> Response:
+    """Predict the species of rows sent as MLflow's scoring server takes them (JSON or CSV)."""
+    state: PredictorState = request.app.state.predictor
+    content_type = request.headers.get("content-type", "")
+    mime_type, _, parameters = content_type.partition(";")
+    mime_type = mime_type.strip().lower()
+    charset = parameters.strip().lower()
+    if charset and charset.replace(" ", "") not in ("charset=utf-8",):
+        return Response(
+            "The scoring server only supports UTF-8", status_code=415, media_type="text/plain"
+        )
+    body = await request.body()
+    max_rows = state.settings.max_batch_rows
+    try:
+        if mime_type == "application/json":
+            rows = rows_from_json(body, max_rows)
+        elif mime_type == "text/csv":
+            rows = rows_from_csv(body, max_rows)
+        else:
+            return _unsupported(content_type)
+    except (BadRequest, InvalidRows) as exc:
+        return _mlflow_error(str(getattr(exc, "message", exc)))
+    answer = await predict_rows(request, rows, MLFLOW)
+    return Response(
+        orjson.dumps({"predictions": answer.labels()}),
+        media_type=_JSON,
+        headers={ANSWER_ID_HEADER: answer.request_id},
+    )
+
+
+async def ping(request: Request) -> Response:
+    """Report whether a model is loaded (MLflow's /ping and /health)."""
+    state: PredictorState = request.app.state.predictor
+    ready = state.holder.current is not None
+    # MLflow labels these bodies application/json although they are not JSON; text/plain is
+    # what they are, and its clients read only the status (/ping) or the text (/version).
+    return Response("\n", status_code=200 if ready else 503, media_type=_TEXT)
+
+
+async def mlflow_version(request: Request) -> Response:
+    """Report the MLflow version the predictor speaks (MLflow's /version)."""
+    return Response(_MLFLOW_VERSION, media_type=_TEXT)
+
+
+def _mlflow_version() -> str:
+    for distribution in ("mlflow", "mlflow-skinny"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+_MLFLOW_VERSION = _mlflow_version()
+
+_TAGS = ["mlflow scoring protocol"]
+_PLAIN_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+_TEXT_ANSWERS: dict[int | str, dict[str, Any]] = {200: _PLAIN_TEXT, 503: _PLAIN_TEXT}
+ROUTES = (
+    # Any Content-Type reaches the route, which answers 415 as MLflow does.
+    PlainRoute(
+        "/invocations",
+        invocations,
+        media_types=None,
+        tags=_TAGS,
+        response_model=MlflowPredictions,
+        responses={
+            400: {"model": MlflowErrorResponse},
+            415: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        },
+    ),
+    PlainRoute("/ping", ping, methods=["GET"], tags=_TAGS, responses=_TEXT_ANSWERS),
+    PlainRoute("/health", ping, methods=["GET"], tags=_TAGS, responses=_TEXT_ANSWERS),
+    PlainRoute("/version", mlflow_version, methods=["GET"], tags=_TAGS, responses=_TEXT_ANSWERS),
+)
