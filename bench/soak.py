@@ -649,7 +649,7 @@ def stop_predictor(stack: BenchStack) -> dict[str, Any]:
     """supervisorctl stop: SIGTERM to the predictor's process group, SIGKILL only after
     stopwaitsecs; whether it came to that is in supervisord's own log."""
     started = time.monotonic()
-    completed = stack.supervisorctl("stop", "predictor")
+    completed = stack.supervisorctl("stop", "predictor:*")  # replicas: a bare name matches none
     seconds = round(time.monotonic() - started, 2)
     supervisord_log = stack.state / "logs" / "supervisord.log"
     lines = (
