@@ -47,5 +47,9 @@ class BenchSettings:
 
 def command_line() -> str:
     """`make bench` with the BENCH_ variables of this run in front, as someone would retype it."""
-    overrides = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("BENCH_") and v]
+    overrides = [
+        f"{k}={v}"
+        for k, v in sorted(os.environ.items())
+        if k.startswith("BENCH_") and k != "BENCH_NOTE" and v
+    ]
     return " ".join([*overrides, "make bench"])

@@ -88,5 +88,9 @@ def git_commit() -> dict[str, Any]:
         )
         return completed.stdout.strip()
 
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    # Not git(): its strip() would eat the first line's leading status column.
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed_files": changed}

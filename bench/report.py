@@ -274,6 +274,7 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         f"- OS: {machine['os']}, kernel {machine['kernel']}, Python {machine['python']}",
         f"- Load average (1, 5, 15 min) before: {results['load_average']['before']}, "
         f"after: {results['load_average']['after']}",
+        *([f"- Note on this run: {results['note']}"] if results.get("note") else []),
         f"- Load generator: {results['wrk']} (`-t{results['load']['wrk_threads']}`, "
         f"`--timeout {results['load']['wrk_timeout']}`)",
         f"- Predictor worker processes: {_cell(results['servers']['predictor_workers'])}",

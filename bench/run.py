@@ -17,7 +17,8 @@ In order:
   7. bench/results.json, bench/results.md and the README's goals table.
 
 Settings: BENCH_ROUNDS (3), BENCH_SECONDS (8 per round), BENCH_WARMUP_SECONDS (3),
-BENCH_PROBE_SECONDS (2). Run from the repository root: `python -m bench.run`.
+BENCH_PROBE_SECONDS (2); BENCH_NOTE, a note on the machine for the report. Run from the
+repository root: `python -m bench.run`.
 """
 
 from __future__ import annotations
@@ -642,6 +643,8 @@ def main() -> int:
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "git": git_commit(),
+        # Whatever the person running it knows about the machine meanwhile (other jobs, ...).
+        "note": os.environ.get("BENCH_NOTE", ""),
         "load_average": {"before": load_average()},
     }
     work = Path(tempfile.mkdtemp(prefix="iris-bench-"))
