@@ -35,6 +35,9 @@ VENV = Path(sys.executable).parent.parent
 STATE = ROOT / (os.environ.get("STACK_STATE_DIR") or ".state")
 CONF = ROOT / "infra" / "local" / "supervisord.conf"
 ENV_FILE = ROOT / ".env"
+# A first start on a busy two-core machine (MLflow creating its tables, every service importing
+# scikit-learn at once) has taken close to two minutes; a broken one still fails in minutes.
+STARTUP_TIMEOUT_S = 300
 
 DEFAULTS = {
     # The stack's own Redis (password, memory limit, append-only file), unless REDIS_URL names
@@ -293,7 +296,7 @@ def up() -> None:
         if shutil.which(binary):
             supervisorctl(env, "start", program, check=False)
 
-    wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow", 120)
+    wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow", STARTUP_TIMEOUT_S)
     # The one-shot bootstrap compose and Kubernetes run too: it trains the baseline, and says
     # "training the baseline", only when the registry has no production version.
     run(env, str(VENV / "bin" / "iris-mlops"), "bootstrap")
@@ -301,8 +304,8 @@ def up() -> None:
     predictors = predictor_urls(env)
     gateway = f"http://127.0.0.1:{env['STACK_GATEWAY_PORT']}"
     for number, url in enumerate(predictors):
-        wait_http(f"{url}/readyz", f"predictor-{number}", 120)
-    wait_http(f"{gateway}/readyz", "gateway", 60)
+        wait_http(f"{url}/readyz", f"predictor-{number}", STARTUP_TIMEOUT_S)
+    wait_http(f"{gateway}/readyz", "gateway", STARTUP_TIMEOUT_S)
     prometheus = (
         f"http://127.0.0.1:{env['STACK_PROMETHEUS_PORT']}" if shutil.which("prometheus") else None
     )

@@ -101,13 +101,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._refused:
-            super().on_message_complete()
-
-    def on_response_complete(self) -> None:
+        if self._refused:
+            return
+        # The next byte starts the next request's head. Not sooner: an app may answer (413, say)
+        # before the body is read, and the rest of that body is still this request's.
         self._reading_head = True
         self._received_head_bytes = self._parsed_head_bytes = 0
-        super().on_response_complete()
+        super().on_message_complete()
 
     def _count_parsed(self, size: int) -> None:
         self._parsed_head_bytes += size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -395,6 +396,30 @@ def test_headers_over_the_limit_are_431(guarded_url: str, at_once: bool) -> None
 
     assert status == 431
     assert body["error"] == "headers_too_large"
+
+
+def test_a_body_refused_before_it_is_read_is_413_and_nothing_else(guarded_url: str) -> None:
+    # The answer comes while the client is still sending; the rest of the body is still that
+    # request's and must not be parsed as the next request's head (which once answered 431).
+    body = b"[" + b"1," * 1_000_000 + b"1]"
+    with connect(guarded_url) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        with contextlib.suppress(ConnectionResetError):
+            sock.sendall(body)
+        sock.settimeout(SLOW_S * 4)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+
+    assert data.startswith(b"HTTP/1.1 413 "), data[:200]
+    assert b"headers_too_large" not in data
+    assert data.count(b"HTTP/1.1 ") == 1
 
 
 def test_a_keep_alive_connection_serves_request_after_request(guarded_url: str) -> None:

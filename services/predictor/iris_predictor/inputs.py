@@ -114,7 +114,9 @@ def checked_rows(values: Any, max_rows: int) -> np.ndarray:
     `max_rows` (413 beyond), every value finite, greater than 0 and at most MAX_MEASUREMENT_CM
     (400 otherwise, naming the first bad value)."""
     try:
-        rows = np.asarray(values, dtype=np.float64)
+        # C order: columns picked out of a table by name come as a strided view, and the answers
+        # kept for feedback are serialised straight from this buffer (orjson takes C order only).
+        rows = np.ascontiguousarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise InvalidRows("The rows must be numbers only.") from None
     if rows.ndim == 1 and rows.size == len(FEATURE_NAMES):

@@ -111,7 +111,12 @@ def rows_from_csv(body: bytes, max_rows: int) -> np.ndarray:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("Ensure that input is a valid UTF-8 encoded string.") from None
-    lines = list(csv.reader(io.StringIO(text)))
+    # newline="" lets the csv module see every line ending itself (\r, \r\n and \n), as the
+    # csv docs ask; a stray one inside a field is still a client's error, not a 500.
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise BadRequest(f"The CSV could not be read: {error}.") from None
     lines = [line for line in lines if line]
     if len(lines) < 2:
         raise BadRequest("The CSV needs a header row with the column names, then rows.")
