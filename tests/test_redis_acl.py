@@ -213,3 +213,53 @@ def test_each_user_is_refused_what_its_service_never_needs(stack: AclStack) -> N
             command(stack.client(user))
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(port=stack.port).ping()
+
+
+def test_a_restarted_redis_keeps_what_transactions_and_scripts_wrote(logs_dir: Path) -> None:
+    # Redis replays its append-only file as the default user and checks each EXEC against that
+    # user's permissions (redis/redis#14541): with the default user refused everything, every
+    # job record a worker ended in a transaction or a script was dropped on restart.
+    passwords = {user: secrets.token_urlsafe(16) for user in USERS}
+    acl = logs_dir / f"{NAMESPACE}-durable.acl"
+    acl.write_text(acl_file(NAMESPACE, passwords))
+    data_dir = logs_dir / f"redis-{NAMESPACE}-durable"
+    data_dir.mkdir()
+    port = free_port()
+    server = ManagedProcess(
+        f"redis-{NAMESPACE}-durable",
+        [*redis_server_args(port, data_dir, durable=True), "--aclfile", str(acl)],
+        logs_dir,
+    )
+    record = JobKeys(NAMESPACE).record("durable")
+    try:
+        wait_until(tcp_open(port), 15, "redis", server)
+        trainer = redis.Redis(
+            port=port, username="trainer", password=passwords["trainer"], decode_responses=True
+        )
+        # Two writes each: Redis logs a lone write without its MULTI/EXEC.
+        with trainer.pipeline(transaction=True) as pipe:
+            pipe.hset(record, mapping={"status": "succeeded"})
+            pipe.zadd(JobKeys(NAMESPACE).pending, {"durable": 1})
+            pipe.execute()
+        trainer.eval(
+            "redis.call('HSET', KEYS[1], 'deliveries', 1); redis.call('ZREM', KEYS[2], 'durable')",
+            2,
+            record,
+            JobKeys(NAMESPACE).pending,
+        )
+        trainer.close()
+
+        server.restart()
+        wait_until(tcp_open(port), 15, "redis", server)
+        trainer = redis.Redis(
+            port=port, username="trainer", password=passwords["trainer"], decode_responses=True
+        )
+        kept = trainer.hgetall(record)
+        trainer.close()
+        # The default user may replay the file, but nobody can be it.
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port).ping()
+    finally:
+        server.stop()
+
+    assert kept == {"status": "succeeded", "deliveries": "1"}

@@ -2,7 +2,8 @@
 
 Every key and pub/sub channel of a deployment starts with its namespace (`JOBS_NAMESPACE`, see
 iris_shared.jobs and iris_shared.monitoring); each service's user may touch only the keys its
-code uses, with the commands that code sends, and the default user is off. So a predictor
+code uses, with the commands that code sends, and the default user is off (nobody can be it;
+Redis alone uses it, to replay its append-only file). So a predictor
 that anyone could talk to still cannot queue a job, read a job record or change a label, and
 the gateway can read the answers kept for feedback but never write one.
 
@@ -77,7 +78,12 @@ def user_rules(namespace: str) -> dict[str, str]:
 def acl_file(namespace: str, passwords: Mapping[str, str]) -> str:
     """The ACL file of a deployment: the default user off, and one user per service that has
     a password in `passwords` (user name -> password)."""
-    lines = ["user default off resetkeys resetchannels -@all"]
+    # Off: no connection can be the default user. But Redis replays its append-only file as
+    # that user and checks every EXEC against its permissions (redis/redis#14541, fixed only
+    # in later releases): refused everything, it drops each transaction and script a service
+    # wrote, and a restart loses the jobs' ends. Nobody can log in as it, so its permissions
+    # open no door.
+    lines = ["user default off resetpass ~* &* +@all"]
     for user, rules in user_rules(namespace).items():
         password = passwords.get(user)
         if password:
