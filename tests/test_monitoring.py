@@ -39,11 +39,11 @@ def test_every_answer_is_kept_for_feedback_under_its_request_id(
     batch = httpx.post(f"{predictor_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA]})
     assert one.status_code == batch.status_code == 200
     one_id, batch_id = one.json()["request_id"], batch.json()["request_id"]
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url)
 
     def stored(request_id: str) -> StoredPrediction | None:
         raw = client.get(KEYS.prediction(request_id))
-        return StoredPrediction.model_validate_json(raw) if raw else None
+        return StoredPrediction.decode(raw) if raw else None
 
     # Kept by the recorder thread once the answer has gone: soon, not at once.
     wait_until(lambda: stored(batch_id) is not None, 10, "the batch kept for feedback")
@@ -53,10 +53,11 @@ def test_every_answer_is_kept_for_feedback_under_its_request_id(
 
     assert kept_one is not None
     assert kept_one.model_version == one.json()["model_version"]
-    assert kept_one.rows == [[SETOSA[f] for f in FEATURE_NAMES]]
-    assert kept_one.predicted_species == ["Iris-setosa"]
+    assert kept_one.row_count == 1
+    assert kept_one.features(0) == [SETOSA[f] for f in FEATURE_NAMES]
+    assert kept_one.predicted_species(0) == "Iris-setosa"
     assert kept_batch is not None
-    assert kept_batch.predicted_species == [
+    assert [kept_batch.predicted_species(row) for row in range(kept_batch.row_count)] == [
         p["predicted_species"] for p in batch.json()["predictions"]
     ]
     assert batch.json()["feedback_rows"] == 2
@@ -86,8 +87,9 @@ def test_a_spoofed_request_id_neither_overwrites_an_answer_nor_decides_what_feed
     # Each worker process keeps its own answers, a moment after answering.
     answer_keys = [KEYS.prediction(a.json()["request_id"]) for a in (victim, attack)]
     wait_until(lambda: client.exists(*answer_keys) == 2, 10, "answers kept")
-    kept = StoredPrediction.model_validate_json(client.get(KEYS.prediction(victim_id)) or "")
-    assert kept.rows == [[SETOSA[f] for f in FEATURE_NAMES]]
+    with redis.Redis.from_url(redis_url) as raw_client:
+        kept = StoredPrediction.decode(raw_client.get(KEYS.prediction(victim_id)))
+    assert kept.all_features() == [[SETOSA[f] for f in FEATURE_NAMES]]
     labelled_before = client.llen(KEYS.labelled)
     label = httpx.post(
         f"{gateway_url}/feedback",

@@ -48,12 +48,12 @@ def native_probabilities(url: str) -> np.ndarray:
 
 
 def kept(redis_url: str, request_id: str) -> StoredPrediction:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 10
     while (raw := client.get(KEYS.prediction(request_id))) is None:
         assert time.monotonic() < deadline, f"answer {request_id} was never kept"
         time.sleep(0.05)
-    return StoredPrediction.model_validate_json(raw)
+    return StoredPrediction.decode(raw)
 
 
 def log_line(service: PredictorService, request_id: str) -> dict[str, Any]:
@@ -240,9 +240,9 @@ def test_a_v2_answer_is_logged_and_kept_for_feedback(
     stored = kept(redis_url, request_id)
     line = log_line(predictor_service, request_id)
 
-    assert stored.predicted_species == ["Iris-virginica", "Iris-setosa"]
+    assert stored.all_predicted_species() == ["Iris-virginica", "Iris-setosa"]
     # Sent as FP32 (tritonclient's usual), kept as the predictor scored them.
-    np.testing.assert_allclose(stored.rows, [VIRGINICA, SETOSA], rtol=1e-6)
+    np.testing.assert_allclose(stored.all_features(), [VIRGINICA, SETOSA], rtol=1e-6)
     assert line["protocol"] == "v2"
     assert line["predicted_species"] == ["Iris-virginica", "Iris-setosa"]
 
@@ -362,7 +362,7 @@ def test_an_invocation_is_logged_and_kept_for_feedback(
     line = log_line(predictor_service, request_id)
 
     assert request_id != "trace-me-1"
-    assert stored.predicted_species == ["Iris-setosa"]
+    assert stored.all_predicted_species() == ["Iris-setosa"]
     assert (line["protocol"], line["trace_id"]) == ("mlflow", "trace-me-1")
 
 

@@ -12,9 +12,15 @@ Every key starts with the deployment's namespace (`JOBS_NAMESPACE`), as the job 
 
 from __future__ import annotations
 
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from iris_shared.schemas import FEATURE_NAMES, SPECIES
 
 DEFAULT_FEEDBACK_WINDOW_S: Final = 7 * 24 * 3600
 
@@ -47,13 +53,96 @@ class Feedback(BaseModel):
     actual_species: Species
 
 
-class StoredPrediction(BaseModel):
-    """What the predictor keeps of one answered request, for joining feedback with it."""
+@dataclass(frozen=True)
+class StoredPrediction:
+    """What the predictor keeps of one answered request, for joining feedback with it.
+
+    Kept in Redis as one string (`encode`): a JSON head (`STORED_HEAD_FIELDS`), a newline, then
+    the rows as little-endian float64 (FEATURE_NAMES order, row after row) and the predicted
+    species as one byte per row, an index into `classes`. Raw numbers cost the predictor a copy
+    where JSON would format every value; the gateway's Lua script reads them with
+    `struct.unpack` (`STORED_ROW_FORMAT`).
+    """
 
     model_version: str
-    time: float = Field(description="Unix time of the answer.")
-    rows: list[list[float]] = Field(description="Inputs in FEATURE_NAMES order.")
-    predicted_species: list[str]
+    time: float  # Unix time of the answer
+    classes: tuple[str, ...]
+    rows: bytes
+    predicted: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.predicted) * STORED_ROW_BYTES:
+            raise ValueError(
+                f"{len(self.predicted)} predicted rows need {STORED_ROW_BYTES} bytes of "
+                f"measurements each, got {len(self.rows)} bytes"
+            )
+        if self.predicted and max(self.predicted) >= len(self.classes):
+            raise ValueError("a predicted index is not one of the classes")
+
+    @classmethod
+    def from_rows(
+        cls,
+        model_version: str,
+        time: float,
+        rows: Sequence[Sequence[float]],
+        predicted_species: Sequence[str],
+        classes: Sequence[str] = SPECIES,
+    ) -> StoredPrediction:
+        """From plain lists (the predictor packs its arrays straight into the fields)."""
+        classes = tuple(classes)
+        packed = b"".join(struct.pack(STORED_ROW_FORMAT, *row) for row in rows)
+        indices = bytes(classes.index(species) for species in predicted_species)
+        return cls(model_version, time, classes, packed, indices)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.predicted)
+
+    def features(self, row: int) -> list[float]:
+        return list(struct.unpack_from(STORED_ROW_FORMAT, self.rows, row * STORED_ROW_BYTES))
+
+    def predicted_species(self, row: int) -> str:
+        return self.classes[self.predicted[row]]
+
+    def all_features(self) -> list[list[float]]:
+        return [self.features(row) for row in range(self.row_count)]
+
+    def all_predicted_species(self) -> list[str]:
+        return [self.classes[index] for index in self.predicted]
+
+    def encode(self) -> bytes:
+        head = {
+            "model_version": self.model_version,
+            "time": self.time,
+            "classes": list(self.classes),
+            "row_count": self.row_count,
+        }
+        assert tuple(head) == STORED_HEAD_FIELDS
+        return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.rows + self.predicted
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredPrediction:
+        head_json, separator, data = raw.partition(b"\n")
+        if not separator:
+            raise ValueError("no newline after the head")
+        head = json.loads(head_json)
+        split = head["row_count"] * STORED_ROW_BYTES
+        if len(data) != split + head["row_count"]:
+            raise ValueError(f"{head['row_count']} rows do not fit {len(data)} bytes")
+        return cls(
+            str(head["model_version"]),
+            float(head["time"]),
+            tuple(head["classes"]),
+            data[:split],
+            data[split:],
+        )
+
+
+# The stored head's fields, in order: the gateway's Lua script reads them by these names.
+STORED_HEAD_FIELDS: Final = ("model_version", "time", "classes", "row_count")
+# One row's measurements as `struct` (Python's and Redis Lua's) packs them.
+STORED_ROW_FORMAT: Final = "<" + "d" * len(FEATURE_NAMES)
+STORED_ROW_BYTES: Final = struct.calcsize(STORED_ROW_FORMAT)
 
 
 class LabelledRow(BaseModel):
@@ -73,7 +162,7 @@ class FeedbackKeys:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        # request id -> StoredPrediction (JSON), expiring after the feedback window.
+        # request id -> StoredPrediction (encoded), expiring after the feedback window.
         self.prediction_prefix = f"{namespace}:prediction:"
         # request ids by answer time: bounds how many predictions are kept (oldest go first).
         self.predictions_index = f"{namespace}:predictions"

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from iris_shared.drift import PSI_ALERT_THRESHOLD, ReferenceProfile, psi
-from iris_shared.monitoring import Feedback, FeedbackKeys, Species
+from iris_shared.monitoring import (
+    STORED_ROW_BYTES,
+    Feedback,
+    FeedbackKeys,
+    Species,
+    StoredPrediction,
+)
 from iris_shared.schemas import FEATURE_NAMES, SPECIES
 
 RNG = np.random.default_rng(7)
@@ -86,3 +92,41 @@ def test_two_deployments_share_no_feedback_key() -> None:
     assert a.answered("r", 0) != a.answered("r", 1)
     assert a.outcomes("1") != b.outcomes("1")
     assert a.prediction("r").startswith(a.prediction_prefix)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.floats(0, 100, allow_nan=False), min_size=len(FEATURE_NAMES), max_size=4),
+            st.sampled_from(SPECIES),
+        ),
+        max_size=50,
+    )
+)
+def test_a_stored_answer_reads_back_every_row_as_it_was_kept(
+    answered: list[tuple[list[float], str]],
+) -> None:
+    rows = [row for row, _ in answered]
+    species = [name for _, name in answered]
+    stored = StoredPrediction.from_rows("7", 1_700_000_000.25, rows, species)
+
+    again = StoredPrediction.decode(stored.encode())
+
+    assert again == stored
+    assert (again.model_version, again.time, again.row_count) == ("7", 1_700_000_000.25, len(rows))
+    assert [again.features(i) for i in range(again.row_count)] == rows
+    assert [again.predicted_species(i) for i in range(again.row_count)] == species
+    # The numbers are packed, not written as text: 8 bytes a measurement, 1 a species.
+    assert len(stored.encode().partition(b"\n")[2]) == len(rows) * (STORED_ROW_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        b'{"model_version":"1","time":1.0,"classes":["a"],"row_count":2}\n' + b"\0" * 33,
+        b'{"model_version":"1","time":1.0,"classes":["a"],"row_count":1}',
+    ],
+)
+def test_a_stored_answer_of_the_wrong_length_is_refused(damaged: bytes) -> None:
+    with pytest.raises(ValueError, match=r"rows|newline"):
+        StoredPrediction.decode(damaged)

@@ -29,7 +29,12 @@ from pydantic import BaseModel, Field
 
 from iris_gateway.metrics import GatewayMetrics
 from iris_shared.http import ServiceError
-from iris_shared.monitoring import Feedback, FeedbackKeys
+from iris_shared.monitoring import (
+    STORED_ROW_BYTES,
+    STORED_ROW_FORMAT,
+    Feedback,
+    FeedbackKeys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +52,48 @@ MAX_FEEDBACK_ITEMS: Final = 1000
 # declared key would need write access too. Fine on the single Redis a deployment uses (not on
 # Redis Cluster, where every key must be declared).
 # cjson writes numbers with 14 significant digits: far finer than a measurement in cm.
-_RECORD = """
+# `$ROW_FORMAT` and `$ROW_BYTES` come from the stored answer's contract (StoredPrediction).
+_RECORD_TEMPLATE = """
 local labelled = KEYS[1]
 local outcomes_prefix, window, keep, cap, now, answer_prefix =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local results, touched, versions, not_kept = {}, {}, {}, 0
+
+-- A kept answer: its JSON head, a newline, the rows packed, one byte per row for the class.
+-- Returns the head with where the rows and the classes start, or false.
+local function decode(raw)
+  local newline = string.find(raw, '\\n', 1, true)
+  if not newline then
+    -- Kept by a predictor of before the packed format: the whole answer as JSON.
+    local ok, old = pcall(cjson.decode, raw)
+    if ok and type(old) == 'table' and type(old.rows) == 'table' then return old end
+    return false
+  end
+  local ok, head = pcall(cjson.decode, string.sub(raw, 1, newline - 1))
+  if not ok or type(head) ~= 'table' or type(head.row_count) ~= 'number'
+      or type(head.classes) ~= 'table' then
+    return false
+  end
+  head.rows_at = newline + 1
+  head.predicted_at = head.rows_at + head.row_count * $ROW_BYTES
+  if #raw ~= head.predicted_at + head.row_count - 1 then return false end
+  head.raw = raw
+  return head
+end
+
+-- The features and predicted species of a row of a kept answer, or nil.
+local function answered_row(stored, row)
+  if stored.raw == nil then
+    local species = stored.predicted_species
+    return stored.rows[row + 1], type(species) == 'table' and species[row + 1] or nil
+  end
+  if row >= stored.row_count then return nil, nil end
+  local features = {struct.unpack('$ROW_FORMAT', stored.raw, stored.rows_at + row * $ROW_BYTES)}
+  features[#features] = nil  -- struct.unpack ends with the position after what it read
+  local class = string.byte(stored.raw, stored.predicted_at + row)
+  return features, stored.classes[class + 1]
+end
+
 -- Each kept answer is decoded once per call, however many of its rows the list labels.
 local decoded = {}
 local items = (#ARGV - 6) / 3
@@ -62,19 +104,13 @@ for i = 1, items do
   local stored = decoded[request_id]
   if stored == nil then
     local raw = redis.call('GET', answer_prefix .. request_id)
-    local ok, value = false, nil
-    if raw then
-      ok, value = pcall(cjson.decode, raw)
-    end
-    stored = ok and type(value) == 'table' and value or false
+    stored = raw and decode(raw) or false
     decoded[request_id] = stored
   end
   local features, predicted, version = nil, nil, nil
-  if stored and type(stored['rows']) == 'table'
-      and type(stored['predicted_species']) == 'table' then
-    features = stored['rows'][row + 1]
-    predicted = stored['predicted_species'][row + 1]
-    version = stored['model_version']
+  if stored then
+    features, predicted = answered_row(stored, row)
+    version = stored.model_version
   end
   local named = type(version) == 'string' or type(version) == 'number'
   if type(features) ~= 'table' or type(predicted) ~= 'string' or not named then
@@ -113,6 +149,9 @@ for _, version in ipairs(versions) do
 end
 return {results, accuracy, not_kept}
 """
+RECORD_SCRIPT = _RECORD_TEMPLATE.replace("$ROW_FORMAT", STORED_ROW_FORMAT).replace(
+    "$ROW_BYTES", str(STORED_ROW_BYTES)
+)
 
 
 class FeedbackOutcome(StrEnum):
@@ -199,7 +238,7 @@ class FeedbackStore:
         self.accuracy_window = accuracy_window
         self.max_labelled_rows = max_labelled_rows
         self.metrics = metrics
-        self._record_script = client.register_script(_RECORD)
+        self._record_script = client.register_script(RECORD_SCRIPT)
 
     async def give(self, feedback: Feedback) -> FeedbackResult:
         """Record one label; raises when it is not accepted."""

@@ -3,6 +3,7 @@ predictor writes them: acceptance, conflicts, unknown ids, lists, live accuracy,
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -12,7 +13,13 @@ import httpx
 import pytest
 import redis
 
-from iris_shared.monitoring import FeedbackKeys, LabelledRow, StoredPrediction
+from iris_gateway.feedback import RECORD_SCRIPT
+from iris_shared.monitoring import (
+    STORED_HEAD_FIELDS,
+    FeedbackKeys,
+    LabelledRow,
+    StoredPrediction,
+)
 
 NAMESPACE = f"feedback-{uuid.uuid4().hex[:8]}"
 KEYS = FeedbackKeys(NAMESPACE)
@@ -57,10 +64,8 @@ def store_prediction(
 ) -> str:
     """Keep an answered request as the predictor does; returns its request id."""
     request_id = f"req-{uuid.uuid4()}"
-    stored = StoredPrediction(
-        model_version=version, time=time.time(), rows=ROWS, predicted_species=PREDICTED
-    )
-    client.set(keys.prediction(request_id), stored.model_dump_json(), ex=ttl_s)
+    stored = StoredPrediction.from_rows(version, time.time(), ROWS, PREDICTED)
+    client.set(keys.prediction(request_id), stored.encode(), ex=ttl_s)
     client.zadd(keys.predictions_index, {request_id: stored.time})
     return request_id
 
@@ -152,6 +157,37 @@ def test_an_unknown_request_or_row_is_404(
     assert beyond.status_code == 404
     assert beyond.json()["error"] == "prediction_not_found"
     assert not redis_client.exists(KEYS.answered(request_id, 2))
+
+
+def test_an_answer_kept_as_json_before_the_packed_format_still_takes_its_label(
+    gateway: str, token: str, redis_client: redis.Redis
+) -> None:
+    version, request_id = new_version(), f"req-{uuid.uuid4()}"
+    kept_before = {
+        "model_version": version,
+        "time": time.time(),
+        "rows": ROWS,
+        "predicted_species": PREDICTED,
+    }
+    redis_client.set(KEYS.prediction(request_id), json.dumps(kept_before), ex=WINDOW_S)
+
+    answer = httpx.post(
+        f"{gateway}/feedback",
+        json={"request_id": request_id, "row": 1, "actual_species": "Iris-versicolor"},
+        headers=auth(token),
+    )
+
+    assert answer.status_code == 202
+    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
+    labelled = LabelledRow.model_validate_json(redis_client.lrange(KEYS.labelled, -1, -1)[0])
+    assert (labelled.request_id, labelled.features) == (request_id, ROWS[1])
+
+
+def test_the_script_reads_the_stored_head_by_the_contract_names() -> None:
+    for name in ("model_version", "classes", "row_count"):
+        assert name in STORED_HEAD_FIELDS
+        assert f"stored.{name}" in RECORD_SCRIPT or f"head.{name}" in RECORD_SCRIPT
+    assert "$" not in RECORD_SCRIPT
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])

@@ -145,6 +145,7 @@ def create_app(
         metrics,
         queue_size=settings.prediction_log_queue_size,
         monitors=monitors,
+        max_backlog_rows=settings.prediction_log_max_backlog_rows,
     )
     app.state.predictor = PredictorState(
         settings=settings,

@@ -62,6 +62,13 @@ class PredictorSettings(HTTPServiceSettings):
         description="Prediction log lines waiting to be written; beyond it lines are dropped "
         "(and counted) rather than slowing requests down.",
     )
+    prediction_log_max_backlog_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Rows answered but not yet logged beyond which new requests wait for the "
+        "log to catch up: answers never outrun the log by more, so memory stays bounded and "
+        "no row goes unlogged under sustained load.",
+    )
     max_batch_rows: int = Field(
         default=MAX_BATCH_ROWS, gt=0, description="Rows per /predict/batch."
     )
@@ -113,8 +120,9 @@ class PredictorSettings(HTTPServiceSettings):
         default=256 * MIB,
         ge=MIB,
         description="Bytes of Redis the kept answers may take at most, counting each answer's "
-        "JSON and an estimate of Redis' own overhead per key (the oldest go first): with the "
-        "count and the feedback window, what bounds Redis' memory whatever clients send.",
+        "stored bytes and an estimate of Redis' own overhead per key (the oldest go first): "
+        "with the count and the feedback window, what bounds Redis' memory whatever clients "
+        "send.",
     )
     store_max_rows: int = Field(
         default=1000,

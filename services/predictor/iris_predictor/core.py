@@ -94,6 +94,7 @@ class PredictionCore:
         """Score `rows` ((n, 4), FEATURE_NAMES order, checked) with `model` (by default the one
         served now, read once: a swap during the request does not change it), and have the
         answer recorded."""
+        await self.recorder.room()
         served = model if model is not None else self.holder.require()
         started = time.perf_counter()
         fast = served.fast_path.scorer

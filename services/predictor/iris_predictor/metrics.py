@@ -80,6 +80,11 @@ class PredictorMetrics(ServiceMetrics):
             "Prediction log records dropped because the log queue was full.",
             registry=registry,
         )
+        self.prediction_log_waits = Counter(
+            "iris_prediction_log_waits_total",
+            "Requests held back until the prediction log caught up with the answers.",
+            registry=registry,
+        )
         # Whether the model is still right (iris_shared.monitoring), scored off the request path.
         self.drift_psi = Gauge(
             "iris_feature_drift_psi",

@@ -11,14 +11,17 @@ of a batch is named by the request id and i (the batch answer carries the same i
 Each server process writes its own file: two processes cannot rotate one file safely. A
 process claims the first free slot of the folder with an exclusive lock that dies with it,
 so a restarted worker reuses its predecessor's file: `predictions.jsonl` for slot 0,
-`predictions-1.jsonl` for slot 1, ..., each rotated to `.1`, `.2`, ... at `max_bytes`.
+`predictions-1.jsonl` for slot 1, ..., each rotated to `.1`, `.2`, ... at `max_bytes`, the way
+`logging.handlers.RotatingFileHandler` names and rotates its files (its tests hold this writer
+to that). The writer is not the handler: lines arrive already encoded, many per write, and the
+handler would decode, check the file and format each of them again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import itertools
-from logging.handlers import RotatingFileHandler
+import os
 from pathlib import Path
 from typing import IO
 
@@ -37,7 +40,7 @@ class PredictionLog:
         self._max_bytes = max_bytes
         self._backup_count = backup_count
         self._slot_lock: IO[str] | None = None
-        self._handler: RotatingFileHandler | None = None
+        self._stream: IO[bytes] | None = None
         self._size = 0
         self.path: Path | None = None
 
@@ -45,14 +48,7 @@ class PredictionLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         slot = self._claim_slot()
         self.path = self.directory / (LOG_FILE if slot == 0 else f"predictions-{slot}.jsonl")
-        self._handler = RotatingFileHandler(
-            self.path,
-            mode="a",
-            maxBytes=self._max_bytes,
-            backupCount=self._backup_count,
-            encoding="utf-8",
-        )
-        self._size = self._handler.stream.tell()
+        self._open_stream()
         return self.path
 
     def _claim_slot(self) -> int:
@@ -67,28 +63,46 @@ class PredictionLog:
             return slot
         raise AssertionError("unreachable")
 
-    def write(self, lines: list[str]) -> None:
+    def _open_stream(self) -> None:
+        assert self.path is not None
+        self._stream = self.path.open("ab")
+        self._size = self._stream.tell()
+
+    def write(self, lines: list[bytes]) -> None:
         """Append lines (JSON documents without newlines) in one write, rotating first if due."""
-        handler = self._handler
-        if handler is None or not lines:
+        if self._stream is None or not lines:
             return
-        text = "\n".join(lines) + "\n"
-        # Not the handler's emit: it checks the file twice and formats the text twice per
-        # write. The handler is kept for opening and rotating the files.
-        if handler.stream is None:
-            handler.stream = handler._open()
-            self._size = handler.stream.tell()
-        if 0 < self._max_bytes < self._size + len(text) and self._size > 0:
-            handler.doRollover()
-            self._size = 0
-        handler.stream.write(text)
-        handler.stream.flush()
-        self._size += len(text)  # characters: bytes but for non-ASCII class names
+        data = b"\n".join(lines) + b"\n"
+        # As RotatingFileHandler: no rotation without backups to rotate into, and none of an
+        # empty file (a single write larger than max_bytes goes into a file of its own).
+        if (
+            self._backup_count > 0
+            and 0 < self._max_bytes <= self._size + len(data)
+            and self._size > 0
+        ):
+            self._rotate()
+        stream = self._stream
+        assert stream is not None
+        stream.write(data)
+        stream.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        """predictions.jsonl -> .1 -> .2 ... up to the backup count, the oldest dropped."""
+        assert self._stream is not None
+        assert self.path is not None
+        self._stream.close()
+        for index in range(self._backup_count - 1, 0, -1):
+            source = self.path.with_name(f"{self.path.name}.{index}")
+            if source.exists():
+                os.replace(source, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open_stream()
 
     def close(self) -> None:
-        if self._handler is not None:
-            self._handler.close()
-            self._handler = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
         if self._slot_lock is not None:
             self._slot_lock.close()
             self._slot_lock = None

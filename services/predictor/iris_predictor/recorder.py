@@ -7,10 +7,15 @@ per request in one write. Under load, one pass handles many requests, so the cos
 shrinks as the load grows. A full queue drops the record and counts it (an alert watches the
 counter) rather than slowing requests down; `stop()` writes everything queued before it
 returns, so a graceful shutdown loses nothing.
+
+Answers may not outrun the log for long: while more than `max_backlog_rows` rows wait to be
+recorded, new requests wait for room (`room()`). Without it, batches answered faster than they
+can be logged would hold their rows in memory until the queue is full, then be dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -29,14 +34,18 @@ from iris_shared.schemas import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)
 
-# Records taken per pass: bounds the memory of one pass and the latency of the log.
+# Records and rows taken per pass: bound the memory of one pass (its log text, its columns)
+# and the latency of the log. One-row requests fill a pass by records, batches by rows.
 _PASS_RECORDS = 1024
+_PASS_ROWS = 16_384
 # How long the thread waits for answers before it flushes what it holds.
 _IDLE_FLUSH_S = 0.2
 # How long a pass waits for more answers once one came: a pass costs tens of microseconds
 # whatever its size (and waking this thread more), so records trickling in one by one cost
 # twice what records taken together do.
 _LINGER_S = 0.005
+# How often a request held back by the backlog looks again.
+_ROOM_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ class Pass:
             self.predicted = [i for r in records for i in r.probabilities.argmax(axis=1).tolist()]
         self._input_columns = _columns(self.rows, as_lists)
 
-    def log_lines(self) -> list[str]:
+    def log_lines(self) -> list[bytes]:
         lines = []
         for k, record in enumerate(self.records):
             start, end = self.bounds[k], self.bounds[k + 1]
@@ -109,7 +118,7 @@ class Pass:
                 "predicted_species": [classes[i] for i in self.predicted[start:end]],
                 "probabilities": probabilities,
             }
-            lines.append(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+            lines.append(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
         return lines
 
     def answered(self) -> list[Answered]:
@@ -150,12 +159,35 @@ class PredictionRecorder:
         metrics: PredictorMetrics,
         queue_size: int,
         monitors: Monitors | None = None,
+        max_backlog_rows: int = 100_000,
     ) -> None:
         self.log = log
         self.metrics = metrics
         self.monitors = monitors or Monitors()
+        self.max_backlog_rows = max_backlog_rows
         self._records: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
+        # Rows handed over (by the event loop) and rows recorded (by the thread): each is
+        # written by one thread only, so their difference needs no lock.
+        self._rows_in = 0
+        self._rows_out = 0
+
+    @property
+    def backlog_rows(self) -> int:
+        """Rows answered but not recorded yet."""
+        return self._rows_in - self._rows_out
+
+    async def room(self) -> None:
+        """Return once the backlog is within `max_backlog_rows` (at once, nearly always)."""
+        if self._rows_in - self._rows_out <= self.max_backlog_rows:
+            return
+        self.metrics.prediction_log_waits.inc()
+        while (
+            self._rows_in - self._rows_out > self.max_backlog_rows
+            and self._thread is not None
+            and self._thread.is_alive()
+        ):
+            await asyncio.sleep(_ROOM_POLL_S)
 
     def start(self) -> None:
         self.log.open()
@@ -169,6 +201,8 @@ class PredictionRecorder:
             self._records.put_nowait(record)
         except queue.Full:
             self.metrics.prediction_log_dropped.inc()
+            return
+        self._rows_in += len(record.rows)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then close the log."""
@@ -195,11 +229,15 @@ class PredictionRecorder:
                 continue
             if batch[0] is not None:
                 time.sleep(_LINGER_S)
-            while len(batch) < _PASS_RECORDS:
+            rows = 0 if batch[0] is None else len(batch[0].rows)
+            while len(batch) < _PASS_RECORDS and rows < _PASS_ROWS:
                 try:
-                    batch.append(self._records.get_nowait())
+                    record = self._records.get_nowait()
                 except queue.Empty:
                     break
+                batch.append(record)
+                if record is not None:
+                    rows += len(record.rows)
             stopping = None in batch
             records = [r for r in batch if r is not None]
             if not records:
@@ -209,6 +247,8 @@ class PredictionRecorder:
             except Exception:
                 # The thread must outlive any surprise, or nothing is recorded from then on.
                 logger.exception("Unable to record predictions", extra={"count": len(records)})
+            finally:
+                self._rows_out += sum(len(record.rows) for record in records)
 
     def _handle(self, records: list[PredictionRecord]) -> None:
         answers = Pass(records)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,48 @@ def test_a_model_with_a_numpy_scorer_is_scored_at_once_request_by_request(
         assert answer.request_id == str(i)
         assert np.array_equal(answer.probabilities, loaded_model.model.predict_proba(ROWS))
         assert answer.labels() == list(loaded_model.model.predict(ROWS))
+
+
+def test_answers_wait_for_a_log_that_fell_behind_and_every_row_is_logged(
+    loaded_model: LoadedModel, tmp_path: Path
+) -> None:
+    metrics = PredictorMetrics()
+    disk_free = threading.Event()
+
+    class StalledLog(PredictionLog):
+        def write(self, lines: list[bytes]) -> None:
+            disk_free.wait(10)
+            super().write(lines)
+
+    recorder = PredictionRecorder(
+        StalledLog(tmp_path, 1 << 20, 1), metrics, queue_size=100, max_backlog_rows=3
+    )
+    recorder.start()
+    batcher = MicroBatcher(max_queued_rows=1000)
+    core = PredictionCore(ModelHolder("m", "production", loaded_model), batcher, recorder, metrics)
+
+    async def run() -> bool:
+        for i in range(2):  # 4 rows waiting: more than 3
+            await core.predict(ROWS[:2], request_id=str(i), trace_id=None, protocol="native")
+        third = asyncio.ensure_future(
+            core.predict(ROWS[:2], request_id="2", trace_id=None, protocol="native")
+        )
+        await asyncio.sleep(0.5)
+        held = not third.done()
+        disk_free.set()
+        await asyncio.wait_for(third, 10)
+        batcher.close()
+        return held
+
+    held_back = asyncio.run(run())
+    recorder.stop()
+
+    assert held_back, "the third request waited for the log"
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["request_id"] for line in lines) == ["0", "1", "2"]
+    assert metrics.registry.get_sample_value("iris_prediction_log_waits_total") == 1
+    assert metrics.registry.get_sample_value("iris_prediction_log_dropped_total") == 0
+    assert recorder.backlog_rows == 0
 
 
 def test_the_batcher_batches_any_function_of_rows() -> None:

@@ -26,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_predictor.core import MLFLOW
-from iris_predictor.inputs import InvalidRows, checked_rows, rows_from_columns, rows_from_records
+from iris_predictor.inputs import (
+    InvalidRows,
+    are_numbers,
+    are_rows_of_numbers,
+    checked_rows,
+    rows_from_columns,
+    rows_from_records,
+)
 from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
 from iris_predictor.state import PredictorState
 from iris_shared.plain_routes import PlainRoute
@@ -97,11 +104,7 @@ def rows_from_json(body: bytes, max_rows: int) -> np.ndarray:
         )
     if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
         return rows_from_records(data, max_rows)
-    if not isinstance(data, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool)
-        for row in data
-        for v in (row if isinstance(row, list) else [row])
-    ):
+    if not isinstance(data, list) or not (are_rows_of_numbers(data) or are_numbers(data)):
         raise BadRequest(f"`{key}` must hold rows of numbers, records or columns.")
     return checked_rows(data, max_rows)
 

@@ -25,6 +25,7 @@ version. Rows are checked as on /predict (`iris_predictor.inputs`).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 
 from iris_predictor.core import OPEN_INFERENCE, Answer
 from iris_predictor.inference import LoadedModel
-from iris_predictor.inputs import InvalidRows, checked_rows
+from iris_predictor.inputs import InvalidRows, are_numbers, checked_rows
 from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
 from iris_predictor.state import PredictorState
 from iris_shared.http import ServiceError, json_body
@@ -224,14 +225,14 @@ def _rows(document: dict[str, Any], binary: bytes, max_rows: int) -> np.ndarray:
             raise V2Error(
                 400, f"The input's data has {len(flat)} values; shape {shape} needs {count}."
             )
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        if not are_numbers(flat):
             raise V2Error(400, "The input's data must be numbers.")
         values = np.asarray(flat, dtype=_DTYPES[datatype]).reshape(shape)
     return checked_rows(values, max_rows)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    if all(not isinstance(v, list) for v in data):
+    if list not in set(map(type, data)):
         return data
     flat: list[Any] = []
     for item in data:
@@ -268,15 +269,12 @@ def _encoded_answer(
     blobs = []
     for name, binary in outputs:
         if name == PREDICT:
-            labels = answer.labels()
             tensor: dict[str, Any] = {"name": name, "datatype": "BYTES", "shape": [n]}
             if binary:
-                blob = b"".join(
-                    struct.pack("<I", len(label)) + label
-                    for label in (value.encode() for value in labels)
-                )
+                elements = _bytes_elements(answer.classes)
+                blob = b"".join([elements[i] for i in answer.predicted.tolist()])
             else:
-                tensor["data"] = labels
+                tensor["data"] = answer.labels()
         else:
             probabilities = answer.probabilities
             tensor = {"name": name, "datatype": "FP64", "shape": list(probabilities.shape)}
@@ -297,6 +295,13 @@ def _encoded_answer(
     body["parameters"] = {"request_id": answer.request_id}
     body["outputs"] = tensors
     return _encode_numpy(body), b"".join(blobs)
+
+
+@functools.lru_cache(maxsize=8)
+def _bytes_elements(classes: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Each class as one element of a binary BYTES tensor: its UTF-8 length, then the bytes."""
+    encoded = [name.encode() for name in classes]
+    return tuple(struct.pack("<I", len(value)) + value for value in encoded)
 
 
 def _encode_numpy(body: dict[str, Any]) -> bytes:

@@ -1,0 +1,64 @@
+"""The prediction log rotates its files as logging's RotatingFileHandler does, slot by slot."""
+
+from __future__ import annotations
+
+import logging
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+import pytest
+
+from iris_predictor.prediction_log import LOG_FILE, PredictionLog, log_files
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in log_files(directory)}
+
+
+def _with_the_library(directory: Path, lines: list[bytes], max_bytes: int, backups: int) -> None:
+    handler = RotatingFileHandler(
+        directory / LOG_FILE, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for line in lines:
+        handler.emit(logging.makeLogRecord({"msg": line.decode()}))
+    handler.close()
+
+
+@pytest.mark.parametrize(("max_bytes", "backups"), [(200, 3), (120, 1), (200, 0), (10_000, 2)])
+def test_files_and_contents_match_rotating_file_handler(
+    tmp_path: Path, max_bytes: int, backups: int
+) -> None:
+    lines = [b'{"request_id": "%d", "rows": %d}' % (i, i * 7) for i in range(40)]
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    theirs.mkdir()
+    log = PredictionLog(ours, max_bytes, backups)
+    log.open()
+    for line in lines:
+        log.write([line])
+    log.close()
+    _with_the_library(theirs, lines, max_bytes, backups)
+
+    assert _contents(ours) == _contents(theirs)
+    assert len(_contents(ours)) == (backups + 1 if max_bytes < 1000 else 1)
+
+
+def test_many_lines_go_in_one_write_and_a_restart_appends(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, 1 << 20, 2)
+    log.open()
+    log.write([b'{"a": 1}', b'{"b": 2}'])
+    log.close()
+    log = PredictionLog(tmp_path, 1 << 20, 2)
+    assert log.open() == tmp_path / LOG_FILE
+    log.write([b'{"c": 3}'])
+    log.close()
+
+    assert (tmp_path / LOG_FILE).read_bytes() == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+
+
+def test_a_second_process_slot_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    first, second = PredictionLog(tmp_path, 1 << 20, 1), PredictionLog(tmp_path, 1 << 20, 1)
+    assert first.open() == tmp_path / LOG_FILE
+    assert second.open() == tmp_path / "predictions-1.jsonl"
+    first.close()
+    second.close()
