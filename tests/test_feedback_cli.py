@@ -5,6 +5,7 @@ and the live figures of `models`."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -25,6 +26,7 @@ from iris_trainer.dataset import REMOTE_NAME, configure_local_remote, iris_v1_cs
 from iris_trainer.pipeline import registry
 from iris_trainer.pipeline.data import dvc_recorded_md5, md5_of
 from iris_trainer.pipeline.registry import VersionSummary
+from tests.support.browser import rendered, title
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -262,6 +264,11 @@ def test_report_drift_writes_an_html_report_naming_every_feature(
     assert "v1 (5 rows), v2 (5 rows)" in page
     assert "1 unreadable log line(s)" in page
     assert f"10 live rows vs. {V1_ROWS} training rows" in result.stdout
+    # As a person sees it, offline: Evidently's scripts are in the page and draw its tables.
+    shown = rendered(output.as_uri())
+    assert title(shown) == "iris-mlops: input drift, live vs. training"
+    drawn_cells = re.findall(r'<td class="MuiTableCell-root[^>]*>([a-z_]+)<', shown)
+    assert set(FEATURE_NAMES) <= set(drawn_cells)
 
     only_v2 = invoke(
         [

@@ -2,7 +2,8 @@
 
 Error envelope and handlers, `ServiceMiddleware` (request ids, load shedding, body limits),
 HTTP metrics and `GET /metrics`, the OpenAPI schemas of bodies that routes read themselves, and
-a garbage collector that leaves start-up's objects alone (`freeze_long_lived_objects`).
+a garbage collector that leaves start-up's objects alone (`freeze_long_lived_objects`), and the
+API documentation pages without a CDN (`iris_shared.docs`).
 
     ServiceApp.__call__
     ├── PlainRoutes.match            plain routes (iris_shared.plain_routes) first
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
+from iris_shared.docs import serve_docs
 from iris_shared.http import (
     RawRoute,
     Receive,
@@ -184,6 +186,9 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=_frozen_after_startup(lifespan),
+        # Served by serve_docs, without a CDN.
+        docs_url=None,
+        redoc_url=None,
         # No OpenTelemetry here: without this FastAPI asks the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -191,6 +196,7 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     metrics.install(app)
+    serve_docs(app)
     plain_routes = list(plain_routes)
     app.declared_routes = [
         *plain_routes,

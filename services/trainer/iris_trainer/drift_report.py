@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # iris_predictor.prediction_log.LOG_GLOB: predictions.jsonl, predictions-1.jsonl (one per
 # server process), and their rotated backups predictions.jsonl.1, ...
 LOG_GLOB: Final = "predictions*.jsonl*"
+REPORT_TITLE: Final = "iris-mlops: input drift, live vs. training"
 
 
 class DriftReportError(Exception):
@@ -207,9 +208,11 @@ def _with_header(page: str, live: LiveInputs, reference_source: str, summary: Dr
     )
     header = (
         "<div style='font-family:sans-serif;margin:1em'>"
-        "<h1>iris-mlops: input drift, live vs. training</h1>"
+        f"<h1>{html.escape(REPORT_TITLE)}</h1>"
         f"<table>{rows}</table></div>"
     )
+    # Evidently's page has no title of its own: the browser's tab would show the file name.
+    page = page.replace("<head>", f"<head><title>{html.escape(REPORT_TITLE)}</title>", 1)
     if "<body>" in page:
         return page.replace("<body>", f"<body>{header}", 1)
     return header + page
