@@ -41,3 +41,12 @@ def variable_names(settings: type[BaseSettings]) -> list[str]:
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     missing = sorted(set(variable_names(settings)) - DOCUMENTED)
     assert not missing, f"{settings.__name__} reads {missing}; document them in .env.example"
+
+
+def test_no_variable_is_set_twice() -> None:
+    # A second line would silently win over the first, with its own comment.
+    assigned = re.findall(
+        r"^([A-Z][A-Z0-9_]*)=", (REPO_ROOT / ".env.example").read_text(), flags=re.MULTILINE
+    )
+    twice = sorted({name for name in assigned if assigned.count(name) > 1})
+    assert not twice, f".env.example sets {twice} more than once"

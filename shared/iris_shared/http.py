@@ -64,18 +64,29 @@ class ErrorResponse(BaseModel):
 
 
 class ServiceError(Exception):
-    """An error meant for the client; subclasses set `status_code` and `error`."""
+    """An error meant for the client; subclasses set `status_code` and `error`, and
+    `retry_after_s` when the client may try again later (the answer's Retry-After)."""
 
     status_code: ClassVar[int] = 500
     error: ClassVar[str] = "internal_error"
+    retry_after_s: int | None = None
 
     def __init__(
-        self, message: str, detail: Any = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
-        self.headers = headers
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+        if self.retry_after_s is not None:
+            self.headers["Retry-After"] = str(self.retry_after_s)
 
 
 class Overloaded(ServiceError):
@@ -83,6 +94,7 @@ class Overloaded(ServiceError):
 
     status_code = 503
     error = "overloaded"
+    retry_after_s = 1
 
 
 def error_response(
@@ -362,12 +374,11 @@ class ServiceMiddleware:
         return _service_error_response(BodyTooLarge(self.max_body_bytes))
 
     def _overloaded(self) -> JSONResponse:
-        return error_response(
-            Overloaded.status_code,
-            Overloaded.error,
-            f"The server is at its limit of {self.max_concurrent_requests} requests in "
-            "flight; retry in a moment.",
-            headers={"Retry-After": "1"},
+        return _service_error_response(
+            Overloaded(
+                f"The server is at its limit of {self.max_concurrent_requests} requests in "
+                "flight; retry in a moment."
+            )
         )
 
     def _refusal(

@@ -185,11 +185,11 @@ class FeedbackUnavailable(ServiceError):
 
     status_code = 503
     error = "feedback_unavailable"
+    retry_after_s = 5
 
     def __init__(self) -> None:
         super().__init__(
-            "Feedback is unavailable right now (Redis cannot be reached); retry later.",
-            headers={"Retry-After": "5"},
+            "Feedback is unavailable right now (Redis cannot be reached); retry later."
         )
 
 

@@ -79,11 +79,11 @@ class JobStoreUnavailable(ServiceError):
 
     status_code = 503
     error = "jobs_unavailable"
+    retry_after_s = 5
 
     def __init__(self, reason: str) -> None:
         super().__init__(
-            "Retrain jobs are unavailable right now (Redis cannot be reached); retry later.",
-            headers={"Retry-After": "5"},
+            "Retrain jobs are unavailable right now (Redis cannot be reached); retry later."
         )
         self.reason = reason
 
@@ -108,7 +108,7 @@ class TooManyPendingJobs(ServiceError):
         super().__init__(
             f"{pending} retrain jobs are queued or running already, the most this deployment "
             "accepts; retry once one has finished.",
-            headers={"Retry-After": str(retry_after_s)},
+            retry_after_s=retry_after_s,
         )
 
 

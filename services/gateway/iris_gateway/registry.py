@@ -51,6 +51,7 @@ class PromotionBusy(ServiceError):
 
     status_code = 409
     error = "promotion_in_progress"
+    retry_after_s = 2
 
 
 class PromotionUnavailable(ServiceError):
@@ -58,6 +59,7 @@ class PromotionUnavailable(ServiceError):
 
     status_code = 503
     error = "promotion_unavailable"
+    retry_after_s = 5
 
 
 class RegistryError(ServiceError):
@@ -112,14 +114,10 @@ class ModelRegistry:
             acquired = await lock.acquire()
         except redis.RedisError as exc:
             raise PromotionUnavailable(
-                "Promotions are unavailable right now (Redis cannot be reached); retry later.",
-                headers={"Retry-After": "5"},
+                "Promotions are unavailable right now (Redis cannot be reached); retry later."
             ) from exc
         if not acquired:
-            raise PromotionBusy(
-                "Another promotion is in progress; retry in a moment.",
-                headers={"Retry-After": "2"},
-            )
+            raise PromotionBusy("Another promotion is in progress; retry in a moment.")
         try:
             previous = await self.alias_version(name, PRODUCTION)
             await self._set_alias(name, PRODUCTION, version)

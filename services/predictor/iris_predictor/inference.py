@@ -129,8 +129,7 @@ class MicroBatcher:
         function takes an (n, k) array and answers one row per input row."""
         if self._queued_rows + len(rows) > self.max_queued_rows:
             raise Overloaded(
-                f"{self._queued_rows} rows are already waiting for the model; retry in a moment.",
-                headers={"Retry-After": "1"},
+                f"{self._queued_rows} rows are already waiting for the model; retry in a moment."
             )
         loop = asyncio.get_running_loop()
         waiting = _Waiting(function, rows, loop.create_future())

@@ -19,12 +19,10 @@ class ModelNotReady(ServiceError):
 
     status_code = 503
     error = "model_not_ready"
+    retry_after_s = 5
 
     def __init__(self, name: str, alias: str) -> None:
-        super().__init__(
-            f"No model is served yet: waiting for {name}@{alias} in MLflow.",
-            headers={"Retry-After": "5"},
-        )
+        super().__init__(f"No model is served yet: waiting for {name}@{alias} in MLflow.")
 
 
 class ModelHolder:

@@ -23,8 +23,7 @@ async def readyz(state: StateDep) -> dict[str, str]:
     if not state.peers.all_ready():
         raise WorkersNotReady(
             f"{state.peers.ready_count()} of {state.peers.workers} worker processes have a "
-            "model so far.",
-            headers={"Retry-After": "1"},
+            "model so far."
         )
     return {"status": "ready", "model_version": served.version, "source": served.info.source}
 
@@ -32,3 +31,4 @@ async def readyz(state: StateDep) -> dict[str, str]:
 class WorkersNotReady(ServiceError):
     status_code = 503
     error = "model_not_ready"
+    retry_after_s = 1
