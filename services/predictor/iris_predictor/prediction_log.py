@@ -69,23 +69,20 @@ class PredictionLog:
         self._size = self._stream.tell()
 
     def write(self, lines: list[bytes]) -> None:
-        """Append lines (JSON documents without newlines) in one write, rotating first if due."""
+        """Append lines (JSON documents, each ending with its newline) together, rotating
+        first if due."""
         if self._stream is None or not lines:
             return
-        data = b"\n".join(lines) + b"\n"
+        size = sum(map(len, lines))
         # As RotatingFileHandler: no rotation without backups to rotate into, and none of an
         # empty file (a single write larger than max_bytes goes into a file of its own).
-        if (
-            self._backup_count > 0
-            and 0 < self._max_bytes <= self._size + len(data)
-            and self._size > 0
-        ):
+        if self._backup_count > 0 and 0 < self._max_bytes <= self._size + size and self._size > 0:
             self._rotate()
         stream = self._stream
         assert stream is not None
-        stream.write(data)
+        stream.writelines(lines)
         stream.flush()
-        self._size += len(data)
+        self._size += size
 
     def _rotate(self) -> None:
         """predictions.jsonl -> .1 -> .2 ... up to the backup count, the oldest dropped."""

@@ -48,6 +48,10 @@ _LINGER_S = 0.005
 _ROOM_POLL_S = 0.002
 
 
+# Each line ends with its newline as orjson writes it: the log need not copy the lines to join.
+_LOG_LINE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     time: float
@@ -118,7 +122,7 @@ class Pass:
                 "predicted_species": [classes[i] for i in self.predicted[start:end]],
                 "probabilities": probabilities,
             }
-            lines.append(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
+            lines.append(orjson.dumps(document, option=_LOG_LINE_OPTIONS))
         return lines
 
     def answered(self) -> list[Answered]:
@@ -227,7 +231,8 @@ class PredictionRecorder:
                 if self.monitors.store is not None:
                     self.monitors.store.flush()
                 continue
-            if batch[0] is not None:
+            # Only when nothing else waits: a thread behind its queue must not sleep.
+            if batch[0] is not None and self._records.empty():
                 time.sleep(_LINGER_S)
             rows = 0 if batch[0] is None else len(batch[0].rows)
             while len(batch) < _PASS_RECORDS and rows < _PASS_ROWS:

@@ -35,7 +35,7 @@ def test_files_and_contents_match_rotating_file_handler(
     log = PredictionLog(ours, max_bytes, backups)
     log.open()
     for line in lines:
-        log.write([line])
+        log.write([line + b"\n"])
     log.close()
     _with_the_library(theirs, lines, max_bytes, backups)
 
@@ -43,14 +43,14 @@ def test_files_and_contents_match_rotating_file_handler(
     assert len(_contents(ours)) == (backups + 1 if max_bytes < 1000 else 1)
 
 
-def test_many_lines_go_in_one_write_and_a_restart_appends(tmp_path: Path) -> None:
+def test_lines_written_together_and_after_a_restart_follow_each_other(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, 1 << 20, 2)
     log.open()
-    log.write([b'{"a": 1}', b'{"b": 2}'])
+    log.write([b'{"a": 1}\n', b'{"b": 2}\n'])
     log.close()
     log = PredictionLog(tmp_path, 1 << 20, 2)
     assert log.open() == tmp_path / LOG_FILE
-    log.write([b'{"c": 3}'])
+    log.write([b'{"c": 3}\n'])
     log.close()
 
     assert (tmp_path / LOG_FILE).read_bytes() == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
