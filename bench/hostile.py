@@ -19,7 +19,7 @@ import httpx
 import orjson
 import redis
 
-from iris_shared.monitoring import FeedbackKeys
+from iris_shared.feedback import FeedbackKeys
 
 TRICKLING_CONNECTIONS = 1200
 TRICKLE_EVERY_S = 5.0

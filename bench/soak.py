@@ -68,8 +68,8 @@ from bench.memory import process_tree, tree_memory
 from bench.report import _cell, _table
 from bench.run import poll_interval_s
 from iris_predictor.prediction_log import log_files
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
-from iris_shared.monitoring import FeedbackKeys
 
 DEFAULT_OUTPUT = ROOT / "bench" / "soak-results.json"
 SOAK_BATCH_ROWS = 100

@@ -17,7 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from iris_shared.monitoring import FeedbackKeys, LabelledRow
+from iris_shared.feedback import FeedbackKeys, LabelledRow
 from iris_shared.schemas import FEATURE_NAMES
 from iris_trainer import feedback as trainer_feedback
 from iris_trainer.cli import main

@@ -10,7 +10,7 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
-from iris_shared.monitoring import FeedbackKeys, LabelledRow, StoredPrediction
+from iris_shared.feedback import FeedbackKeys, LabelledRow, StoredPrediction
 from iris_shared.registry import CHALLENGER
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import JOBS_NAMESPACE
@@ -45,8 +45,13 @@ def test_every_answer_is_kept_for_feedback_under_its_request_id(
         raw = client.get(KEYS.prediction(request_id))
         return StoredPrediction.decode(raw) if raw else None
 
-    # Kept by the recorder thread once the answer has gone: soon, not at once.
-    wait_until(lambda: stored(batch_id) is not None, 10, "the batch kept for feedback")
+    # Kept by the recorder thread once the answer has gone: soon, not at once, and by each
+    # worker process for its own answers (the two may have gone to different workers).
+    wait_until(
+        lambda: stored(batch_id) is not None and stored(one_id) is not None,
+        10,
+        "both answers kept for feedback",
+    )
     kept_one, kept_batch = stored(one_id), stored(batch_id)
     ttl = client.ttl(KEYS.prediction(one_id))
     client.close()

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from iris_predictor.prediction_log import log_files
-from iris_shared.monitoring import FeedbackKeys, StoredPrediction
+from iris_shared.feedback import FeedbackKeys, StoredPrediction
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import JOBS_NAMESPACE
 from tests.support.predictor import PredictorService

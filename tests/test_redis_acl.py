@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import JobKeys
-from iris_shared.monitoring import FeedbackKeys
 from iris_shared.redis_acl import USERS, acl_file
 from iris_shared.testing import free_port, redis_server_args
 from tests.support.core import run_cli

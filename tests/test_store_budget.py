@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis
 
-from iris_shared.monitoring import FeedbackKeys
+from iris_shared.feedback import FeedbackKeys
 from tests.support.core import JOBS_NAMESPACE
 from tests.support.gateway import start_gateway
 from tests.support.predictor import start_predictor, wait_ready

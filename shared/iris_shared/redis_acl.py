@@ -1,7 +1,7 @@
 """Who may touch what in one deployment's Redis: an ACL user per service.
 
 Every key and pub/sub channel of a deployment starts with its namespace (`JOBS_NAMESPACE`, see
-iris_shared.jobs and iris_shared.monitoring); each service's user may touch only the keys its
+iris_shared.jobs and iris_shared.feedback); each service's user may touch only the keys its
 code uses, with the commands that code sends, and the default user is off (nobody can be it;
 Redis alone uses it, to replay its append-only file). So a predictor
 that anyone could talk to still cannot queue a job, read a job record or change a label, and
@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import JobKeys
-from iris_shared.monitoring import FeedbackKeys
 
 USERS: Final = ("predictor", "gateway", "trainer", "flower", "exporter", "admin")
 

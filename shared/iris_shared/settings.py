@@ -31,7 +31,7 @@ def jobs_namespace_field(prefix: str) -> Any:
     """The deployment's namespace setting, `JOBS_NAMESPACE` (or `<prefix>JOBS_NAMESPACE`).
 
     Every service of a deployment must read the same value: it prefixes the retrain queue and
-    every Redis key of the deployment (iris_shared.jobs, iris_shared.monitoring).
+    every Redis key of the deployment (iris_shared.jobs, iris_shared.feedback).
     """
     return Field(
         default=DEFAULT_JOBS_NAMESPACE,

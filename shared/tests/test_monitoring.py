@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from iris_shared.drift import PSI_ALERT_THRESHOLD, ReferenceProfile, psi
-from iris_shared.monitoring import (
+from iris_shared.feedback import (
     STORED_ROW_BYTES,
     Feedback,
     FeedbackKeys,

@@ -36,7 +36,7 @@ from iris_gateway.config import GatewaySettings, get_settings
 from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
-from iris_gateway.registry import ModelRegistry
+from iris_gateway.promotion import Promoter
 from iris_gateway.replicas import PredictorReplicas
 from iris_gateway.routes import (
     feedback,
@@ -49,9 +49,9 @@ from iris_gateway.routes import (
 )
 from iris_gateway.state import GatewayState
 from iris_gateway.upstream import Upstream
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
-from iris_shared.monitoring import FeedbackKeys
 from iris_shared.service import create_service_app
 from iris_shared.settings import with_password
 
@@ -128,7 +128,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings=settings,
         metrics=metrics,
         predictor=predictor,
-        registry=ModelRegistry(
+        promoter=Promoter(
             Upstream(
                 "mlflow",
                 session,

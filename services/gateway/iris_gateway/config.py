@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
+from iris_shared.feedback import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import DEFAULT_MODEL
 from iris_shared.settings import (
     HTTPServiceSettings,

@@ -1,6 +1,6 @@
 """Feedback: the true species of flowers the service predicted, joined with what it answered.
 
-The contract (keys, `Feedback`, `StoredPrediction`, `LabelledRow`) is `iris_shared.monitoring`.
+The contract (keys, `Feedback`, `StoredPrediction`, `LabelledRow`) is `iris_shared.feedback`.
 The predictor keeps each answered request as a `StoredPrediction` for the feedback window; a
 label is accepted once per (request id, row), in one Lua script per request so that the check
 and the writes cannot interleave with another label of the same row:
@@ -28,13 +28,13 @@ import redis.asyncio as redis
 from pydantic import BaseModel, Field
 
 from iris_gateway.metrics import GatewayMetrics
-from iris_shared.http import ServiceError
-from iris_shared.monitoring import (
+from iris_shared.feedback import (
     STORED_ROW_BYTES,
     STORED_ROW_FORMAT,
     Feedback,
     FeedbackKeys,
 )
+from iris_shared.http import ServiceError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from iris_gateway.config import GatewaySettings
 from iris_gateway.feedback import FeedbackStore
 from iris_gateway.jobs import JobStore
 from iris_gateway.metrics import GatewayMetrics
-from iris_gateway.registry import ModelRegistry
+from iris_gateway.promotion import Promoter
 from iris_gateway.replicas import PredictorReplicas
 
 
@@ -20,7 +20,7 @@ class GatewayState:
     settings: GatewaySettings
     metrics: GatewayMetrics
     predictor: PredictorReplicas
-    registry: ModelRegistry
+    promoter: Promoter
     jobs: JobStore
     feedback: FeedbackStore
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from iris_gateway.feedback import RECORD_SCRIPT
-from iris_shared.monitoring import (
+from iris_shared.feedback import (
     STORED_HEAD_FIELDS,
     FeedbackKeys,
     LabelledRow,

@@ -27,23 +27,24 @@ from fastapi import FastAPI
 
 from iris_predictor.config import PredictorSettings, get_settings
 from iris_predictor.core import PredictionCore
+from iris_predictor.feedback import PredictionStore
 from iris_predictor.inference import LoadedModel, MicroBatcher
 from iris_predictor.metrics import PredictorMetrics
-from iris_predictor.monitoring import DriftMonitor, PredictionStore, ShadowScorer
+from iris_predictor.monitoring import DriftMonitor, ShadowScorer
 from iris_predictor.prediction_log import PredictionLog
 from iris_predictor.recorder import Monitors, PredictionRecorder
-from iris_predictor.registry import ModelRegistry
+from iris_predictor.registry_alias import RegistryAlias
 from iris_predictor.routes import health, mlflow_scoring, model, open_inference, predict, webhooks
 from iris_predictor.serving import ModelHolder
 from iris_predictor.state import PredictorState
 from iris_predictor.watcher import ModelWatcher, report_fast_path
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.logging import configure_logging
-from iris_shared.monitoring import FeedbackKeys
 from iris_shared.server import WorkerPeers
 from iris_shared.service import create_service_app
 from iris_shared.settings import export_mlflow_password, with_password
 
-ModelSource = LoadedModel | ModelRegistry
+ModelSource = LoadedModel | RegistryAlias
 
 
 @asynccontextmanager
@@ -68,7 +69,7 @@ def create_app(
     settings: PredictorSettings | None = None, model_source: ModelSource | None = None
 ) -> FastAPI:
     """Build the app. `model_source`: an already-loaded model to serve as is (no registry), or
-    a `ModelRegistry` to follow; by default the registry the settings describe."""
+    a `RegistryAlias` to follow; by default the registry the settings describe."""
     settings = settings or get_settings()
     configure_logging("predictor", settings.log_level)
     export_mlflow_password(settings.mlflow_tracking_password)
@@ -164,10 +165,10 @@ def create_app(
 
 
 def registry_for(
-    settings: PredictorSettings, alias: str, like: ModelRegistry | None = None
-) -> ModelRegistry:
+    settings: PredictorSettings, alias: str, like: RegistryAlias | None = None
+) -> RegistryAlias:
     """The registry to follow `alias` in: the settings' MLflow, or the same as `like`'s."""
-    return ModelRegistry(
+    return RegistryAlias(
         tracking_uri=like.tracking_uri if like else settings.mlflow_tracking_uri,
         name=like.name if like else settings.model_name,
         alias=alias,

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from iris_shared.monitoring import DEFAULT_FEEDBACK_WINDOW_S
+from iris_shared.feedback import DEFAULT_FEEDBACK_WINDOW_S
 from iris_shared.registry import CHALLENGER, DEFAULT_MODEL, PRODUCTION
 from iris_shared.schemas import MAX_BATCH_ROWS
 from iris_shared.settings import (

@@ -85,7 +85,7 @@ class PredictorMetrics(ServiceMetrics):
             "Requests held back until the prediction log caught up with the answers.",
             registry=registry,
         )
-        # Whether the model is still right (iris_shared.monitoring), scored off the request path.
+        # Whether the model is still right (iris_shared.feedback), scored off the request path.
         self.drift_psi = Gauge(
             "iris_feature_drift_psi",
             "Population stability index of recent inputs against the served version's "

@@ -1,5 +1,6 @@
 """What happens after an answer is sent: the prediction log, the per-row metrics, and the
-monitors that tell whether the model is still right (iris_predictor.monitoring).
+monitors that tell whether the model is still right (iris_predictor.monitoring), and the
+answers kept for feedback (iris_predictor.feedback).
 
 A request only puts one `PredictionRecord` on a bounded queue; one thread takes what has
 accumulated, observes all of its rows in the feature histograms at once and writes one log line
@@ -27,8 +28,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from iris_predictor.feedback import Answered, PredictionStore
 from iris_predictor.metrics import PredictorMetrics
-from iris_predictor.monitoring import Answered, DriftMonitor, PredictionStore, ShadowScorer
+from iris_predictor.monitoring import DriftMonitor, ShadowScorer
 from iris_predictor.prediction_log import PredictionLog
 from iris_shared.schemas import FEATURE_NAMES
 

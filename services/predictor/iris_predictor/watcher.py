@@ -17,7 +17,11 @@ from datetime import UTC, datetime
 
 from iris_predictor.inference import LoadedModel
 from iris_predictor.metrics import PredictorMetrics
-from iris_predictor.registry import ModelLoadError, ModelRegistry, RegistryUnavailableError
+from iris_predictor.registry_alias import (
+    ModelLoadError,
+    RegistryAlias,
+    RegistryUnavailableError,
+)
 from iris_predictor.serving import ModelHolder
 from iris_shared.schemas import LoadFailure
 from iris_shared.server import WorkerPeers, freeze_long_lived_objects
@@ -31,7 +35,7 @@ _NUDGE_TICK_S = 0.25
 class ModelWatcher:
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: RegistryAlias,
         holder: ModelHolder,
         metrics: PredictorMetrics,
         poll_interval_s: float,

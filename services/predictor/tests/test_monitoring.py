@@ -9,9 +9,10 @@ from prometheus_client import generate_latest
 from sklearn.datasets import load_iris
 from sklearn.dummy import DummyClassifier
 
+from iris_predictor.feedback import Answered
 from iris_predictor.inference import LoadedModel
 from iris_predictor.metrics import PredictorMetrics
-from iris_predictor.monitoring import Answered, DriftMonitor, ShadowScorer
+from iris_predictor.monitoring import DriftMonitor, ShadowScorer
 from iris_predictor.serving import ModelHolder
 from iris_shared.drift import PSI_ALERT_THRESHOLD, ReferenceProfile
 from iris_shared.schemas import FEATURE_NAMES

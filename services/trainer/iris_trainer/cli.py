@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import httpx
 
+from iris_shared.feedback import FeedbackKeys
 from iris_shared.logging import configure_logging
-from iris_shared.monitoring import FeedbackKeys
 from iris_shared.registry import DEFAULT_MODEL, VersionTag
 from iris_shared.servable import forbid_unpickling
 from iris_trainer.config import get_bootstrap_settings, get_settings, get_worker_settings

@@ -9,7 +9,7 @@
 - `live_figures`: per model version, how often the challenger agreed with production in
   shadow scoring, and the accuracy of its last labelled answers.
 
-The keys are `iris_shared.monitoring.FeedbackKeys` of the deployment's JOBS_NAMESPACE.
+The keys are `iris_shared.feedback.FeedbackKeys` of the deployment's JOBS_NAMESPACE.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Final
 import redis
 from pydantic import ValidationError
 
-from iris_shared.monitoring import FeedbackKeys, LabelledRow
+from iris_shared.feedback import FeedbackKeys, LabelledRow
 from iris_shared.schemas import FEATURE_NAMES
 from iris_trainer.pipeline.data import (
     DATA_RELATIVE_PATH,

@@ -20,8 +20,8 @@ from iris_gateway.feedback import (
     FeedbackResult,
 )
 from iris_gateway.state import StateDep
+from iris_shared.feedback import Feedback
 from iris_shared.http import DocstringRoute, error_responses
-from iris_shared.monitoring import Feedback
 
 router = APIRouter(tags=["monitoring"], route_class=DocstringRoute, dependencies=[TokenRequired])
 

@@ -26,7 +26,7 @@ router = APIRouter(tags=["models"], route_class=DocstringRoute)
 async def promote(request: PromoteRequest, state: StateDep) -> PromoteResponse:
     """Serve a model version in production (the predictor follows within seconds)."""
     name = request.model_name or state.settings.default_model_name
-    previous = await state.registry.promote(name, request.model_version)
+    previous = await state.promoter.promote(name, request.model_version)
     logger.info(
         "Model version promoted",
         extra={"model": name, "version": request.model_version, "previous": previous},

@@ -296,7 +296,7 @@ def _log_and_register(
         mlflow.log_text(evaluation.report_text, "classification_report.txt")
         mlflow.log_dict(evaluation.report_dict, "classification_report.json")
         mlflow.log_dict(validation.as_dict(), "data_validation.json")
-        # What the predictor compares live inputs with (iris_shared.monitoring).
+        # What the predictor compares live inputs with (iris_shared.feedback).
         profile = ReferenceProfile.of(data.x_train[list(FEATURE_NAMES)].to_numpy(dtype=float))
         mlflow.log_dict(profile.model_dump(), REFERENCE_PROFILE_ARTIFACT)
         signature = infer_signature(data.x_train, model.predict(data.x_train))

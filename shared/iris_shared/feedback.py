@@ -1,4 +1,4 @@
-"""Whether the model is still right: the feedback contracts the predictor and gateway share.
+"""Feedback, the contracts the predictor, gateway and trainer share: is the model still right?
 
 Input drift has its own module, `iris_shared.drift` (it needs numpy, which the gateway does
 not have).

@@ -77,7 +77,9 @@ class RegistryError(ServiceError):
         self.upstream_status = status
 
 
-class ModelRegistry:
+class Promoter:
+    """Moves `production` to a version that may be served, one promotion at a time."""
+
     def __init__(self, mlflow: Upstream, locks: redis.Redis, lock_name: str) -> None:
         self.mlflow = mlflow
         self.locks = locks

@@ -81,8 +81,9 @@ class VersionRef:
     created_at: datetime | None = None
 
 
-class ModelRegistry:
-    """Follows `models:/<name>@<alias>` on one MLflow server and keeps a local copy of it."""
+class RegistryAlias:
+    """`models:/<name>@<alias>` on one MLflow server: the version it names, that version
+    loaded, and the local copy of the last one loaded."""
 
     def __init__(
         self,
