@@ -1,5 +1,5 @@
 """`make soak`: minutes of mixed traffic through the gateway while retrains run, the
-`production` alias moves and Redis restarts, all at once (issue 8). Not part of `make test`.
+`production` alias moves and Redis restarts, all at once. Not part of `make test`.
 
 It starts a second local stack as `make bench` does (bench/local_stack.py: free ports, its own
 state folder and token), with a durable Redis (append-only file, synced every second, as

@@ -1,4 +1,5 @@
-"""`make compose-smoke`: the seed's workflow against the containers only.
+"""`make compose-smoke`: the README's workflow (predict, retrain, promote, feedback) against the
+containers only.
 
 On a compose project of its own (its own volumes, secrets and free ports, so a stack from
 `make compose-up` is left alone) with 2 predictor replicas and 2 workers:

@@ -7,7 +7,7 @@ The engine, the compose command and the compose files are the ones `make images`
              the bootstrap has a production model and the gateway is ready; print the URLs
     down     stop and remove the containers; the volumes (registry, jobs, logs) stay
     secrets  write the secret files compose.yaml names (.state/compose/secrets/)
-    smoke    the seed's workflow against the containers only, on a project of its own
+    smoke    the README's workflow against the containers only, on a project of its own
 
 Secrets: the ones a person uses (API_TOKEN, MLFLOW_ADMIN_PASSWORD, POSTGRES_PASSWORD,
 GRAFANA_ADMIN_PASSWORD) live in .env, generated when missing as `make up` does; the services'

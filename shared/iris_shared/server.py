@@ -197,9 +197,9 @@ def create_worker_app() -> Any:
 def freeze_long_lived_objects() -> None:
     """Take what exists now (modules, the app, a loaded model) out of the collector's sight.
 
-    A full garbage collection walks every tracked object; with MLflow, pandas and scikit-learn
-    imported that is over 250,000 objects and about 300 ms in which the process answers
-    nothing, which under load was the slowest 1% of predictions. Objects alive once a service
+    A full garbage collection walks every tracked object; with MLflow and scikit-learn
+    imported that is hundreds of thousands of objects, a pause in which the process answers
+    nothing and the slowest predictions wait. Objects alive once a service
     is up live as long as the process, so they are collected once and frozen (`gc.freeze`):
     later full collections walk only what was made since.
     """
