@@ -9,7 +9,7 @@ cost more than scoring the row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -62,12 +62,11 @@ class PredictorMetrics(ServiceMetrics):
             registry=registry,
             multiprocess_mode="livemin",
         )
-        self.feature_value = Histogram(
+        self.feature_value = self.bulk_histogram(
             "iris_feature_value_cm",
             "Measurements received, in centimetres (watch for drift).",
             ["feature"],
-            buckets=FEATURE_BUCKETS,
-            registry=registry,
+            FEATURE_BUCKETS,
         )
         self.batch_requests = Histogram(
             "iris_inference_batch_requests",
@@ -162,7 +161,8 @@ class PredictorMetrics(ServiceMetrics):
         self._served_labels: dict[str, tuple[str, str, str]] = {}
         # `labels()` validates and locks on every call; (species, version) pairs are few.
         self._predictions_of = functools.lru_cache(maxsize=1024)(self.predictions.labels)
-        self._feature_histograms = [self.feature_value.labels(f) for f in FEATURE_NAMES]
+        for feature in FEATURE_NAMES:
+            self.feature_value.touch([feature])
         self._requests_by = functools.lru_cache(maxsize=16)(self.prediction_requests.labels)
         self._rows_by = functools.lru_cache(maxsize=16)(self.prediction_rows.labels)
 
@@ -220,28 +220,16 @@ class PredictorMetrics(ServiceMetrics):
         self.batch_requests.observe(requests)
 
     def observe_features(self, rows: np.ndarray) -> None:
-        """Observe every measurement of `rows` (n rows, 4 columns) in the feature histograms."""
-        observe_columns(self._feature_histograms, rows)
-
-
-def observe_columns(histograms: Sequence[Histogram], values: np.ndarray) -> None:
-    """Observe column j of `values` (n rows, one column per histogram) in `histograms[j]`:
-    what `histograms[j].observe(v)` for each value does, with one increment per bucket.
-
-    prometheus_client has no bulk observe; this uses its bucket bounds and values the way
-    `Histogram.observe` does (a value lands in the first bucket whose bound is >= it), which
-    tests/test_inference.py checks against `observe` on the pinned version. The histograms
-    share their bounds; all columns are counted in one numpy pass.
-    """
-    bounds = histograms[0]._upper_bounds
-    width = len(bounds)
-    offsets = np.arange(len(histograms)) * width
-    slots = np.searchsorted(bounds, values, side="left") + offsets
-    counts = np.bincount(slots.ravel(), minlength=width * len(histograms)).tolist()
-    sums = values.sum(axis=0).tolist()
-    for column, histogram in enumerate(histograms):
-        start = column * width
-        for bucket, count in zip(histogram._buckets, counts[start : start + width], strict=True):
-            if count:
-                bucket.inc(count)
-        histogram._sum.inc(sums[column])
+        """Observe every measurement of `rows` (n rows, one column per feature) in the feature
+        histograms, all columns in one numpy pass."""
+        histogram = self.feature_value
+        width = len(histogram.upper_bounds)
+        # A value lands in the first bucket whose bound is >= it, as Histogram.observe puts it.
+        slots = np.searchsorted(histogram.upper_bounds, rows, side="left")
+        slots += np.arange(len(FEATURE_NAMES)) * width
+        counts = np.bincount(slots.ravel(), minlength=width * len(FEATURE_NAMES)).tolist()
+        sums = rows.sum(axis=0).tolist()
+        for column, feature in enumerate(FEATURE_NAMES):
+            histogram.observe_counts(
+                [feature], counts[column * width : (column + 1) * width], sums[column]
+            )

@@ -15,11 +15,12 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from iris_predictor.core import Answer, PredictionCore
 from iris_predictor.inference import IncompatibleModelError, LoadedModel, MicroBatcher
-from iris_predictor.metrics import FEATURE_BUCKETS, PredictorMetrics, observe_columns
+from iris_predictor.metrics import FEATURE_BUCKETS, PredictorMetrics
 from iris_predictor.prediction_log import PredictionLog
 from iris_predictor.recorder import PredictionRecorder
 from iris_predictor.serving import ModelHolder
 from iris_shared.http import Overloaded
+from iris_shared.schemas import FEATURE_NAMES
 
 ROWS = np.array(
     [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3], [4.9, 3.0, 1.4, 0.2]]
@@ -207,36 +208,30 @@ def test_a_model_for_other_columns_is_refused(loaded_model: LoadedModel) -> None
         replace(loaded_model, model=Shuffled())
 
 
-def exposed(registry: CollectorRegistry) -> list[str]:
-    return [
-        line
-        for line in generate_latest(registry).decode().splitlines()
-        if not line.startswith("h_created")
-    ]
+def test_observed_features_are_exposed_as_one_observe_per_value_would() -> None:
+    rows = np.array([[0.1, 49.0, 2.5, 0.5], [7.9, 0.5000001, 50.0, 10.0], [5.1, 3.5, 1.4, 0.2]])
+    metrics = PredictorMetrics()
+    single_registry = CollectorRegistry()
+    single = Histogram(
+        "iris_feature_value_cm",
+        "Measurements received, in centimetres (watch for drift).",
+        ["feature"],
+        buckets=FEATURE_BUCKETS,
+        registry=single_registry,
+    )
 
+    metrics.observe_features(rows)
+    for row in rows:
+        for feature, value in zip(FEATURE_NAMES, row, strict=True):
+            single.labels(feature).observe(value)
 
-def test_observe_columns_matches_one_observe_per_value() -> None:
-    values = np.array([0.1, 0.5, 0.5000001, 2.5, 7.9, 10.0, 14.99, 49.0, 50.0, 0.25])
-    bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
-    bulk = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=bulk_registry)
-    single = Histogram("h", "h", buckets=FEATURE_BUCKETS, registry=single_registry)
+    def feature_lines(exposition: bytes) -> list[str]:
+        return [
+            line
+            for line in exposition.decode().splitlines()
+            if line.startswith("iris_feature_value_cm") and "_created" not in line
+        ]
 
-    observe_columns([bulk], values.reshape(-1, 1))
-    for value in values:
-        single.observe(value)
-
-    assert exposed(bulk_registry) == exposed(single_registry)
-
-
-def test_observe_columns_counts_each_column_in_its_own_histogram() -> None:
-    values = np.array([[0.1, 49.0], [2.5, 0.5], [7.9, 0.5000001], [50.0, 10.0]])
-    bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
-    bulk = Histogram("h", "h", ["column"], buckets=FEATURE_BUCKETS, registry=bulk_registry)
-    single = Histogram("h", "h", ["column"], buckets=FEATURE_BUCKETS, registry=single_registry)
-
-    observe_columns([bulk.labels("a"), bulk.labels("b")], values)
-    for a, b in values:
-        single.labels("a").observe(a)
-        single.labels("b").observe(b)
-
-    assert exposed(bulk_registry) == exposed(single_registry)
+    ours = feature_lines(metrics.exposition())
+    assert ours == feature_lines(generate_latest(single_registry))
+    assert len(ours) == len(FEATURE_NAMES) * (len(FEATURE_BUCKETS) + 3)
