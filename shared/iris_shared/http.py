@@ -110,9 +110,29 @@ def error_response(
     )
 
 
-def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting the envelope for the given status codes."""
-    return {code: {"model": ErrorResponse} for code in status_codes}
+def error_responses(*errors: int | type[ServiceError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the envelope, from the errors a route raises:
+    an exception class gives its status, its `error` code and first docstring line as the
+    description (several classes of one status are listed together), and a Retry-After header
+    when it sets `retry_after_s`; a bare status code documents only the envelope."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        if isinstance(error, int):
+            documented.setdefault(error, {"model": ErrorResponse})
+            continue
+        entry = documented.setdefault(error.status_code, {"model": ErrorResponse})
+        summary = " ".join((error.__doc__ or "").strip().split("\n\n")[0].split())
+        line = f"`{error.error}`: {summary}" if summary else f"`{error.error}`"
+        # Markdown: one paragraph per error.
+        entry["description"] = "\n\n".join(filter(None, [entry.get("description"), line]))
+        if error.retry_after_s is not None:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "string"},
+                }
+            }
+    return documented
 
 
 def _field_name(loc: Iterable[Any]) -> str:

@@ -16,6 +16,8 @@ _bearer = HTTPBearer(auto_error=False, description="The gateway's API_TOKEN.")
 
 
 class Unauthorized(ServiceError):
+    """The bearer token is missing or wrong."""
+
     status_code = 401
     error = "unauthorized"
 

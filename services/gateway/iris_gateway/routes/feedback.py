@@ -13,11 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
 
-from iris_gateway.auth import TokenRequired
+from iris_gateway.auth import TokenRequired, Unauthorized
 from iris_gateway.feedback import (
     MAX_FEEDBACK_ITEMS,
     BulkFeedbackResult,
+    FeedbackAlreadyGiven,
     FeedbackResult,
+    FeedbackUnavailable,
+    PredictionNotFound,
 )
 from iris_gateway.state import StateDep
 from iris_shared.feedback import Feedback
@@ -75,21 +78,15 @@ def _parse(body: bytes) -> Feedback | list[Feedback]:
             "each label, in the order sent, with the counts (`BulkFeedbackResult`); labels "
             "that were not accepted are reported there, not as errors.",
         },
-        404: {
-            **error_responses(404)[404],
-            "description": "One label: no prediction with this request id within the feedback "
-            "window (never answered, or expired), or no such row in it "
-            "(`prediction_not_found`).",
-        },
-        409: {
-            **error_responses(409)[409],
-            "description": "One label: this row was labelled already (`feedback_already_given`).",
-        },
-        **error_responses(400, 401, 413, 415),
-        503: {
-            **error_responses(503)[503],
-            "description": "Redis cannot be reached (`feedback_unavailable`), with Retry-After.",
-        },
+        **error_responses(
+            400,
+            Unauthorized,
+            413,
+            415,
+            PredictionNotFound,
+            FeedbackAlreadyGiven,
+            FeedbackUnavailable,
+        ),
     },
     openapi_extra=_REQUEST_BODY,
 )

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 
-from iris_gateway.auth import TokenRequired
+from iris_gateway.auth import TokenRequired, Unauthorized
+from iris_gateway.jobs import JobNotFound, JobStoreUnavailable, TooManyPendingJobs
 from iris_gateway.state import StateDep
 from iris_shared.http import DocstringRoute, error_responses
 from iris_shared.jobs import RetrainRequest, TrainingJob
@@ -26,7 +27,6 @@ IdempotencyKey = Annotated[
     ),
 ]
 _LOCATION = {"Location": {"description": "/jobs/<job_id>", "schema": {"type": "string"}}}
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
 
 
 @router.post(
@@ -40,12 +40,7 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"ty
             "headers": _LOCATION,
         },
         202: {"description": "Accepted and queued.", "headers": _LOCATION},
-        **error_responses(400, 401, 413, 415, 503),
-        429: {
-            **error_responses(429)[429],
-            "description": "RETRAIN_MAX_PENDING jobs are queued or running already.",
-            "headers": _RETRY_AFTER,
-        },
+        **error_responses(400, Unauthorized, 413, 415, JobStoreUnavailable, TooManyPendingJobs),
     },
 )
 async def retrain(
@@ -62,7 +57,11 @@ async def retrain(
     return job
 
 
-@router.get("/jobs", response_model=list[TrainingJob], responses=error_responses(400, 401, 503))
+@router.get(
+    "/jobs",
+    response_model=list[TrainingJob],
+    responses=error_responses(400, Unauthorized, JobStoreUnavailable),
+)
 async def list_jobs(
     state: StateDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> list[TrainingJob]:
@@ -71,7 +70,9 @@ async def list_jobs(
 
 
 @router.get(
-    "/jobs/{job_id}", response_model=TrainingJob, responses=error_responses(400, 401, 404, 503)
+    "/jobs/{job_id}",
+    response_model=TrainingJob,
+    responses=error_responses(400, Unauthorized, JobNotFound, JobStoreUnavailable),
 )
 async def get_job(job_id: JobId, state: StateDep) -> TrainingJob:
     """Report a retrain job's status, progress and result."""

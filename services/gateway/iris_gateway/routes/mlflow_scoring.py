@@ -18,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_gateway.proxy import forward
+from iris_gateway.upstream import UpstreamTimeout, UpstreamUnavailable
 from iris_shared.http import ErrorResponse, error_responses
 from iris_shared.plain_routes import PlainRoute
 
 PROTOCOL = "mlflow"
 TAGS = ["mlflow scoring protocol"]
-UPSTREAM_ERRORS = (502, 503, 504)
+# The predictor's own 503s (no model yet, overloaded) are passed through as they are.
+UPSTREAM_ERRORS = (UpstreamUnavailable, 503, UpstreamTimeout)
 
 
 async def invocations(request: Request) -> Response:

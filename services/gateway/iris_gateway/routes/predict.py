@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_gateway.proxy import forward
+from iris_gateway.upstream import UpstreamTimeout, UpstreamUnavailable
 from iris_shared.http import error_responses, json_body
 from iris_shared.plain_routes import PlainRoute
 from iris_shared.schemas import (
@@ -24,7 +25,8 @@ from iris_shared.schemas import (
 )
 
 JSON_BODIES = (PredictionRequest, BatchPredictionRequest)
-UPSTREAM_ERRORS = (502, 503, 504)
+# The predictor's own 503s (no model yet, overloaded) are passed through as they are.
+UPSTREAM_ERRORS = (UpstreamUnavailable, 503, UpstreamTimeout)
 PROTOCOL = "native"
 
 

@@ -6,8 +6,16 @@ import logging
 
 from fastapi import APIRouter
 
-from iris_gateway.auth import TokenRequired
+from iris_gateway.auth import TokenRequired, Unauthorized
+from iris_gateway.promotion import (
+    ModelVersionNotFound,
+    ModelVersionNotServable,
+    PromotionBusy,
+    PromotionUnavailable,
+    RegistryError,
+)
 from iris_gateway.state import StateDep
+from iris_gateway.upstream import UpstreamTimeout, UpstreamUnavailable
 from iris_shared.http import DocstringRoute, error_responses
 from iris_shared.registry import PRODUCTION
 from iris_shared.schemas import PromoteRequest, PromoteResponse
@@ -20,7 +28,19 @@ router = APIRouter(tags=["models"], route_class=DocstringRoute)
 @router.post(
     "/promote",
     response_model=PromoteResponse,
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 502, 503, 504),
+    responses=error_responses(
+        400,
+        Unauthorized,
+        413,
+        415,
+        ModelVersionNotFound,
+        PromotionBusy,
+        ModelVersionNotServable,
+        RegistryError,
+        UpstreamUnavailable,
+        PromotionUnavailable,
+        UpstreamTimeout,
+    ),
     dependencies=[TokenRequired],
 )
 async def promote(request: PromoteRequest, state: StateDep) -> PromoteResponse:

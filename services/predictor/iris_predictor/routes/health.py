@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from iris_predictor.serving import ModelNotReady
 from iris_predictor.state import StateDep
 from iris_shared.http import DocstringRoute, ServiceError, error_responses
 
@@ -16,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=error_responses(503))
+@router.get("/readyz", responses=error_responses(ModelNotReady))
 async def readyz(state: StateDep) -> dict[str, str]:
     """Report whether a model is loaded and predictions can be served (by every worker)."""
     served = state.holder.require()
@@ -29,6 +30,8 @@ async def readyz(state: StateDep) -> dict[str, str]:
 
 
 class WorkersNotReady(ServiceError):
+    """Some worker processes have no model yet."""
+
     status_code = 503
     error = "model_not_ready"
     retry_after_s = 1
