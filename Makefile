@@ -63,7 +63,7 @@ test-unit: install ## Run the code, data and model tests that start no process (
 	$(BIN)/pytest -m "not integration and not e2e"
 
 .PHONY: lint
-lint: install ## Ruff (lint + format check), mypy on shared/, and the infrastructure checkers
+lint: install ## Ruff (lint + format check), strict mypy on every package, and the infrastructure checkers
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy

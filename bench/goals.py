@@ -25,10 +25,6 @@ class Goal:
         return asdict(self)
 
 
-def _rps(summary: Summary) -> str:
-    return f"{summary.requests_per_s:,.0f} req/s"
-
-
 def _at_least(
     key: str,
     goal: str,

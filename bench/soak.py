@@ -420,12 +420,13 @@ class JobDesk:
         """Send the job's Idempotency-Key again: the answer must be 200 and the same job."""
         answer, body = self._post_retrain(job.idempotency_key)
         job_id = None if body is None else str(body["job_id"])
-        replay = {"t": self.clock(), "answer": answer, "job_id": job_id}
+        replayed_at = self.clock()
+        replay = {"t": replayed_at, "answer": answer, "job_id": job_id}
         replay["same_job"] = job_id == job.job_id and answer == "200"
         job.replays.append(replay)
         if answer == "202" and job_id is not None:
             # The key was forgotten and a second job started: follow it as well.
-            extra = TrackedJob(f"{job.label} again", job.idempotency_key, replay["t"], job_id)
+            extra = TrackedJob(f"{job.label} again", job.idempotency_key, replayed_at, job_id)
             with self.lock:
                 self.jobs.append(extra)
         return replay

@@ -252,8 +252,11 @@ class RecordField(StrEnum):
 _JSON_FIELDS: Final = {RecordField.parameters, RecordField.progress, RecordField.result}
 
 
-def record_fields(**values: Any) -> dict[str, str]:
-    """Values of `RecordField`s as the strings a Redis hash stores."""
+def record_fields(**values: Any) -> dict[Any, str]:
+    """Values of `RecordField`s as the strings a Redis hash stores.
+
+    The keys are field names (str), typed Any: redis-py's `hset(mapping=...)` takes a mapping
+    keyed by a union of types, and a dict's key type must match it exactly."""
     fields = {}
     for name, value in values.items():
         field = RecordField(name)

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
-import skops.io  # type: ignore[import-untyped]
+import skops.io
 import yaml
 
 from iris_shared.schemas import SPECIES

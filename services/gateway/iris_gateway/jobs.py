@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis.asyncio as redis
 from celery import Celery
@@ -242,7 +242,8 @@ class JobStore:
         The worker removes a job when it ends; this covers a worker that died between
         writing the outcome and removing it, and records that expired.
         """
-        pending = await self.client.zrange(self.keys.pending, 0, -1)
+        # The client decodes responses: members and fields are str.
+        pending = cast(list[str], await self.client.zrange(self.keys.pending, 0, -1))
         if not pending:
             return
         async with self.client.pipeline(transaction=False) as pipe:
@@ -259,7 +260,7 @@ class JobStore:
 
     async def get(self, job_id: str) -> TrainingJob:
         try:
-            record = await self.client.hgetall(self.keys.record(job_id))
+            record = cast(dict[str, str], await self.client.hgetall(self.keys.record(job_id)))
         except redis.RedisError as exc:
             raise self.unavailable(exc) from exc
         if not record:
@@ -268,7 +269,7 @@ class JobStore:
 
     async def recent(self, limit: int) -> list[TrainingJob]:
         try:
-            ids = await self.client.zrevrange(self.keys.index, 0, limit - 1)
+            ids = cast(list[str], await self.client.zrevrange(self.keys.index, 0, limit - 1))
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hgetall(self.keys.record(job_id))

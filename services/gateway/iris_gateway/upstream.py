@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -64,6 +64,9 @@ _PASSED_RESPONSE_HEADERS = (
 
 
 _NO_CONTENT_TYPE = frozenset({"Content-Type"})
+
+
+ErrorT = TypeVar("ErrorT", bound=UpstreamError)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class Upstream:
                 f"The {self.name} is unreachable ({type(exc).__name__}).",
             ) from exc
 
-    def failed(self, kind: type[UpstreamError], reason: str, message: str) -> UpstreamError:
+    def failed(self, kind: type[ErrorT], reason: str, message: str) -> ErrorT:
         """The error to raise for a failed call, counted and logged."""
         self.metrics.upstream_error(self.name, reason)
         logger.warning("Upstream call failed", extra={"upstream": self.name, "reason": reason})

@@ -94,11 +94,14 @@ class LoadedModel:
         A classifier without probabilities gives 1.0 to the class it predicts.
         """
         if self.fast_scorer is not None:
-            return self.fast_scorer(rows)
+            scored: np.ndarray = self.fast_scorer(rows)
+            return scored
         if hasattr(self.model, "predict_proba"):
-            return np.asarray(self.model.predict_proba(rows), dtype=np.float64)
+            probabilities: np.ndarray = np.asarray(self.model.predict_proba(rows), np.float64)
+            return probabilities
         labels = np.asarray(self.model.predict(rows))
-        return (labels[:, None] == np.asarray(self.model.classes_)[None, :]).astype(np.float64)
+        one_hot: np.ndarray = labels[:, None] == np.asarray(self.model.classes_)[None, :]
+        return one_hot.astype(np.float64)
 
 
 @dataclass

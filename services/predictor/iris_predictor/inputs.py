@@ -36,7 +36,7 @@ _Flower: Any = msgspec.defstruct(
 )
 _Batch: Any = msgspec.defstruct(
     "Batch",
-    [("instances", Annotated[list[_Flower], msgspec.Meta(min_length=1)])],  # type: ignore[valid-type]
+    [("instances", Annotated[list[_Flower], msgspec.Meta(min_length=1)])],
     forbid_unknown_fields=True,
 )
 _decode_flower = msgspec.json.Decoder(_Flower).decode

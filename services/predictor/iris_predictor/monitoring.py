@@ -144,4 +144,5 @@ class ShadowScorer:
 
 
 def _labels(model: LoadedModel, indices: np.ndarray) -> np.ndarray:
-    return np.asarray(model.classes)[indices]
+    labels: np.ndarray = np.asarray(model.classes)[indices]
+    return labels

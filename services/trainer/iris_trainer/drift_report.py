@@ -230,7 +230,7 @@ def _quiet_evidently() -> Iterator[None]:
     import pandas.core.dtypes.common as dtypes
 
     if not hasattr(dtypes, "infer_dtype_from_object"):
-        dtypes.infer_dtype_from_object = _infer_dtype_from_object  # type: ignore[attr-defined]
+        dtypes.infer_dtype_from_object = _infer_dtype_from_object
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)

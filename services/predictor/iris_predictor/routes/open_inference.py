@@ -57,7 +57,7 @@ PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 OUTPUTS = (PREDICT, PREDICT_PROBA)
 INPUT_NAME = "input-0"
-_DTYPES = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+_DTYPES: dict[str, np.dtype[np.floating]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -338,7 +338,7 @@ async def infer(request: Request) -> Response:
 def _routes() -> tuple[PlainRoute, ...]:
     tags = ["open inference protocol"]
     errors = {"model": InferenceErrorResponse}
-    get = {"methods": ["GET"], "tags": tags}
+    get: dict[str, Any] = {"methods": ["GET"], "tags": tags}
     routes = [
         PlainRoute("/v2", server_metadata, **get),
         PlainRoute("/v2/health/live", server_live, **get),
