@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from iris_shared.schemas import FEATURE_NAMES, SPECIES
 
@@ -47,7 +47,8 @@ class Feedback(BaseModel):
     )
 
     request_id: RequestId = Field(description="The request_id of the prediction's answer.")
-    row: int = Field(
+    # Strict: `false` or `"1"` is a client's mistake, not row 0 or 1.
+    row: StrictInt = Field(
         default=0, ge=0, lt=10_000, description="For a batch: the row's index in it (0-based)."
     )
     actual_species: Species

@@ -264,6 +264,14 @@ def test_malformed_labels_are_400_naming_the_field(gateway: str, token: str) -> 
         content=b"{",
         headers={**auth(token), "Content-Type": "application/json"},
     )
+    rows_not_numbers = [
+        httpx.post(
+            f"{gateway}/feedback",
+            json={"request_id": "abc", "row": row, "actual_species": "Iris-setosa"},
+            headers=auth(token),
+        )
+        for row in (False, "1", 1.5)
+    ]
 
     assert one.status_code == 400
     assert one.json()["error"] == "validation_error"
@@ -274,6 +282,9 @@ def test_malformed_labels_are_400_naming_the_field(gateway: str, token: str) -> 
     assert too_many.status_code == 400
     assert not_json.status_code == 400
     assert not_json.json()["error"] == "malformed_json"
+    for answer in rows_not_numbers:
+        assert answer.status_code == 400
+        assert [p["field"] for p in answer.json()["detail"]] == ["row"]
 
 
 def test_live_accuracy_covers_the_last_labels_only_and_the_kept_rows_are_capped(
