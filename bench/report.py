@@ -169,6 +169,23 @@ def peer_resources(results: dict[str, Any]) -> list[str]:
     return _table([*header, "cold start s"], rows)
 
 
+def recording_section(results: dict[str, Any]) -> list[str]:
+    """What the predictor's recording did under the load: every row logged, or not."""
+    counts = results["reports"].get("recording")
+    if counts is None:
+        return ["The predictor's recording counters could not be read after the load rounds."]
+    waits = counts["iris_prediction_log_waits_total"]
+    dropped = counts["iris_prediction_log_dropped_total"]
+    forgotten = counts["iris_prediction_store_dropped_total"]
+    return [
+        f"The predictor's recording over all its load rounds: {dropped:,.0f} log records "
+        f"dropped, {waits:,.0f} requests held back until the log caught up (answers may "
+        "outrun the log by PREDICTOR_PREDICTION_LOG_MAX_BACKLOG_ROWS rows, no more), and "
+        f"{forgotten:,.0f} kept answers forgotten to hold the store's byte budget (the oldest "
+        "first, by design)."
+    ]
+
+
 def peer_settings(results: dict[str, Any]) -> list[str]:
     peers = results["servers"].get("peers", {})
     lines = []
@@ -318,6 +335,8 @@ def markdown(results: dict[str, Any]) -> str:
         "one-row prediction request):",
         "",
         *peer_resources(results),
+        "",
+        *recording_section(results),
         "",
         *peer_settings(results),
         "",

@@ -398,6 +398,29 @@ def memory_by_service(stack: BenchStack, mlflow: RunningServer, peers: Peers) ->
     return memory
 
 
+# What the predictor says of its own recording (iris_predictor.recorder, .feedback).
+RECORDING_SERIES = (
+    "iris_prediction_log_waits_total",
+    "iris_prediction_log_dropped_total",
+    "iris_prediction_store_dropped_total",
+)
+
+
+def recording_counts(stack: BenchStack) -> dict[str, float] | None:
+    """The predictor's recording counters after the load rounds (summed over label values):
+    requests that waited for the log, log records dropped, kept answers forgotten early."""
+    try:
+        text = httpx.get(f"{stack.predictor_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    counts = dict.fromkeys(RECORDING_SERIES, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in counts:
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def summarize(
     servers: Servers, rounds: dict[str, list[WrkResult]]
 ) -> tuple[dict[str, Summary], dict[str, Any]]:
@@ -514,6 +537,7 @@ def compare_servers(
         with timed("load_rounds", phases):
             summaries, table = summarize(servers, run_rounds(servers.loads, settings))
         memory = memory_by_service(stack, mlflow, peers)
+        recording = recording_counts(stack)
     finally:
         mlflow.process.stop()
         if constant is not None:
@@ -573,6 +597,7 @@ def compare_servers(
         "ratios": ratios(summaries),
         "cold_start": cold_start,
         "memory": memory,
+        "recording": recording,
     }
     return Comparison(summaries, constant_error, record)
 
@@ -627,6 +652,7 @@ def results_record(comparison: Comparison, after: AfterLoad) -> dict[str, Any]:
         "reports": {
             "cold_start": {"predictor": later["predictor_cold_start"], **compared["cold_start"]},
             "memory": compared["memory"],
+            "recording": compared["recording"],
             "retrain": later["retrain"],
             "hot_swap_training_s": later["hot_swap_training_s"],
         },
