@@ -27,16 +27,24 @@ from iris_shared.schemas import batch_body_limit
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
+def shared_variable(name: str, prefix: str, **field: Any) -> Any:
+    """A setting read from the variable every service of a deployment reads (`REDIS_URL`,
+    `API_TOKEN`, `MLFLOW_TRACKING_URI`...), or from the service's own (`GATEWAY_REDIS_URL`)
+    when one service must differ. `field`: the rest of the field (default, description...)."""
+    return Field(validation_alias=AliasChoices(name, f"{prefix}{name}"), **field)
+
+
 def jobs_namespace_field(prefix: str) -> Any:
     """The deployment's namespace setting, `JOBS_NAMESPACE` (or `<prefix>JOBS_NAMESPACE`).
 
     Every service of a deployment must read the same value: it prefixes the retrain queue and
     every Redis key of the deployment (iris_shared.jobs, iris_shared.feedback).
     """
-    return Field(
+    return shared_variable(
+        "JOBS_NAMESPACE",
+        prefix,
         default=DEFAULT_JOBS_NAMESPACE,
         pattern=JOBS_NAMESPACE_PATTERN,
-        validation_alias=AliasChoices("JOBS_NAMESPACE", f"{prefix}JOBS_NAMESPACE"),
         description="Prefix of the retrain queue and of every Redis key of this deployment "
         "(the same in every service); `make up` writes a unique one to .env.",
     )
@@ -47,9 +55,10 @@ SECRETS_DIR_ENV = "SECRETS_DIR"
 
 def redis_password_field(prefix: str) -> Any:
     """The password of the Redis user named in `REDIS_URL` (`REDIS_PASSWORD`, or a secret file)."""
-    return Field(
+    return shared_variable(
+        "REDIS_PASSWORD",
+        prefix,
         default=None,
-        validation_alias=AliasChoices("REDIS_PASSWORD", f"{prefix}REDIS_PASSWORD"),
         description="Password of the Redis user in REDIS_URL (its username, if any, is in the "
         "URL); read from SECRETS_DIR/redis_password in containers.",
     )
@@ -57,11 +66,10 @@ def redis_password_field(prefix: str) -> Any:
 
 def mlflow_password_field(prefix: str) -> Any:
     """The password of `MLFLOW_TRACKING_USERNAME` on an MLflow server with basic auth."""
-    return Field(
+    return shared_variable(
+        "MLFLOW_TRACKING_PASSWORD",
+        prefix,
         default=None,
-        validation_alias=AliasChoices(
-            "MLFLOW_TRACKING_PASSWORD", f"{prefix}MLFLOW_TRACKING_PASSWORD"
-        ),
         description="Password of MLFLOW_TRACKING_USERNAME when MLflow requires credentials "
         "(compose); read from SECRETS_DIR/mlflow_tracking_password in containers.",
     )

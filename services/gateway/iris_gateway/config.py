@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from iris_shared.feedback import DEFAULT_FEEDBACK_WINDOW_S
@@ -18,6 +18,7 @@ from iris_shared.settings import (
     jobs_namespace_field,
     mlflow_password_field,
     redis_password_field,
+    shared_variable,
 )
 
 # Tokens copied from examples and tutorials; refused outside development.
@@ -61,9 +62,10 @@ class GatewaySettings(HTTPServiceSettings):
         description="Connections to the predictor per process, at most; requests beyond wait "
         "for one (within the predictor timeout).",
     )
-    redis_url: str = Field(
+    redis_url: str = shared_variable(
+        "REDIS_URL",
+        "GATEWAY_",
         default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL"),
         description="Celery broker; also holds the job records.",
     )
     redis_password: SecretStr | None = redis_password_field("GATEWAY_")
@@ -72,21 +74,22 @@ class GatewaySettings(HTTPServiceSettings):
         gt=0,
         description="Socket timeout for Redis; short so a dead Redis gives a quick 503.",
     )
-    api_token: SecretStr = Field(
+    api_token: SecretStr = shared_variable(
+        "API_TOKEN",
+        "GATEWAY_",
         default=SecretStr(""),
-        validation_alias=AliasChoices("API_TOKEN", "GATEWAY_API_TOKEN"),
         description="Bearer token required by POST /retrain and POST /promote.",
     )
-    mlflow_tracking_uri: str = Field(
+    mlflow_tracking_uri: str = shared_variable(
+        "MLFLOW_TRACKING_URI",
+        "GATEWAY_",
         default="http://127.0.0.1:5002",
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "GATEWAY_MLFLOW_TRACKING_URI"),
         description="MLflow server whose REST API POST /promote calls.",
     )
-    mlflow_tracking_username: str | None = Field(
+    mlflow_tracking_username: str | None = shared_variable(
+        "MLFLOW_TRACKING_USERNAME",
+        "GATEWAY_",
         default=None,
-        validation_alias=AliasChoices(
-            "MLFLOW_TRACKING_USERNAME", "GATEWAY_MLFLOW_TRACKING_USERNAME"
-        ),
         description="MLflow user POST /promote acts as, when MLflow requires credentials.",
     )
     mlflow_tracking_password: SecretStr | None = mlflow_password_field("GATEWAY_")
@@ -101,10 +104,11 @@ class GatewaySettings(HTTPServiceSettings):
         ge=60,
         description="How long a job's record is kept after its submission.",
     )
-    retrain_max_pending: int = Field(
+    retrain_max_pending: int = shared_variable(
+        "RETRAIN_MAX_PENDING",
+        "GATEWAY_",
         default=3,
         ge=1,
-        validation_alias=AliasChoices("RETRAIN_MAX_PENDING", "GATEWAY_RETRAIN_MAX_PENDING"),
         description="Retrain jobs queued or running at most; POST /retrain answers 429 beyond.",
     )
     retrain_retry_after_s: int = Field(
@@ -112,10 +116,11 @@ class GatewaySettings(HTTPServiceSettings):
         ge=1,
         description="The Retry-After of a 429 from POST /retrain: about one training run.",
     )
-    feedback_window_s: int = Field(
+    feedback_window_s: int = shared_variable(
+        "FEEDBACK_WINDOW",
+        "GATEWAY_",
         default=DEFAULT_FEEDBACK_WINDOW_S,
         ge=60,
-        validation_alias=AliasChoices("FEEDBACK_WINDOW", "GATEWAY_FEEDBACK_WINDOW"),
         description="Seconds after an answer during which POST /feedback takes its label (the "
         "predictor keeps answers as long; the same variable for both).",
     )

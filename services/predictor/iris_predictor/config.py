@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from iris_shared.feedback import DEFAULT_FEEDBACK_WINDOW_S
@@ -16,6 +16,7 @@ from iris_shared.settings import (
     jobs_namespace_field,
     mlflow_password_field,
     redis_password_field,
+    shared_variable,
 )
 
 MIB = 1024 * 1024
@@ -26,9 +27,10 @@ class PredictorSettings(HTTPServiceSettings):
 
     port: int = Field(default=8001, ge=1, le=65535, description="Port to listen on.")
 
-    mlflow_tracking_uri: str = Field(
+    mlflow_tracking_uri: str = shared_variable(
+        "MLFLOW_TRACKING_URI",
+        "PREDICTOR_",
         default="http://127.0.0.1:5002",
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PREDICTOR_MLFLOW_TRACKING_URI"),
         description="The MLflow server holding the registry and the model artefacts.",
     )
     mlflow_tracking_password: SecretStr | None = mlflow_password_field("PREDICTOR_")
@@ -97,18 +99,20 @@ class PredictorSettings(HTTPServiceSettings):
     drift_interval_s: float = Field(
         default=10.0, gt=0, description="Seconds between two drift scores."
     )
-    redis_url: str | None = Field(
+    redis_url: str | None = shared_variable(
+        "REDIS_URL",
+        "PREDICTOR_",
         default=None,
-        validation_alias=AliasChoices("REDIS_URL", "PREDICTOR_REDIS_URL"),
         description="Where answered predictions are kept for feedback (POST /feedback on the "
         "gateway joins labels with them); unset keeps none.",
     )
     redis_password: SecretStr | None = redis_password_field("PREDICTOR_")
     jobs_namespace: str = jobs_namespace_field("PREDICTOR_")
-    feedback_window_s: int = Field(
+    feedback_window_s: int = shared_variable(
+        "FEEDBACK_WINDOW",
+        "PREDICTOR_",
         default=DEFAULT_FEEDBACK_WINDOW_S,
         ge=60,
-        validation_alias=AliasChoices("FEEDBACK_WINDOW", "PREDICTOR_FEEDBACK_WINDOW"),
         description="Seconds an answered prediction stays joinable with its label.",
     )
     max_stored_predictions: int = Field(

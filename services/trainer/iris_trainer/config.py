@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from iris_shared.settings import (
@@ -20,6 +20,7 @@ from iris_shared.settings import (
     jobs_namespace_field,
     mlflow_password_field,
     redis_password_field,
+    shared_variable,
     with_password,
 )
 
@@ -35,13 +36,14 @@ class TrainerSettings(ServiceSettings):
     reports_dir: Path = Field(default=Path("reports"), description="Metrics files for DVC.")
     prediction_log_dir: Path = Field(
         default=Path("prediction-logs"),
-        validation_alias=AliasChoices("PREDICTOR_PREDICTION_LOG_DIR"),
+        validation_alias="PREDICTOR_PREDICTION_LOG_DIR",
         description="The predictor's prediction log folder, which `iris-mlops report drift` "
         "reads: the predictor's own variable (make up writes it to .env; compose sets it).",
     )
-    mlflow_tracking_uri: str = Field(
+    mlflow_tracking_uri: str = shared_variable(
+        "MLFLOW_TRACKING_URI",
+        "TRAINER_",
         default="http://127.0.0.1:5002",
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "TRAINER_MLFLOW_TRACKING_URI"),
         description="The MLflow server every client talks to over HTTP.",
     )
     mlflow_tracking_password: SecretStr | None = mlflow_password_field("TRAINER_")
@@ -49,9 +51,10 @@ class TrainerSettings(ServiceSettings):
         default="http://127.0.0.1:8002",
         description="The gateway `iris-mlops promote` asks to move `production` (POST /promote).",
     )
-    api_token: SecretStr = Field(
+    api_token: SecretStr = shared_variable(
+        "API_TOKEN",
+        "TRAINER_",
         default=SecretStr(""),
-        validation_alias=AliasChoices("API_TOKEN", "TRAINER_API_TOKEN"),
         description="The gateway's bearer token, sent by `iris-mlops promote`.",
     )
 
@@ -69,9 +72,10 @@ class WorkerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRAINER_", env_file=".env", extra="ignore")
 
-    redis_url: str = Field(
+    redis_url: str = shared_variable(
+        "REDIS_URL",
+        "TRAINER_",
         default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "TRAINER_REDIS_URL"),
         description="Celery broker; also holds the job records.",
     )
     redis_password: SecretStr | None = redis_password_field("TRAINER_")
@@ -127,11 +131,7 @@ class WorkerSettings(ServiceSettings):
 def _mlflow_secret(name: str, description: str) -> Any:
     """A secret of `iris-mlops bootstrap`: `NAME` or `TRAINER_NAME`, or the file
     SECRETS_DIR/name (lower case) in containers."""
-    return Field(
-        default=None,
-        validation_alias=AliasChoices(name, f"TRAINER_{name}"),
-        description=description,
-    )
+    return shared_variable(name, "TRAINER_", default=None, description=description)
 
 
 class BootstrapSettings(ServiceSettings):
