@@ -220,24 +220,13 @@ def _with_header(page: str, live: LiveInputs, reference_source: str, summary: Dr
 
 @contextmanager
 def _quiet_evidently() -> Iterator[None]:
-    """Import and run Evidently on this project's pandas 3.
+    """Run Evidently without its own noise.
 
-    Evidently 0.7 imports `infer_dtype_from_object`, which pandas 3 removed, for a test this
-    report never runs: a stand-in with the same meaning lets the import succeed. Its
-    deprecation warnings about pandas, and numpy's about a column that is constant in the
+    Its deprecation warnings about pandas, and numpy's about a column that is constant in the
     sample (a divide by zero in its plots), are its own, and silenced here only.
     """
-    import pandas.core.dtypes.common as dtypes
-
-    if not hasattr(dtypes, "infer_dtype_from_object"):
-        dtypes.infer_dtype_from_object = _infer_dtype_from_object
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
-
-
-def _infer_dtype_from_object(dtype: Any) -> Any:
-    """pandas 2's `infer_dtype_from_object`: the numpy scalar type of a dtype-like."""
-    return pd.api.types.pandas_dtype(dtype).type
