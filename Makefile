@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 UV ?= $(shell command -v uv 2>/dev/null || echo $(BIN)/uv)
-PY_SOURCES := shared services tests scripts infra conftest.py bench
+PY_SOURCES := shared services devstack tests scripts infra conftest.py bench
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/python: pyproject.toml uv.lock shared/pyproject.toml services/*/pyproject.toml
+$(BIN)/python: pyproject.toml uv.lock shared/pyproject.toml devstack/pyproject.toml services/*/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --quiet "uv==0.13.8"
 	@# Bytecode now, not in every process that imports MLflow (PYTHONDONTWRITEBYTECODE shells).
 	uv sync --frozen --compile-bytecode --python 3.11

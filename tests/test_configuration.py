@@ -8,10 +8,10 @@ import pytest
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from iris_devstack.processes import REPO_ROOT
 from iris_gateway.config import GatewaySettings
 from iris_predictor.config import PredictorSettings
 from iris_trainer.config import BootstrapSettings, TrainerSettings, WorkerSettings
-from tests.support.processes import REPO_ROOT
 
 DOCUMENTED = set(
     re.findall(

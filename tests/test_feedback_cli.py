@@ -17,6 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from iris_devstack.processes import free_port
 from iris_shared.feedback import FeedbackKeys, LabelledRow
 from iris_shared.schemas import FEATURE_NAMES
 from iris_trainer import feedback as trainer_feedback
@@ -27,7 +28,6 @@ from iris_trainer.pipeline import registry
 from iris_trainer.pipeline.data import dvc_recorded_md5, md5_of
 from iris_trainer.pipeline.registry import VersionSummary
 from tests.support.browser import rendered, title
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 

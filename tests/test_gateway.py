@@ -18,16 +18,11 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from iris_devstack.processes import ManagedProcess, free_port, tcp_open, wait_until
+from iris_devstack.redis import start_redis
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
 from tests.support.gateway import start_gateway
-from tests.support.processes import (
-    ManagedProcess,
-    free_port,
-    start_redis,
-    tcp_open,
-    wait_until,
-)
 
 pytestmark = pytest.mark.integration
 

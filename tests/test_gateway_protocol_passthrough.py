@@ -18,9 +18,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from iris_devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.gateway import start_gateway
-from tests.support.processes import ManagedProcess, free_port, http_ok, wait_until
 from tests.support.protocol_clients import scoring_client
 
 pytestmark = pytest.mark.integration

@@ -24,16 +24,17 @@ import pytest
 import redis
 import yaml
 
-from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import (
+from iris_devstack.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
     free_port,
     http_ok,
-    supervisord_command,
     wait_until,
 )
+from iris_devstack.stack import DEFAULTS
+from iris_devstack.supervisor import supervisord_command
+from tests.support.core import JOBS_NAMESPACE
 
 PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
 GRAFANA_DIR = REPO_ROOT / "infra/grafana"
@@ -428,13 +429,6 @@ def matcher_alert_names(matchers: list[str]) -> set[str]:
     return names
 
 
-def stack_default(name: str) -> str:
-    """A default of scripts/stack.py (read, not imported: the module reads .env at import)."""
-    found = re.search(rf'"{name}": "([^"]*)"', (REPO_ROOT / "scripts/stack.py").read_text())
-    assert found, f"scripts/stack.py has no default for {name}"
-    return found.group(1)
-
-
 def known_metrics() -> Any:
     """infra/checks/check_promql.py as a module: its hand-kept lists of exported names."""
     spec = importlib.util.spec_from_file_location(
@@ -521,10 +515,10 @@ def test_prometheus_sends_alerts_to_alertmanager_and_scrapes_the_job_exporters()
     assert "redis-exporter" in services
 
     local = yaml.safe_load((PROMETHEUS_DIR / "prometheus.local.yml").read_text())
-    assert alertmanagers(local) == [f"127.0.0.1:{stack_default('STACK_ALERTMANAGER_PORT')}"]
+    assert alertmanagers(local) == [f"127.0.0.1:{DEFAULTS['STACK_ALERTMANAGER_PORT']}"]
     targets = scrape_targets(local)
-    assert targets["flower"] == [f"127.0.0.1:{stack_default('STACK_FLOWER_PORT')}"]
-    assert targets["redis-exporter"] == [f"127.0.0.1:{stack_default('STACK_REDIS_EXPORTER_PORT')}"]
+    assert targets["flower"] == [f"127.0.0.1:{DEFAULTS['STACK_FLOWER_PORT']}"]
+    assert targets["redis-exporter"] == [f"127.0.0.1:{DEFAULTS['STACK_REDIS_EXPORTER_PORT']}"]
 
 
 def test_flower_and_alertmanager_have_no_auth_so_they_listen_on_loopback_only() -> None:

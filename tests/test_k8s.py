@@ -33,8 +33,7 @@ import pytest
 import redis
 import yaml
 
-from iris_shared.jobs import RETRAIN_TASK, JobKeys
-from tests.support.processes import (
+from iris_devstack.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
@@ -44,6 +43,7 @@ from tests.support.processes import (
     tcp_open,
     wait_until,
 )
+from iris_shared.jobs import RETRAIN_TASK, JobKeys
 
 K8S_DIR = REPO_ROOT / "infra/k8s"
 ENV_DIR = REPO_ROOT / "infra/env"
@@ -626,8 +626,8 @@ def trigger(objects: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def acl_redis(logs_dir: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """A Redis with the ACL file the in-cluster Redis's init container writes."""
+    from iris_devstack.redis import redis_server_args
     from iris_shared.redis_acl import USERS
-    from iris_shared.testing import redis_server_args
 
     acl_script = load_module(K8S_DIR / "components/in-cluster-redis/redis_acl.py")
     passwords = {user: secrets.token_urlsafe(16) for user in (*USERS, acl_script.KEDA_USER)}

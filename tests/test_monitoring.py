@@ -10,11 +10,11 @@ import pytest
 import redis
 from mlflow import MlflowClient
 
+from iris_devstack.processes import wait_until
 from iris_shared.feedback import FeedbackKeys, LabelledRow, StoredPrediction
 from iris_shared.registry import CHALLENGER
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -26,6 +26,8 @@ from celery import Celery
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from iris_devstack.processes import REPO_ROOT, VENV_BIN, ManagedProcess, child_env, wait_until
+from iris_devstack.supervisor import SUPERVISORD_CONF
 from iris_shared.jobs import (
     RETRAIN_TASK,
     TERMINAL_STATUSES,
@@ -38,14 +40,6 @@ from iris_shared.schemas import FEATURE_NAMES, SPECIES
 from iris_shared.servable import PICKLE_SWITCH
 from tests.support.core import register_copies
 from tests.support.predictor import start_predictor, wait_ready
-from tests.support.processes import (
-    REPO_ROOT,
-    SUPERVISORD_CONF,
-    VENV_BIN,
-    ManagedProcess,
-    child_env,
-    wait_until,
-)
 from tests.support.worker import start_worker
 
 pytestmark = pytest.mark.integration

@@ -24,6 +24,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from iris_devstack.processes import free_port, wait_until
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
@@ -33,7 +34,6 @@ from tests.support.predictor import (
     wait_healthy,
     wait_ready,
 )
-from tests.support.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.integration]
 

@@ -33,17 +33,11 @@ from infra.checks.check_promql import (
     fill_grafana_variables,
     rule_expressions,
 )
+from iris_devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ok, wait_until
 from iris_shared.jobs import JobKeys
 from iris_shared.registry import CHALLENGER
 from tests.support.core import JOBS_NAMESPACE
 from tests.support.gateway import start_gateway
-from tests.support.processes import (
-    REPO_ROOT,
-    ManagedProcess,
-    free_port,
-    http_ok,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,9 +17,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from iris_devstack.processes import wait_until
 from iris_shared.schemas import FEATURE_NAMES, SPECIES
 from tests.support.gateway import start_gateway
-from tests.support.processes import wait_until
 from tests.support.protocol_clients import TritonClient, scoring_client
 
 pytestmark = pytest.mark.integration

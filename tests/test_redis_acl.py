@@ -18,22 +18,23 @@ import httpx
 import pytest
 import redis
 
-from iris_shared.feedback import FeedbackKeys
-from iris_shared.jobs import JobKeys
-from iris_shared.redis_acl import USERS, acl_file
-from iris_shared.testing import free_port, redis_server_args
-from tests.support.core import run_cli
-from tests.support.gateway import start_gateway
-from tests.support.predictor import start_predictor, wait_ready
-from tests.support.processes import (
+from iris_devstack.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
+    free_port,
     http_ok,
-    supervisord_command,
     tcp_open,
     wait_until,
 )
+from iris_devstack.redis import redis_server_args
+from iris_devstack.supervisor import supervisord_command
+from iris_shared.feedback import FeedbackKeys
+from iris_shared.jobs import JobKeys
+from iris_shared.redis_acl import USERS, acl_file
+from tests.support.core import run_cli
+from tests.support.gateway import start_gateway
+from tests.support.predictor import start_predictor, wait_ready
 from tests.support.worker import start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

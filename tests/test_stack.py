@@ -20,15 +20,8 @@ import pytest
 import redis
 from dotenv import dotenv_values
 
+from iris_devstack.processes import REPO_ROOT, VENV_BIN, free_port, http_ok, tcp_open, wait_until
 from tests.support.core import cli_env
-from tests.support.processes import (
-    REPO_ROOT,
-    VENV_BIN,
-    free_port,
-    http_ok,
-    tcp_open,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,9 +29,9 @@ SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_w
 
 
 def stack(clone: Path, command: str) -> subprocess.CompletedProcess[str]:
-    # The repository's venv runs the clone's stack.py: the clone gets its own .env and .state.
+    # The repository's venv runs the clone's stack: the clone gets its own .env and .state.
     return subprocess.run(
-        [sys.executable, str(clone / "scripts" / "stack.py"), command],
+        [sys.executable, "-m", "iris_devstack", command, "--root", str(clone)],
         cwd=clone,
         env={**cli_env(), "API_TOKEN": ""},
         capture_output=True,

@@ -18,11 +18,12 @@ import orjson
 import pytest
 import redis
 
+from iris_devstack.processes import wait_until
+from iris_devstack.redis import start_redis
 from iris_shared.feedback import FeedbackKeys
 from tests.support.core import JOBS_NAMESPACE
 from tests.support.gateway import start_gateway
 from tests.support.predictor import start_predictor, wait_ready
-from tests.support.processes import start_redis, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 
+from iris_devstack.processes import REPO_ROOT, VENV_BIN, wait_until
 from iris_shared.jobs import JobProgress, TrainingStage
 from iris_shared.registry import (
     CHALLENGER,
@@ -36,7 +37,6 @@ from iris_trainer.cli import models_command, promote_command
 from iris_trainer.config import get_settings
 from iris_trainer.dataset import BootstrapError, bootstrap
 from tests.support.core import cli_env, run_cli, train_in_process
-from tests.support.processes import REPO_ROOT, VENV_BIN, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,6 +20,8 @@ from celery import Celery
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
+from iris_devstack.processes import ManagedProcess
+from iris_devstack.redis import start_redis
 from iris_shared.jobs import (
     MAX_DELIVERIES,
     RETRAIN_TASK,
@@ -41,7 +43,6 @@ from iris_shared.registry import (
 )
 from iris_trainer.tasks import is_transient
 from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import ManagedProcess, start_redis
 from tests.support.worker import start_worker
 
 KEYS = JobKeys(JOBS_NAMESPACE)

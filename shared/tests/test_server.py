@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from iris_shared.testing import free_port
+from iris_devstack.processes import free_port
 
 pytestmark = [pytest.mark.integration]
 

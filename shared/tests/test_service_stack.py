@@ -15,6 +15,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import Counter
 
+from iris_devstack.servers import serve_in_thread
 from iris_shared.http import ServiceError
 from iris_shared.http_protocol import (
     HEADER_TIMEOUT_ENV,
@@ -25,7 +26,6 @@ from iris_shared.metrics import KEPT_MODEL_VERSIONS, ServiceMetrics
 from iris_shared.plain_routes import PlainRoute
 from iris_shared.service import create_service_app
 from iris_shared.settings import HTTPServiceSettings
-from iris_shared.testing import serve_in_thread
 
 
 class Teapot(ServiceError):

@@ -5,20 +5,22 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.processes import (
+from iris_devstack.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
     child_env,
-    start_mlflow,
-    start_redis,
+    free_port,
+    http_ok,
+    wait_until,
 )
+from iris_devstack.redis import start_redis
 
 if TYPE_CHECKING:
     from iris_shared.jobs import JobProgress, TrainingResult
@@ -42,6 +44,46 @@ def redis_process(logs_dir: Path) -> Iterator[tuple[ManagedProcess, str]]:
 @pytest.fixture(scope="session")
 def redis_url(redis_process: tuple[ManagedProcess, str]) -> str:
     return redis_process[1]
+
+
+def start_mlflow(
+    log_dir: Path,
+    store_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    options: Sequence[str] = (),
+    name: str = "mlflow",
+    port: int | None = None,
+) -> tuple[ManagedProcess, str]:
+    """`mlflow server OPTIONS` on a free port, SQLite and artifact stores in `store_dir`."""
+    port = port or free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    process = ManagedProcess(
+        name,
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            *options,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store_dir / "artifacts"),
+            "--serve-artifacts",
+        ],
+        log_dir,
+        # The server's background job runners (GenAI features) are unused here and cost
+        # several processes per server on a 2-core machine.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    wait_until(http_ok(f"{uri}/health"), 90, f"{name} server", process)
+    return process, uri
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
+from iris_devstack.processes import ManagedProcess, free_port
+from tests.support.core import start_mlflow
 
 ADMIN = "admin"
 SERVICE_USERS = ("trainer", "gateway", "predictor")
@@ -66,34 +67,16 @@ def start_mlflow_with_auth(
     store_dir.mkdir(parents=True, exist_ok=True)
     config = store_dir / "basic_auth.ini"
     config.write_text(auth_ini(f"sqlite:///{store_dir / 'basic_auth.db'}"))
-    process = ManagedProcess(
-        f"mlflow-auth-{port}",
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--app-name",
-            "basic-auth",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store_dir / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store_dir / "artifacts"),
-            "--serve-artifacts",
-        ],
+    return start_mlflow(
         log_dir,
+        store_dir,
         env={
             "MLFLOW_AUTH_CONFIG_PATH": str(config),
             # Read on the first start only, to create the admin user.
             "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
+        options=("--app-name", "basic-auth"),
+        name=f"mlflow-auth-{port}",
+        port=port,
     )
-    uri = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{uri}/health"), 90, "mlflow server (basic-auth)", process)
-    return process, uri

@@ -1,4 +1,4 @@
-"""Fixtures that start the predictor as a real process (see tests/support/processes.py)."""
+"""Fixtures that start the predictor as a real process (see iris_devstack.processes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from iris_devstack.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
 from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, wait_until
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
-from tests.support.processes import REPO_ROOT
+from iris_devstack.processes import REPO_ROOT
 
 TRITONCLIENT = "tritonclient[http]==2.73.0"
 CLIENTS_DIR = REPO_ROOT / ".cache" / "test-clients"

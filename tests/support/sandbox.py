@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from iris_devstack.redis import start_redis
 from tests.support.core import JOBS_NAMESPACE, register_copies
 from tests.support.gateway import start_gateway
 from tests.support.predictor import start_predictor, wait_ready
-from tests.support.processes import start_redis
 
 SANDBOX_MODEL = "Iris-Sandbox"
 

@@ -1,4 +1,4 @@
-"""Fixtures that start the worker as a real process (see tests/support/processes.py)."""
+"""Fixtures that start the worker as a real process (see iris_devstack.processes)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.core import JOBS_NAMESPACE
-from tests.support.processes import (
+from iris_devstack.processes import (
     REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
     free_port,
     http_ok,
-    supervisord_command,
     wait_until,
 )
+from iris_devstack.supervisor import supervisord_command
+from tests.support.core import JOBS_NAMESPACE
 
 _names = itertools.count(1)
 

@@ -15,9 +15,11 @@ import pytest
 import redis
 from fastapi import FastAPI, Request, Response
 
+from iris_devstack.processes import free_port
+from iris_devstack.redis import redis_server
+from iris_devstack.servers import serve_in_thread
 from iris_gateway.app import create_app
 from iris_gateway.config import GatewaySettings
-from iris_shared.testing import free_port, redis_server, serve_in_thread
 
 TOKEN = "unit-test-token-0123456789"
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from iris_shared.testing import free_port
+from iris_devstack.processes import free_port
 
 NAMESPACE = f"unit-protocols-{uuid.uuid4().hex[:8]}"
 MODEL = "Iris-LogisticRegression"

@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from iris_devstack.processes import free_port
+from iris_devstack.servers import serve_in_thread
 from iris_gateway.metrics import GatewayMetrics
 from iris_gateway.replicas import PredictorReplicas
-from iris_shared.testing import free_port, serve_in_thread
 
 ADDRESSES = ["127.0.0.1", "127.0.0.2"]
 

@@ -20,11 +20,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from iris_devstack.servers import serve_in_thread
 from iris_predictor.app import create_app
 from iris_predictor.config import PredictorSettings
 from iris_predictor.serving import LoadedModel
 from iris_shared.schemas import FEATURE_NAMES, SPECIES, ServedModel
-from iris_shared.testing import serve_in_thread
 
 
 @pytest.fixture(scope="session")
