@@ -20,10 +20,17 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from iris_devstack.processes import REPO_ROOT, ManagedProcess, free_port, start_process, wait_until
+from iris_devstack.processes import (
+    REPO_ROOT,
+    ManagedProcess,
+    free_port,
+    log_tail,
+    start_process,
+    wait_until,
+)
 from iris_devstack.redis import redis_answers, redis_server_args, write_private_file
 from iris_devstack.stack import Stack, say
-from iris_shared.registry import LOGISTIC_REGRESSION
+from iris_shared.registry import LOGISTIC_REGRESSION as MODEL
 from iris_shared.settings import with_password
 
 UP = [sys.executable, "-m", "iris_devstack"]
@@ -70,14 +77,8 @@ class PrivateStack:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         state = work / "state"
         os.environ.update(
+            {f"STACK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
             STACK_STATE_DIR=str(state),
-            STACK_MLFLOW_PORT=str(ports["mlflow"]),
-            STACK_PREDICTOR_PORT=str(ports["predictor"]),
-            STACK_GATEWAY_PORT=str(ports["gateway"]),
-            STACK_PROMETHEUS_PORT=str(ports["prometheus"]),
-            STACK_FLOWER_PORT=str(ports["flower"]),
-            STACK_ALERTMANAGER_PORT=str(ports["alertmanager"]),
-            STACK_REDIS_EXPORTER_PORT=str(ports["redis_exporter"]),
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
             # Set outright, as make up's own Redis has one: a user's .env may hold theirs.
             REDIS_PASSWORD=secrets.token_urlsafe(32),
@@ -164,7 +165,7 @@ class PrivateStack:
                 )
             if completed.returncode == 0:
                 return
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            tail = log_tail(log)
             failed = f"python -m iris_devstack up failed (exit {completed.returncode})"
             if attempt == attempts:
                 raise StackError(f"{failed}:\n{tail}")
@@ -194,7 +195,7 @@ class PrivateStack:
     def production_version(self) -> str:
         response = httpx.get(
             f"{self.mlflow_url}/api/2.0/mlflow/registered-models/alias",
-            params={"name": LOGISTIC_REGRESSION, "alias": "production"},
+            params={"name": MODEL, "alias": "production"},
             timeout=10,
         )
         response.raise_for_status()
@@ -203,7 +204,7 @@ class PrivateStack:
     def latest_version(self) -> str:
         response = httpx.get(
             f"{self.mlflow_url}/api/2.0/mlflow/model-versions/search",
-            params={"filter": f"name='{LOGISTIC_REGRESSION}'"},
+            params={"filter": f"name='{MODEL}'"},
             timeout=10,
         )
         response.raise_for_status()
@@ -212,7 +213,7 @@ class PrivateStack:
     def move_production_alias(self, version: str) -> None:
         response = httpx.post(
             f"{self.mlflow_url}/api/2.0/mlflow/registered-models/alias",
-            json={"name": LOGISTIC_REGRESSION, "alias": "production", "version": version},
+            json={"name": MODEL, "alias": "production", "version": version},
             timeout=10,
         )
         response.raise_for_status()

@@ -38,6 +38,15 @@ def child_env(**env: str) -> dict[str, str]:
     return {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
 
 
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last `lines` lines of `log` under its name, or nothing when there is no log."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return f"--- {log} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,11 +94,7 @@ class ManagedProcess:
         return self.popen.pid
 
     def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return f"--- {self.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def restart(self) -> None:
         self.stop()

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import httpx
 from dotenv import dotenv_values, set_key
 
-from iris_devstack.processes import REPO_ROOT, http_ok, wait_until
+from iris_devstack.processes import REPO_ROOT, http_ok, log_tail, wait_until
 from iris_devstack.redis import redis_answers, redis_server_binary, write_private_file
 
 # A first start on a busy two-core machine (MLflow creating its tables, every service importing
@@ -218,9 +218,7 @@ class Stack:
         try:
             wait_until(http_ok(url), timeout, what, interval=0.5)
         except TimeoutError:
-            log = self.state / "logs" / f"{what}.log"
-            lines = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
-            tail = "\n".join(lines)
+            tail = log_tail(self.state / "logs" / f"{what}.log", 25)
             raise SystemExit(
                 f"[stack] {what} not ready at {url} after {timeout:.0f}s\n{tail}"
             ) from None
