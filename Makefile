@@ -28,15 +28,15 @@ data: install ## Make data/iris.csv match its DVC pointer (offline bootstrap)
 
 .PHONY: up
 up: install ## Run the whole stack (MLflow, Redis, trainer, predictor, gateway) and wait until ready
-	$(BIN)/python scripts/stack.py up
+	$(BIN)/python -m iris_devstack up
 
 .PHONY: down
 down: ## Stop what `make up` started
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m iris_devstack down; fi
 
 .PHONY: status
 status: ## Show each service's process and readiness
-	$(BIN)/python scripts/stack.py status
+	$(BIN)/python -m iris_devstack status
 
 .PHONY: logs
 logs: ## Follow the stack's logs (.state/logs)
