@@ -112,6 +112,18 @@ def test_a_throwaway_redis_answers_and_is_gone_after(tmp_path: Path) -> None:
     assert not redis_answers(url)
 
 
+def test_without_redis_server_on_path_valkeylites_valkey_server_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    binary = redis_server_binary()
+    assert binary is not None
+    assert Path(binary).name == "valkey-server"
+
+    with redis_server(tmp_path) as url:
+        assert redis_answers(url)
+
+
 def test_a_supervisord_command_gets_its_environment_filled() -> None:
     command = supervisord_command("flower", STACK_VENV="/venv", STACK_FLOWER_PORT="5599")
     assert command[:2] == ["/venv/bin/celery", "-A"]
