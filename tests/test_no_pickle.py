@@ -9,6 +9,7 @@ The payload writes a marker file when unpickled; the first test proves it really
 from __future__ import annotations
 
 import configparser
+import re
 import subprocess
 import sys
 import time
@@ -297,7 +298,9 @@ def test_supervisord_turns_mlflow_unpickling_off_for_every_python_program() -> N
     parser = configparser.RawConfigParser()
     parser.read(SUPERVISORD_CONF)
     programs = [s.removeprefix("program:") for s in parser.sections() if s.startswith("program:")]
-    python_programs = [p for p in programs if "ENV_STACK_VENV" in parser[f"program:{p}"]["command"]]
+    python_programs = [
+        p for p in programs if re.search(r"ENV_STACK_\w*VENV", parser[f"program:{p}"]["command"])
+    ]
     assert {"mlflow", "trainer", "predictor", "gateway", "flower"} <= set(python_programs)
     for program in python_programs:
         environment = parser[f"program:{program}"].get("environment", "")

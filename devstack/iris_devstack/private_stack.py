@@ -5,12 +5,18 @@ alone.
 The process that prepares it carries the stack's environment (`PrivateStack.prepare`): then
 `up`, run as a child, and the supervisorctl calls made from here see exactly the settings the
 services were started with.
+
+Its predictor runs from a venv of the predictor's own dependencies, as the predictor's image
+installs them (`predictor_only_venv`): in the project's dev venv, scikit-learn and skops also
+import the optional packages they find there (pandas, pytest, ...), and the benchmark would
+measure a heavier process than the one users deploy.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +44,25 @@ UP = [sys.executable, "-m", "iris_devstack"]
 
 class StackError(RuntimeError):
     pass
+
+
+def predictor_only_venv(target: Path) -> Path:
+    """`target` made a venv of the locked dependencies of iris-predictor only (no dev group),
+    the project's own packages installed editable, as `uv sync` makes them."""
+    uv = shutil.which("uv")
+    if uv is None:
+        raise StackError("uv is not on PATH (make install puts it there)")
+    completed = subprocess.run(
+        [uv, "sync", "--frozen", "--no-dev", "--package", "iris-predictor", "--compile-bytecode"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(target)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise StackError(f"the predictor's venv could not be made:\n{completed.stderr[-2000:]}")
+    return target
 
 
 @dataclass
@@ -90,6 +115,7 @@ class PrivateStack:
             PREDICTOR_PREDICTION_LOG_DIR=str(state / "predictor" / "prediction-logs"),
             TRAINER_REPORTS_DIR=str(work / "reports"),
             MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+            STACK_PREDICTOR_VENV=str(predictor_only_venv(work / "predictor-venv")),
             # mlflow models serve looks uvicorn up on PATH.
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         )

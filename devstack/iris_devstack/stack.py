@@ -167,6 +167,7 @@ class Stack:
             STACK_REDIS_SERVER=redis_server_binary() or "redis-server",
             STACK_PROMETHEUS=shutil.which("prometheus") or "prometheus",
         )
+        env.setdefault("STACK_PREDICTOR_VENV", env["STACK_VENV"])
         return env
 
     def write_redis_config(self, env: dict[str, str]) -> None:
