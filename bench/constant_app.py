@@ -5,7 +5,7 @@
 
 It receives the body like any endpoint but neither parses it nor touches a model, so what it
 costs is what the server stack alone costs (server, framework, middleware, HTTP metrics, the
-same `RawRoute` as the predictor's /predict): the ceiling the predictor is measured against.
+a plain route, as the predictor's /predict is): the ceiling the predictor is measured against.
 The benchmark starts it with the predictor's own command line from
 infra/local/supervisord.conf, either form:
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 
 from iris_predictor.config import get_settings
 from iris_predictor.metrics import PredictorMetrics
-from iris_shared.http import RawRoute
 from iris_shared.logging import configure_logging
+from iris_shared.plain_routes import PlainRoute
 from iris_shared.schemas import PredictionResponse
 from iris_shared.server import run
 from iris_shared.service import create_service_app
@@ -36,20 +38,22 @@ ANSWER = json.dumps(
     }
 ).encode()
 
-router = APIRouter(route_class=RawRoute)
 
-
-@router.post("/predict")
 async def predict(request: Request) -> Response:
     """Answer every flower with the same prediction."""
     await request.body()
     return Response(ANSWER, media_type="application/json")
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Report ready: there is no model to wait for."""
     return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+ROUTES = [
+    PlainRoute("/predict", predict),
+    PlainRoute("/readyz", readyz, methods=["GET"]),
+]
 
 
 def create_app() -> FastAPI:
@@ -64,7 +68,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         settings=settings,
         metrics=PredictorMetrics(),
-        routers=[router],
+        routers=[],
+        plain_routes=ROUTES,
     )
 
 

@@ -254,28 +254,6 @@ class DocstringRoute(APIRoute):
         return with_json_body
 
 
-class RawRoute(DocstringRoute):
-    """A route documented like any other but served without FastAPI's per-request machinery.
-
-    The endpoint takes the `Request` alone and returns a `Response`; it reads and validates the
-    body itself. FastAPI's dependency solving and response-model serialisation cost more than
-    the model does on the prediction hot path, so those routes use this class; every other
-    route uses `DocstringRoute`. Errors raised here reach the app's exception handlers as usual.
-    Once a request has reached it through the router, `iris_shared.service.ServiceApp` sends
-    the requests with the same method and path straight to the endpoint.
-    """
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.methods and scope["method"] not in self.methods:
-            await super().handle(scope, receive, send)  # the 405, as FastAPI answers it
-            return
-        learn = getattr(scope.get("app"), "learn_raw_route", None)
-        if learn is not None:
-            learn(scope, self)
-        response = await self.endpoint(Request(scope, receive, send))
-        await response(scope, receive, send)
-
-
 # handler (route template, or "none"), method, status code, seconds
 RequestObserver = Callable[[str, str, int, float], None]
 
@@ -520,7 +498,7 @@ def _handler(scope: Scope) -> str:
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` for a route that reads its JSON body itself (a `RawRoute`, a proxy).
+    """`openapi_extra` for a route that reads its JSON body itself (a plain route, a proxy).
 
     The schema is referenced by name; `document_json_bodies` adds it to the components.
     """

@@ -27,7 +27,6 @@ from starlette.routing import BaseRoute, Match
 
 from iris_shared.docs import serve_docs
 from iris_shared.http import (
-    RawRoute,
     Receive,
     Scope,
     Send,
@@ -51,9 +50,6 @@ class ServiceApp(FastAPI):
     the middleware runs the route's guards and endpoint; what they raise is answered by the
     app's own exception handlers, as for any FastAPI route. A plain path asked with another
     method is a 405. Every other request, lifespan included, goes through FastAPI unchanged.
-
-    `RawRoute` (a FastAPI route that taught the app a shortcut after its first request) is kept
-    only until the gateway's routes are plain ones.
     """
 
     service_middleware: ServiceMiddleware
@@ -77,8 +73,6 @@ class ServiceApp(FastAPI):
             body_read_timeout_s=settings.body_read_timeout_s,
             observe=metrics.observe_request,
         )
-        # (method, path) -> what the router put in scope["route"], and the route.
-        self._raw_routes: dict[tuple[str, str], tuple[Any, RawRoute]] = {}
 
     def _refuse_shadowed_routes(self) -> None:
         """A FastAPI route that a plain route hides would never run: refuse to build that app."""
@@ -108,27 +102,12 @@ class ServiceApp(FastAPI):
                 scope[_PLAIN] = match
         await self.service_middleware(scope, receive, send)
 
-    def learn_raw_route(self, scope: Scope, route: RawRoute) -> None:
-        """`route` answered this request; serve its method and path without routing from now on."""
-        if not route.param_convertors and not scope.get("root_path"):
-            self._raw_routes[(scope["method"], scope["path"])] = (scope.get("route", route), route)
-
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         plain = scope.get(_PLAIN)
         if plain is not None:
             await self._serve_plain(scope, receive, send, plain)
             return
-        learned = self._raw_routes.get((scope["method"], scope["path"]))
-        if learned is None or scope.get("root_path"):
-            await super().__call__(scope, receive, send)
-            return
-        scope["route"], route = learned
-        request = Request(scope, receive, send)
-        try:
-            response = await route.endpoint(request)
-        except Exception as exc:
-            response = await self._handler_for(exc)(request, exc)
-        await response(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
     async def _serve_plain(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
         route: PlainRoute = scope["route"]
