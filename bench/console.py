@@ -3,16 +3,30 @@ seconds since the start so a slow step stands out, and the seconds each phase to
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _STARTED = time.monotonic()
 
 
 def say(message: str) -> None:
     print(f"[bench {time.monotonic() - _STARTED:4.0f}s] {message}", flush=True)
+
+
+def attempt(what: str, step: Callable[[], T]) -> tuple[T | None, str | None]:
+    """Run a step whose failure is recorded in the results instead of ending the run."""
+    try:
+        return step(), None
+    except Exception as exc:
+        say(f"{what} failed: {exc}")
+        traceback.print_exc()
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 @contextmanager
@@ -45,3 +59,26 @@ class Clock:
         self.events.append({"t": now, "event": what})
         say(f"t={now:.1f}s {what}")
         return now
+
+
+class Every:
+    """A thread that calls `tick()` every `seconds` from start() until stop()."""
+
+    def __init__(self, seconds: float, name: str) -> None:
+        self.seconds = seconds
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.seconds):
+            self.tick()
+
+    def tick(self) -> None:
+        raise NotImplementedError

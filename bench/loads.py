@@ -170,8 +170,9 @@ class Target:
 
     def request_headers(self) -> dict[str, str]:
         """The headers every request of this target carries, as wrk sends them."""
-        body = self.body or Body(Path(), 1)
-        return {"Content-Type": body.content_type, **dict(body.headers)}
+        if self.body is None:
+            return {}
+        return {"Content-Type": self.body.content_type, **dict(self.body.headers)}
 
 
 @dataclass(frozen=True)

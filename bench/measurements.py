@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import httpx
 import redis
 
 from bench.config import ROOT
-from bench.console import Clock
+from bench.console import Clock, Every
 from bench.loads import FLOWER
 from bench.local_stack import BenchStack
 from bench.processes import answers_200, answers_post, wait_until
@@ -90,17 +89,16 @@ SERVICES = {
 MEMORY_EVERY_S = 5.0
 
 
-class MemoryWatch:
+class MemoryWatch(Every):
     """RSS and PSS of each service's process tree, sampled every few seconds in a thread."""
 
     def __init__(self, stack: BenchStack, clock: Callable[[], float]) -> None:
+        super().__init__(MEMORY_EVERY_S, "soak-memory")
         self.stack = stack
         self.clock = clock
         self.pids: dict[str, int | None] = {}
         self.restarts: Counter[str] = Counter()
         self.series: list[dict[str, Any]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._sample_until_stopped, name="soak-memory")
 
     def _pid(self, name: str) -> int | None:
         pid = self.pids.get(name)
@@ -123,16 +121,8 @@ class MemoryWatch:
             snapshot[name] = memory
         return snapshot
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-
-    def _sample_until_stopped(self) -> None:
-        while not self.stopping.wait(MEMORY_EVERY_S):
-            self.series.append(self.sample())
+    def tick(self) -> None:
+        self.series.append(self.sample())
 
     def report(self, start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
         """Growth of each service between two samples, its peak, and the RSS series."""

@@ -25,7 +25,7 @@ import httpx
 import orjson
 import redis
 
-from bench.console import Clock, say
+from bench.console import Clock, Every, say
 from bench.loads import FLOWER, Target, WrkResult, run_wrk
 from bench.local_stack import BenchStack
 from iris_predictor.config import PredictorSettings
@@ -226,18 +226,18 @@ class TrackedJob:
         }
 
 
-class JobDesk:
+class JobDesk(Every):
     """Submits retrain jobs through the gateway and polls each one until it ends."""
 
     def __init__(self, stack: BenchStack, clock: Clock) -> None:
+        super().__init__(JOB_POLL_EVERY_S, "soak-jobs")
         self.url = stack.gateway_url
         self.headers = {"Authorization": f"Bearer {stack.token}"}
         self.clock = clock
         self.run = secrets.token_hex(4)
         self.jobs: list[TrackedJob] = []
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.poller = threading.Thread(target=self._poll_until_stopped, name="soak-jobs")
+        self.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=10)
 
     def _post_retrain(self, key: str) -> tuple[str, dict[str, Any] | None]:
         headers = {**self.headers, "Idempotency-Key": key}
@@ -280,28 +280,23 @@ class JobDesk:
                 self.jobs.append(extra)
         return replay
 
-    def start(self) -> None:
-        self.poller.start()
-
     def stop(self) -> None:
-        self.stopping.set()
-        self.poller.join(30)
+        super().stop()
+        self.client.close()
 
     def all_ended(self) -> bool:
         with self.lock:
             return all(job.ended for job in self.jobs if job.job_id is not None)
 
-    def _poll_until_stopped(self) -> None:
-        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as client:
-            while not self.stopping.wait(JOB_POLL_EVERY_S):
-                with self.lock:
-                    open_jobs = [j for j in self.jobs if j.job_id is not None and not j.ended]
-                for job in open_jobs:
-                    self._poll(client, job)
+    def tick(self) -> None:
+        with self.lock:
+            open_jobs = [j for j in self.jobs if j.job_id is not None and not j.ended]
+        for job in open_jobs:
+            self._poll(job)
 
-    def _poll(self, client: httpx.Client, job: TrackedJob) -> None:
+    def _poll(self, job: TrackedJob) -> None:
         try:
-            response = client.get(f"/jobs/{job.job_id}")
+            response = self.client.get(f"/jobs/{job.job_id}")
         except httpx.HTTPError as exc:
             job.poll_errors[type(exc).__name__] += 1
             return

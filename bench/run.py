@@ -31,11 +31,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bench import loads
 from bench.baselines import RunningServer, start_constant_server, start_mlflow_serve
@@ -51,65 +49,26 @@ from bench.config import (
     BenchSettings,
     command_line,
 )
-from bench.console import say, timed
+from bench.console import attempt, say, timed
 from bench.goals import bench_goals, evaluate_all, figures
 from bench.local_stack import BenchStack
-from bench.measurements import predictor_cold_start, recording_counts, tree_memory
-from bench.peers import (
-    PeerServer,
-    ensure_environment,
-    export_joblib,
-    peer_environments,
-    start_bentoml,
-    start_mlserver,
-)
+from bench.measurements import SERVICES, predictor_cold_start, recording_counts, tree_memory
+from bench.peers import start_peers
 from bench.phases import SwapOutcome, hot_swap_under_load, poll_interval_s, retrain_breakdown
 from bench.report import bench_markdown, update_readme, write
 from bench.session import Session
 
-T = TypeVar("T")
-
-
-def attempt(what: str, step: Callable[[], T]) -> tuple[T | None, str | None]:
-    """Run a report step; its failure is recorded in the results instead of ending the run."""
-    try:
-        return step(), None
-    except Exception as exc:
-        say(f"{what} failed: {exc}")
-        traceback.print_exc()
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def start_peers(stack: BenchStack, version: str) -> tuple[dict[str, PeerServer], dict[str, str]]:
-    """MLServer and BentoML on `version`, each in its own environment; one that cannot be set
-    up or started is recorded, and the goals that need it are reported not measured."""
-    errors: dict[str, str] = {}
-    model, error = attempt(
-        "exporting the model", lambda: export_joblib(version, stack.work / "peer-model")
-    )
-    started: dict[str, PeerServer] = {}
-    one_row = [loads.FLOWER]
-    first = {
-        "mlserver": (start_mlserver, loads.encoded(loads.v2_json_body(one_row))),
-        "bentoml": (start_bentoml, loads.encoded(loads.bentoml_body(one_row))),
-    }
-    for name, environment in peer_environments().items():
-        if model is None:
-            errors[name] = f"model export failed: {error}"
-            continue
-        say(f"starting {name} ({' '.join(environment.requirements)})")
-        starter, body = first[name]
-
-        def start(env: Any = environment, starter: Any = starter, body: bytes = body) -> PeerServer:
-            ensure_environment(env)
-            return starter(env, model, stack.work, stack.logs, (body, "application/json"))  # type: ignore[no-any-return]
-
-        peer, failure = attempt(name, start)
-        if peer is not None:
-            started[name] = peer
-        else:
-            errors[name] = (failure or "").splitlines()[0][:300]
-    return started, errors
+# The servers the predictor is compared with: their name in the report, and what their cold
+# start is timed to.
+FIRST_ANSWER = "process start → first 200 to a one-row prediction request"
+SERVERS = {
+    "mlflow": ("mlflow models serve -w 2", "process start → first 200 to a one-row POST "
+               "/invocations (the CLI downloads the model first)"),
+    "mlserver": ("MLServer", FIRST_ANSWER),
+    "bentoml": ("BentoML", FIRST_ANSWER),
+    "constant": ("constant endpoint", "process start → GET /readyz 200"),
+}  # fmt: skip
+PEERS = ("mlserver", "bentoml")
 
 
 def train_next_version(stack: BenchStack) -> tuple[str, float]:
@@ -140,8 +99,22 @@ def ratios(summaries: dict[str, loads.Summary]) -> dict[str, float | None]:
     }
 
 
-def startup(server: RunningServer, how: str) -> dict[str, Any]:
-    return {"seconds": round(server.startup_s, 2), "how": how}
+def probe_mlflow_shapes(
+    url: str, bodies: dict[str, loads.Body], settings: BenchSettings
+) -> dict[str, str]:
+    """The JSON shape `mlflow models serve` answers fastest, for one row and for batches."""
+    shapes = {}
+    for kind, size, connections in (
+        ("one_row", "one", CONNECTIONS),
+        ("batch", "batch", BATCH_CONNECTIONS),
+    ):
+        candidates = {
+            shape: loads.Target(f"mlflow-{kind}-{shape}", url, bodies[f"mlflow-{size}-{shape}"])
+            for shape in loads.MLFLOW_FORMATS
+        }
+        shapes[kind] = loads.pick_mlflow_shape(candidates, connections, settings.probe_seconds)
+        say(f"mlflow models serve: {kind} as {shapes[kind]}")
+    return shapes
 
 
 def compare_servers(
@@ -150,67 +123,43 @@ def compare_servers(
     """The baselines and peers, the alternating load rounds, and memory right after the load;
     the record for results.json, with `summaries` and `missing` for the goals."""
     version = stack.production_version()
+    servers: dict[str, RunningServer] = {}
+    errors: dict[str, str] = {}
     say(f"starting mlflow models serve -w 2 on version {version}, and the constant endpoint")
     with ExitStack() as running:
         with timed("start_baselines", phases):
-            mlflow = start_mlflow_serve(stack, version)
-            running.callback(mlflow.process.stop)
-            constant, constant_error = attempt(
-                "constant server", lambda: start_constant_server(stack)
-            )
+            servers["mlflow"] = start_mlflow_serve(stack, version)
+            running.callback(servers["mlflow"].process.stop)
+            constant, error = attempt("constant server", lambda: start_constant_server(stack))
         with timed("start_peers", phases):
-            peers, peer_errors = start_peers(stack, version)
-        for server in [constant, *(peer.server for peer in peers.values())]:
-            if server is not None:
+            peers, errors = start_peers(version, stack.work, stack.logs)
+        servers |= {name: peer.server for name, peer in peers.items()}
+        if constant is not None:
+            servers["constant"] = constant
+        for server in servers.values():
+            if server is not servers["mlflow"]:
                 running.callback(server.process.stop)
         bodies = stack.work / "bodies"
         bodies.mkdir(exist_ok=True)
+        written = loads.bench_bodies(bodies)
         with timed("probe_mlflow_shapes", phases):
-            written = loads.bench_bodies(bodies)
-            invocations = f"{mlflow.url}/invocations"
-            shapes = {}
-            for kind, size, connections in (
-                ("one_row", "one", CONNECTIONS),
-                ("batch", "batch", BATCH_CONNECTIONS),
-            ):
-                candidates = {
-                    shape: loads.Target(
-                        f"mlflow-{kind}-{shape}", invocations, written[f"mlflow-{size}-{shape}"]
-                    )
-                    for shape in loads.MLFLOW_FORMATS
-                }
-                shapes[kind] = loads.pick_mlflow_shape(
-                    candidates, connections, settings.probe_seconds
-                )
-                say(f"mlflow models serve: {kind} as {shapes[kind]}")
+            shapes = probe_mlflow_shapes(f"{servers['mlflow'].url}/invocations", written, settings)
             # Peers that did not start are not measured, with why.
             missing = {
-                f"{name}{suffix}": error
-                for name, error in peer_errors.items()
-                for suffix in ("", "-batch")
+                f"{name}{end}": why for name, why in errors.items() for end in ("", "-batch")
             }
-            if constant_error:
-                missing["constant"] = constant_error
-            urls = {
-                "predictor": stack.predictor_url,
-                "gateway": stack.gateway_url,
-                "mlflow": mlflow.url,
-            }
-            urls |= {name: peer.server.url for name, peer in peers.items()}
-            urls |= {"constant": constant.url} if constant is not None else {}
+            urls = {name: server.url for name, server in servers.items()}
+            urls |= {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
             load_list = loads.bench_loads(urls, written, shapes, missing)
         per_server = f"{settings.rounds} rounds of {settings.round_seconds} s per server"
         say(f"load: {per_server}, {len(load_list)} servers alternated")
         with timed("load_rounds", phases):
             rounds = loads.run_rounds(load_list, settings)
-        pids = {"predictor": stack.pid("predictor"), "gateway": stack.pid("gateway")}
-        pids |= {"trainer worker": stack.pid("trainer"), "MLflow server": stack.pid("mlflow")}
-        pids |= {"mlflow models serve -w 2": mlflow.process.pid}
-        pids |= {
-            label: peers[name].server.process.pid if name in peers else None
-            for name, label in (("mlserver", "MLServer"), ("bentoml", "BentoML"))
-        }
-        memory = {name: tree_memory(pid) for name, pid in pids.items()}
+        memory = {label: tree_memory(stack.pid(program)) for label, program in SERVICES.items()}
+        for name in ("mlflow", *PEERS):
+            memory[SERVERS[name][0]] = tree_memory(
+                servers[name].process.pid if name in servers else None
+            )
         recording = recording_counts(stack)
 
     summaries = {name: loads.Summary.of(results) for name, results in rounds.items()}
@@ -225,36 +174,28 @@ def compare_servers(
         }
         for load in load_list
     }
-    how = "process start → first 200 to a one-row POST /invocations "
-    how += "(the CLI downloads the model first)"
-    cold_start = {"mlflow models serve -w 2": startup(mlflow, how)}
-    for name, label in (("mlserver", "MLServer"), ("bentoml", "BentoML")):
-        first_answer = "process start → first 200 to a one-row prediction request"
-        cold_start[label] = (
-            startup(peers[name].server, first_answer)
-            if name in peers
-            else {"seconds": None, "error": peer_errors.get(name)}
-        )
-    if constant is not None:
-        cold_start["constant endpoint"] = startup(constant, "process start → GET /readyz 200")
+    cold_start = {
+        label: {"seconds": round(servers[name].startup_s, 2), "how": how}
+        if name in servers
+        else {"seconds": None, "error": errors.get(name)}
+        for name, (label, how) in SERVERS.items()
+        if name in servers or name != "constant"
+    }
     return {
         "summaries": summaries,
-        "missing": missing,
+        "missing": missing | ({"constant": error} if error else {}),
         "model_version": version,
         "servers": {
             "predictor_workers": constant.workers if constant is not None else None,
             "constant_command": constant.command if constant is not None else None,
-            "constant_error": constant_error,
-            "mlflow_serve_command": mlflow.command,
+            "constant_error": error,
+            "mlflow_serve_command": servers["mlflow"].command,
             "peers": {
-                label: {
-                    "command": peers[name].server.command,
-                    "versions": peers[name].versions,
-                    "settings": peers[name].settings,
-                }
+                SERVERS[name][0]: {"command": peers[name].server.command}
+                | {"versions": peers[name].versions, "settings": peers[name].settings}
                 if name in peers
-                else {"error": peer_errors.get(name)}
-                for name, label in (("mlserver", "MLServer"), ("bentoml", "BentoML"))
+                else {"error": errors.get(name)}
+                for name in PEERS
             },
         },
         "load": {
@@ -269,7 +210,7 @@ def compare_servers(
             "wrk_timeout": WRK_TIMEOUT,
             "order": [load.target.name for load in load_list],
             "mlflow_shape": shapes,
-            "not_measured": {k: v for k, v in missing.items() if k != "constant"},
+            "not_measured": missing,
             "servers": table,
         },
         "ratios": ratios(summaries),
