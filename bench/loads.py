@@ -114,10 +114,14 @@ class Body:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def write(cls, folder: Path, name: str, content: bytes | dict[str, Any], rows: int) -> Body:
+    def write(
+        cls, folder: Path, name: str, content: bytes | dict[str, Any], rows: int, *extra: Any
+    ) -> Body:
+        """`content` in `folder`: a dict as `name`.json, bytes as `name` (with `extra`: the
+        content type and headers)."""
         path = folder / (name if isinstance(content, bytes) else f"{name}.json")
         path.write_bytes(content if isinstance(content, bytes) else encoded(content))
-        return cls(path, rows)
+        return cls(path, rows, *extra)
 
 
 def bench_bodies(folder: Path) -> dict[str, Body]:
@@ -132,17 +136,14 @@ def bench_bodies(folder: Path) -> dict[str, Body]:
             bodies[name] = Body.write(folder, name, mlflow_body(rows, shape), len(rows))
         bodies[f"v2-{size}"] = Body.write(folder, f"v2-{size}", v2_json_body(rows), len(rows))
         binary, header = v2_binary_body(rows)
-        bodies[f"v2-binary-{size}"] = Body(
-            Body.write(folder, f"v2-binary-{size}.bin", binary, len(rows)).path,
-            len(rows),
-            "application/octet-stream",
-            (("Inference-Header-Content-Length", str(header)),),
-        )
+        header_length = (("Inference-Header-Content-Length", str(header)),)
+        name, octets = f"v2-binary-{size}", "application/octet-stream"
+        bodies[name] = Body.write(folder, f"{name}.bin", binary, len(rows), octets, header_length)
         bodies[f"bentoml-{size}"] = Body.write(
             folder, f"bentoml-{size}", bentoml_body(rows), len(rows)
         )
-    csv = Body.write(folder, "batch.csv", mlflow_csv(flowers).encode(), BATCH_ROWS)
-    bodies["csv-batch"] = Body(csv.path, BATCH_ROWS, "text/csv")
+    csv = mlflow_csv(flowers).encode()
+    bodies["csv-batch"] = Body.write(folder, "batch.csv", csv, BATCH_ROWS, "text/csv")
     return bodies
 
 

@@ -114,6 +114,17 @@ def update_readme(readme: Path, results: dict[str, Any]) -> bool:
     return True
 
 
+TEMPLATES = Path(__file__).with_name("reports")
+
+
+def render(template: str, fields: dict[str, Any], **sections: Any) -> str:
+    """bench/reports/`template`.md filled in with str.format from `fields` and `sections`; a
+    section given as a list of lines is joined."""
+    text = (TEMPLATES / f"{template}.md").read_text()
+    blocks = {name: "\n".join(v) if isinstance(v, list) else v for name, v in sections.items()}
+    return text.format(**fields, **blocks)
+
+
 # --- make bench -------------------------------------------------------------------------------
 
 
@@ -241,16 +252,7 @@ def peer_settings(results: dict[str, Any]) -> list[str]:
             continue
         versions = ", ".join(f"{k} {v}" for k, v in peer["versions"].items())
         lines.append(f"- {label}: `{' '.join(peer['command'][1:])}`; {versions}.")
-    return [
-        *lines,
-        '- MLServer runs with `"parallel_workers": 0` (inference in the server process): its '
-        'inference worker pool dies at start on this machine ("There is no current event loop in '
-        'thread \'MainThread\'"). `"debug": false` turns its per-request access log off.',
-        "- BentoML: `@bentoml.service(workers=2)`, access log off. Both peers serve the "
-        "registry's production version, loaded with the predictor's own loader and written with "
-        "joblib, in virtual environments of their own (`.state/bench/venvs/`, scikit-learn "
-        "pinned to the project's version).",
-    ]
+    return lines
 
 
 def swap_line(swap: dict[str, Any]) -> str:
@@ -299,7 +301,7 @@ def retrain_section(retrain: dict[str, Any]) -> list[str]:
 
 
 def bench_markdown(results: dict[str, Any]) -> str:
-    load, reports = results["load"], results["reports"]
+    reports = results["reports"]
     cold = [
         [name, entry.get("seconds"), entry.get("how") or entry.get("error", "")]
         for name, entry in reports["cold_start"].items()
@@ -308,78 +310,25 @@ def bench_markdown(results: dict[str, Any]) -> str:
         [name, m["processes"], m["rss_mib"], m["pss_mib"]] if m else [name, "-", "not running", "-"]
         for name, m in reports["memory"].items()
     ]
-    phases = ", ".join(f"{name} {seconds:g}" for name, seconds in results["phase_seconds"].items())
-    lines = [
-        "# `make bench` results",
-        "",
-        "Written by `bench/run.py`; every figure is also in `bench/results.json`.",
-        "",
-        "## Goals",
-        "",
-        *verdicts(results),
-        "",
-        "## Load rounds",
-        "",
-        f"Median of {load['rounds']} round(s) of {load['round_seconds']} s per server, servers "
-        f"alternated round by round after a {load['warmup_seconds']} s warm-up each. req/s "
-        "counts 2xx answers; `failed` sums non-2xx and socket errors over all rounds. "
-        f"`mlflow models serve` gets `{load['mlflow_shape']['one_row']}` for one row and "
-        f"`{load['mlflow_shape']['batch']}` for batches, the faster shape of a short probe. "
-        f"Model version {results['model_version']} everywhere.",
-        "",
-        *load_table(results),
-        "",
-        "## Against the frameworks users would pick",
-        "",
-        "Each server on its own protocols, in the same rounds as above (medians). The predictor "
-        "answers labels and probabilities for every row and logs every row; the peers answer "
-        "labels and log nothing.",
-        "",
-        *peer_table(results),
-        "",
-        "Memory after the load rounds (each server's whole process tree, from "
-        "/proc/<pid>/smaps_rollup) and cold start (process start → first 200 answer to a "
-        "one-row prediction request):",
-        "",
-        *peer_resources(results),
-        "",
-        recording_line(results),
-        "",
-        *peer_settings(results),
-        "",
-        "## Hot swap under load",
-        "",
-        swap_line(results["hot_swap"]),
-        "",
-        "## Reports (not goals)",
-        "",
-        "### Cold start to ready",
-        "",
-        *table(["Server", "Seconds", "How"], cold),
-        "",
-        "### Memory after the load rounds (whole process tree)",
-        "",
-        *table(["Service", "Processes", "RSS MiB", "PSS MiB"], memory),
-        "",
-        "PSS shares pages common to forked workers between them; RSS counts them in every process.",
-        "",
-        "### Where a retrain's seconds go",
-        "",
-        *retrain_section(reports["retrain"]),
-        "",
-        "## Machine and versions",
-        "",
-        *machine_lines(results),
-        f"- Load generator: {results['wrk']} (`-t{load['wrk_threads']}`, "
-        f"`--timeout {load['wrk_timeout']}`)",
-        f"- Predictor worker processes: {cell(results['servers']['predictor_workers'])}",
-        f"- This run: {results['elapsed_s'] / 60:.1f} min; seconds per phase: {phases}",
-        versions_line(results),
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
-    return "\n".join(lines)
+    return render(
+        "bench",
+        results,
+        goals_table=verdicts(results),
+        load_table=load_table(results),
+        peer_table=peer_table(results),
+        peer_resources=peer_resources(results),
+        recording=recording_line(results),
+        peer_settings=peer_settings(results),
+        swap=swap_line(results["hot_swap"]),
+        cold_start=table(["Server", "Seconds", "How"], cold),
+        memory=table(["Service", "Processes", "RSS MiB", "PSS MiB"], memory),
+        retrain=retrain_section(reports["retrain"]),
+        machine_lines=machine_lines(results),
+        predictor_workers=cell(results["servers"]["predictor_workers"]),
+        minutes=f"{results['elapsed_s'] / 60:.1f}",
+        phases=", ".join(f"{name} {s:g}" for name, s in results["phase_seconds"].items()),
+        versions_line=versions_line(results),
+    )
 
 
 # --- make soak --------------------------------------------------------------------------------
@@ -486,23 +435,22 @@ def soak_memory_section(memory: dict[str, Any]) -> list[str]:
     ]
 
 
-def soak_sections(soak: dict[str, Any]) -> dict[str, list[str]]:
-    """The soak report's sections after its checks, by title."""
-    restart, hostile, mib = soak["redis_restart"], soak["hostile"], 1024 * 1024
-    before, after = hostile.get("redis_before", {}), hostile.get("redis_after", {})
-    slow, flood = hostile.get("slow_clients", {}), hostile.get("flood", {})
-    log, traffic, stop, store = (
-        soak["prediction_log"],
-        soak["traffic"],
-        soak["predictor_stop"],
+def soak_markdown(results: dict[str, Any]) -> str:
+    soak = results["soak"]
+    restart, hostile, store, mib = (
+        soak["redis_restart"],
+        soak["hostile"],
         soak["feedback_store"],
+        1024 * 1024,
     )
+    before, after = hostile.get("redis_before", {}), hostile.get("redis_after", {})
     moves = [
         *columns(MOVE_COLUMNS, soak["alias_moves"]),
         "",
         "Seconds after `POST /promote` was sent, seen in the traffic's own answers "
         f"(predictor alias poll interval {soak['predictor_poll_interval_s']:g} s).",
     ]
+    redis_restart = "Not done (the run ended first)."
     if restart:
         states, running, queued = (
             restart["job_status_at_stop"],
@@ -515,12 +463,9 @@ def soak_sections(soak: dict[str, Any]) -> dict[str, list[str]]:
             f"{restart['stop_s']:.2f} s, answered again {restart['start_s']:.2f} s after that "
             f"({restart['down_s']:.2f} s down in all); appendonly {restart['appendonly']}."
         )
-    feedback = (
-        f"The predictor keeps each answered request in Redis (`{store['index']}`) for the "
-        f"gateway's POST /feedback: {store['kept']:,} of {store['answered']:,} kept."
-    )
+    not_kept = ""
     if store["not_kept"]:
-        feedback += (
+        not_kept = (
             f" The {store['not_kept']:,} not kept were answered between "
             f"{store['not_kept_answered_from_s']:.2f} s and {store['not_kept_answered_to_s']:.2f} s"
             + (
@@ -532,74 +477,44 @@ def soak_sections(soak: dict[str, Any]) -> dict[str, list[str]]:
         )
     findings = soak["service_logs"]
     errors = [f"    {line}" for f in findings.values() for line in f["first_errors"]]
-    return {
-        "Traffic through the gateway": traffic_section(traffic),
-        "Retrain jobs": jobs_section(soak["jobs"]),
-        "Alias moves": moves
+    logs = [
+        f"- `{name}`: " + ", ".join(f"{level} {count}" for level, count in f["counts"].items())
+        for name, f in findings.items()
+    ] + (["", "First errors:", "", *errors] if errors else [])
+    return render(
+        "soak",
+        results,
+        output_name=Path(results["output"]).name,
+        checks_table=verdicts(results, "checks"),
+        traffic=traffic_section(soak["traffic"]),
+        jobs=jobs_section(soak["jobs"]),
+        moves=moves
         if soak["alias_moves"]
-        else ["No move: the first job did not register a version in time."],
-        "Redis restart": [redis_restart if restart else "Not done (the run ended first)."],
-        "Hostile clients and Redis memory": [
-            f"- Trickling uploads: {slow.get('connections', 0):,} connections at "
-            f"{slow.get('started_s', 0):.1f} s, answered {slow.get('outcomes', {})} within "
-            f"{slow.get('seconds', 0)} s.",
-            f"- Anonymous flood: {flood.get('batches', 0)} batches of "
-            f"{flood.get('rows_each', 0):,} rows at {flood.get('started_s', 0):.1f} s, answered "
-            f"{flood.get('outcomes', {})} in {flood.get('seconds', 0)} s.",
-            f"- Redis memory: {before.get('used_memory', 0) / mib:.1f} MiB before the traffic, "
-            f"{after.get('used_memory', 0) / mib:.1f} MiB after (cap "
-            f"{after.get('maxmemory', 0) / mib:.0f} MiB, policy {after.get('maxmemory_policy')}); "
-            f"kept answers {after.get('kept_answer_bytes', 0) / mib:.1f} MiB of a "
-            f"{soak['store_max_bytes'] / mib:.0f} MiB budget.",
-        ],
-        "Memory": soak_memory_section(soak["memory"]),
-        "Prediction log": [
-            f"After a graceful stop of the predictor ({stop['seconds']} s, "
-            f"{'SIGKILLed' if stop['killed'] else 'no SIGKILL'}): {log['lines']:,} lines holding "
-            f"{log['rows']:,} rows in {len(log['files'])} file(s), for {traffic['answered_200']:,} "
-            f"requests answered 200 holding {traffic['rows_answered']:,} rows. Answered but not "
-            f"logged: {log['answered_not_logged']}; logged but not answered 200: "
-            f"{log['logged_not_answered']}; logged twice: {log['logged_twice']}; unreadable "
-            f"lines: {log['unreadable_lines']}."
-        ],
-        "Predictions kept for feedback (reported, not judged)": [feedback],
-        "Service logs": [
-            f"- `{name}`: " + ", ".join(f"{level} {count}" for level, count in f["counts"].items())
-            for name, f in findings.items()
-        ]
-        + (["", "First errors:", "", *errors] if errors else [])
-        if findings
-        else ["No warning, error or traceback in any service's log."],
-        "Timeline": [f"- {e['t']:.1f} s: {e['event']}" for e in soak["timeline"]],
-    }
-
-
-def soak_markdown(results: dict[str, Any]) -> str:
-    soak = results["soak"]
-    lines = [
-        "# `make soak` results",
-        "",
-        f"Written by `bench/soak.py`; every figure is also in `{Path(results['output']).name}`. "
-        f"Times are seconds since the traffic started (a {soak['warmup_s']:g} s warm-up, then "
-        f"the {soak['window_s']:g} s run).",
-        "",
-        "## Must hold",
-        "",
-        *verdicts(results, "checks"),
-    ]
-    for title, body in soak_sections(soak).items():
-        lines += ["", f"## {title}", "", *body]
-    return "\n".join(
-        [
-            *lines,
-            "",
-            "## Machine",
-            "",
-            *machine_lines(results),
-            "",
-            f"Command: `{results['command']}`",
-            "",
-        ]
+        else "No move: the first job did not register a version in time.",
+        redis_restart=redis_restart,
+        slow={"connections": 0, "started_s": 0, "outcomes": {}, "seconds": 0}
+        | hostile.get("slow_clients", {}),
+        flood={"batches": 0, "rows_each": 0, "started_s": 0, "outcomes": {}, "seconds": 0}
+        | hostile.get("flood", {}),
+        redis_after={"maxmemory_policy": None} | after,
+        mib={
+            "used_before": before.get("used_memory", 0) / mib,
+            "used_after": after.get("used_memory", 0) / mib,
+            "cap": after.get("maxmemory", 0) / mib,
+            "kept": after.get("kept_answer_bytes", 0) / mib,
+            "budget": soak["store_max_bytes"] / mib,
+        },
+        memory=soak_memory_section(soak["memory"]),
+        stop=soak["predictor_stop"],
+        killed="SIGKILLed" if soak["predictor_stop"]["killed"] else "no SIGKILL",
+        log=soak["prediction_log"],
+        log_files=str(len(soak["prediction_log"]["files"])),
+        traffic_figures=soak["traffic"],
+        store=store,
+        not_kept=not_kept,
+        service_logs=logs if findings else "No warning, error or traceback in any service's log.",
+        timeline=[f"- {e['t']:.1f} s: {e['event']}" for e in soak["timeline"]],
+        machine_lines=machine_lines(results),
     )
 
 
@@ -611,43 +526,6 @@ def frame_table(frames: list[dict[str, Any]]) -> list[str]:
         ["Frame", "Samples", "Share"],
         [[f"`{f['frame']}`", f["samples"], percent(f["share"])] for f in frames],
     )
-
-
-def profile_section(entry: dict[str, Any], top: int, project: str) -> list[str]:
-    wrk, latency = entry["wrk"], entry["wrk"]["latency_ms"]
-    rows = f", {wrk['rows_per_s']:,.0f} rows/s" if wrk["rows_per_request"] > 1 else ""
-    threads = [[t["thread"], t["samples"], percent(t["share"])] for t in entry["threads"]]
-    buckets = [
-        [b["bucket"], percent(b["share"]), percent(b["self_share"])]
-        for b in entry["buckets"]
-        if b["share"] >= 0.01
-    ]
-    return [
-        f"## {entry['name']}: {entry['request']}, {entry['connections']} connections",
-        "",
-        f"wrk: {wrk['requests_per_s']:,.1f} requests/s{rows}, p50 {latency['p50']:.1f} ms, "
-        f"p99 {latency['p99']:.1f} ms, {wrk['failed']} failed. Worker {entry['worker_pid']} "
-        f"(of {entry['worker_pids']}): {entry['worker_cpu_cores']} cores of CPU, "
-        f"{entry['samples']:,} samples, the GIL held {percent(entry['gil_held_share'])} "
-        "of the time.",
-        "",
-        "Threads (share of the samples):",
-        "",
-        *table(["Thread", "Samples", "Share"], threads),
-        "",
-        "Libraries (inclusive: a stack through the library; self: the library's own frame on top):",
-        "",
-        *table(["Bucket", "Inclusive", "Self"], buckets),
-        "",
-        f"Top {top} frames by self time:",
-        "",
-        *frame_table(entry["self"]),
-        "",
-        f"Top {top} frames of this project's code ({project}) by inclusive time:",
-        "",
-        *frame_table(entry["inclusive_project"]),
-        "",
-    ]
 
 
 def profile_markdown(results: dict[str, Any], top: int, project: str) -> str:
@@ -663,38 +541,40 @@ def profile_markdown(results: dict[str, Any], top: int, project: str) -> str:
         ]
         for e in results["loads"]
     ]
-    lines = [
-        "# `make profile` results",
-        "",
-        "Written by `bench/profile.py`; the same figures are in `bench/profile.json`. One worker "
-        "process of the server under load (the busier of its two during the warm-up) is sampled "
-        f"by `{results['py_spy']}` at {results['sample_rate']} Hz for {results['seconds']} s with "
-        "`--gil`: each sample is the thread holding the GIL, so shares are of the worker's Python "
-        "time. C code that keeps the GIL counts on the Python frame that called it: uvloop's "
-        "socket writes on `RequestResponseCycle.send`, its event loop on `Runner.run`, "
-        "pydantic-core, orjson and numpy on their callers. Time with the GIL released is not "
-        "sampled; on a busy machine a worker also holds the GIL while it waits for a core, so "
-        "`GIL held` can exceed its CPU time. py-spy itself costs the worker some throughput. "
-        "Worker CPU is in cores (CPU seconds per second) while py-spy recorded.",
-        "",
-        provenance(results),
-        "",
-        *table(
-            ["Load", "Conns", "req/s", "p99 ms", "Worker CPU", "GIL held", "Top self frame"],
-            summary,
-        ),
-        "",
+    sections = [
+        render(
+            "profile-load",
+            entry,
+            rows=f", {entry['wrk']['rows_per_s']:,.0f} rows/s"
+            if entry["wrk"]["rows_per_request"] > 1
+            else "",
+            gil=percent(entry["gil_held_share"]),
+            top=str(top),
+            project=project,
+            threads_table=table(
+                ["Thread", "Samples", "Share"],
+                [[t["thread"], t["samples"], percent(t["share"])] for t in entry["threads"]],
+            ),
+            buckets_table=table(
+                ["Bucket", "Inclusive", "Self"],
+                [
+                    [b["bucket"], percent(b["share"]), percent(b["self_share"])]
+                    for b in entry["buckets"]
+                    if b["share"] >= 0.01
+                ],
+            ),
+            self_table=frame_table(entry["self"]),
+            inclusive_table=frame_table(entry["inclusive_project"]),
+        )
+        for entry in results["loads"]
     ]
-    for entry in results["loads"]:
-        lines += profile_section(entry, top, project)
-    lines += [
-        "## Machine and versions",
-        "",
-        *machine_lines(results),
-        f"- Load generator: {results['wrk']}; profiler: {results['py_spy']}",
-        versions_line(results),
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
-    return "\n".join(lines)
+    header = ["Load", "Conns", "req/s", "p99 ms", "Worker CPU", "GIL held", "Top self frame"]
+    return render(
+        "profile",
+        results,
+        provenance=provenance(results),
+        summary=table(header, summary),
+        sections="\n".join(sections),
+        machine_lines=machine_lines(results),
+        versions_line=versions_line(results),
+    )
