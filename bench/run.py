@@ -80,6 +80,17 @@ def train_next_version(stack: BenchStack) -> tuple[str, float]:
     return stack.latest_version(), round(time.monotonic() - started, 2)
 
 
+# results.json's ratios: ours over theirs in one field.
+RATIOS = {
+    "predictor_over_mlflow_requests_per_s": ("predictor", "mlflow", "requests_per_s"),
+    "predictor_over_mlflow_p99": ("predictor", "mlflow", "p99_ms"),
+    "gateway_over_mlflow_requests_per_s": ("gateway", "mlflow", "requests_per_s"),
+    "gateway_over_predictor_requests_per_s": ("gateway", "predictor", "requests_per_s"),
+    "batch_predictor_over_mlflow_rows_per_s": ("predictor-batch", "mlflow-batch", "rows_per_s"),
+    "predictor_over_constant_requests_per_s": ("predictor", "constant", "requests_per_s"),
+}
+
+
 def ratios(summaries: dict[str, loads.Summary]) -> dict[str, float | None]:
     def ratio(ours: str, theirs: str, field: str) -> float | None:
         a, b = summaries.get(ours), summaries.get(theirs)
@@ -87,16 +98,7 @@ def ratios(summaries: dict[str, loads.Summary]) -> dict[str, float | None]:
             return None
         return round(float(getattr(a, field)) / float(getattr(b, field)), 3)
 
-    return {
-        "predictor_over_mlflow_requests_per_s": ratio("predictor", "mlflow", "requests_per_s"),
-        "predictor_over_mlflow_p99": ratio("predictor", "mlflow", "p99_ms"),
-        "gateway_over_mlflow_requests_per_s": ratio("gateway", "mlflow", "requests_per_s"),
-        "gateway_over_predictor_requests_per_s": ratio("gateway", "predictor", "requests_per_s"),
-        "batch_predictor_over_mlflow_rows_per_s": ratio(
-            "predictor-batch", "mlflow-batch", "rows_per_s"
-        ),
-        "predictor_over_constant_requests_per_s": ratio("predictor", "constant", "requests_per_s"),
-    }
+    return {key: ratio(*pair) for key, pair in RATIOS.items()}
 
 
 def probe_mlflow_shapes(
