@@ -5,7 +5,6 @@ app swapped)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -15,8 +14,8 @@ from pathlib import Path
 
 from supervisor.datatypes import dict_of_key_value_pairs
 
-from bench import payloads
 from bench.config import MLFLOW_SERVE_WORKERS, MODEL_NAME, ROOT
+from bench.loads import FLOWER, encoded, mlflow_body
 from bench.local_stack import SUPERVISORD_CONF, BenchStack, program_section
 from bench.processes import (
     ManagedProcess,
@@ -82,7 +81,7 @@ def start_mlflow_serve(stack: BenchStack, version: str) -> RunningServer:
     url = f"http://127.0.0.1:{port}"
     # Timed to the first answer, as the peers are: /ping turns 200 once the model is loaded,
     # but a worker may still be starting.
-    first = json.dumps(payloads.mlflow_body([payloads.FLOWER], "dataframe_split")).encode()
+    first = encoded(mlflow_body([FLOWER], "dataframe_split"))
     startup_s = wait_for_answer(
         process, f"{url}/invocations", first, {"Content-Type": "application/json"}, timeout=300
     )

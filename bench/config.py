@@ -10,7 +10,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "bench" / "results.json"
-RESULTS_MD = ROOT / "bench" / "results.md"
 README = ROOT / "README.md"
 
 MODEL_NAME = "Iris-LogisticRegression"

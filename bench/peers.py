@@ -31,8 +31,9 @@ import mlflow.artifacts
 
 from bench.baselines import RunningServer
 from bench.config import MODEL_NAME, ROOT
-from bench.console import say
-from bench.processes import free_port, start_process, wait_for_answer
+from bench.console import attempt, say
+from bench.loads import FLOWER, bentoml_body, encoded, v2_json_body
+from bench.processes import ManagedProcess, free_port, start_process, wait_for_answer
 from iris_shared.model_files import load_model_files
 
 PEER_VENVS = ROOT / ".state" / "bench" / "venvs"
@@ -145,18 +146,35 @@ def _peer_env(environment: PeerEnvironment, **extra: str) -> dict[str, str]:
 
 @dataclass
 class PeerServer:
-    """A running peer: the server, and what its first answer was timed with."""
+    """A running peer: the server, its libraries' versions and the settings it runs with."""
 
     server: RunningServer
     versions: dict[str, str]
     settings: dict[str, Any]
 
 
-def start_mlserver(
-    environment: PeerEnvironment, model: Path, work: Path, logs: Path, first: tuple[bytes, str]
-) -> PeerServer:
-    """`mlserver start` on a folder holding settings.json, model-settings.json and the model;
-    `first` is a one-row V2 body to time the first answer with."""
+def _launch(
+    environment: PeerEnvironment,
+    command: list[str],
+    env: dict[str, str],
+    folder: Path,
+    logs: Path,
+    url: str,
+    first: tuple[str, bytes],
+) -> tuple[ManagedProcess, float]:
+    """Start the peer and time it to its first 200 answer to a one-row body (path, body)."""
+    process = start_process(environment.name, command, env, logs, cwd=folder)
+    path, body = first
+    headers = {"Content-Type": "application/json"}
+    try:
+        return process, wait_for_answer(process, url + path, body, headers, timeout=180)
+    except Exception:
+        process.stop()
+        raise
+
+
+def start_mlserver(environment: PeerEnvironment, model: Path, work: Path, logs: Path) -> PeerServer:
+    """`mlserver start` on a folder holding settings.json, model-settings.json and the model."""
     folder = work / "mlserver"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, folder / "model.joblib")
@@ -177,17 +195,11 @@ def start_mlserver(
     (folder / "settings.json").write_text(json.dumps(settings, indent=2))
     (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     command = [str(environment.bin / "mlserver"), "start", str(folder)]
-    process = start_process("mlserver", command, _peer_env(environment), logs, cwd=folder)
     url = f"http://127.0.0.1:{port}"
-    body, content_type = first
-    infer = f"{url}/v2/models/{MODEL_NAME}/infer"
-    try:
-        startup_s = wait_for_answer(
-            process, infer, body, {"Content-Type": content_type}, timeout=180
-        )
-    except Exception:
-        process.stop()
-        raise
+    first = (f"/v2/models/{MODEL_NAME}/infer", encoded(v2_json_body([FLOWER])))
+    process, startup_s = _launch(
+        environment, command, _peer_env(environment), folder, logs, url, first
+    )
     return PeerServer(
         RunningServer(process, url, startup_s, command, 1),
         installed_versions(environment),
@@ -195,10 +207,8 @@ def start_mlserver(
     )
 
 
-def start_bentoml(
-    environment: PeerEnvironment, model: Path, work: Path, logs: Path, first: tuple[bytes, str]
-) -> PeerServer:
-    """`bentoml serve` on bench/peer_services/bentoml_service.py; `first` is a one-row body."""
+def start_bentoml(environment: PeerEnvironment, model: Path, work: Path, logs: Path) -> PeerServer:
+    """`bentoml serve` on bench/peer_services/bentoml_service.py."""
     port = free_port()
     config = work / "bentoml-config.yaml"
     config.write_text(
@@ -211,27 +221,44 @@ def start_bentoml(
         BENTOML_CONFIG=str(config),
         BENTOML_DO_NOT_TRACK="true",
     )
-    command = [
-        str(environment.bin / "bentoml"),
-        "serve",
-        "bentoml_service:IrisClassifier",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    process = start_process("bentoml", command, env, logs, cwd=PEERS_DIR)
+    command = [str(environment.bin / "bentoml"), "serve", "bentoml_service:IrisClassifier"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    body, content_type = first
-    try:
-        startup_s = wait_for_answer(
-            process, f"{url}/classify", body, {"Content-Type": content_type}, timeout=180
-        )
-    except Exception:
-        process.stop()
-        raise
+    first = ("/classify", encoded(bentoml_body([FLOWER])))
+    process, startup_s = _launch(environment, command, env, PEERS_DIR, logs, url, first)
     return PeerServer(
         RunningServer(process, url, startup_s, command, BENTOML_WORKERS),
         installed_versions(environment),
         {"workers": BENTOML_WORKERS, "access_log": False},
     )
+
+
+STARTERS = {"mlserver": start_mlserver, "bentoml": start_bentoml}
+
+
+def start_peers(
+    version: str, work: Path, logs: Path
+) -> tuple[dict[str, PeerServer], dict[str, str]]:
+    """MLServer and BentoML on the registry's `version`, each in its own environment; the
+    error of each one that cannot be set up or started, by name."""
+    started: dict[str, PeerServer] = {}
+    model, error = attempt(
+        "exporting the model", lambda: export_joblib(version, work / "peer-model")
+    )
+    errors: dict[str, str] = {}
+    for name, environment in peer_environments().items():
+        if model is None:
+            errors[name] = f"model export failed: {error}"
+            continue
+        say(f"starting {name} ({' '.join(environment.requirements)})")
+
+        def start(environment: PeerEnvironment = environment, model: Path = model) -> PeerServer:
+            ensure_environment(environment)
+            return STARTERS[environment.name](environment, model, work, logs)
+
+        peer, failure = attempt(name, start)
+        if peer is not None:
+            started[name] = peer
+        else:
+            errors[name] = str(failure).splitlines()[0][:300]
+    return started, errors

@@ -22,33 +22,39 @@ work folder with py-spy's raw stacks (flamegraph.pl draws them). Run from the re
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import payloads
 from bench.config import BATCH_CONNECTIONS, BATCH_ROWS, CONNECTIONS, ROOT, BenchSettings
 from bench.console import say
+from bench.loads import (
+    FLOWER,
+    Body,
+    Load,
+    Target,
+    WrkResult,
+    check_answers,
+    describe,
+    iris_flowers,
+    predictor_batch,
+    run_wrk,
+    wrk_version,
+)
 from bench.local_stack import BenchStack
-from bench.machine import git_commit, library_versions, load_average, machine
-from bench.report import _table, provenance
-from bench.rounds import Load, describe
-from bench.run import check_answers
-from bench.wrk import Target, WrkResult, run_wrk, wrk_version
+from bench.report import profile_markdown, write
+from bench.session import Session
 
 PROFILE_JSON = ROOT / "bench" / "profile.json"
-PROFILE_MD = ROOT / "bench" / "profile.md"
 SAMPLE_RATE = 200
 TOP_FRAMES = 15
 # wrk starts this long before py-spy and stops this long after it, so every sample is under load.
@@ -223,145 +229,27 @@ def profile_load(
     }
 
 
-def percent(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
-def load_section(entry: dict[str, Any]) -> list[str]:
-    wrk, latency = entry["wrk"], entry["wrk"]["latency_ms"]
-    rows = f", {wrk['rows_per_s']:,.0f} rows/s" if wrk["rows_per_request"] > 1 else ""
-    return [
-        f"## {entry['name']}: {entry['request']}, {entry['connections']} connections",
-        "",
-        f"wrk: {wrk['requests_per_s']:,.1f} requests/s{rows}, p50 {latency['p50']:.1f} ms, "
-        f"p99 {latency['p99']:.1f} ms, {wrk['failed']} failed. Worker {entry['worker_pid']} "
-        f"(of {entry['worker_pids']}): {entry['worker_cpu_cores']} cores of CPU, "
-        f"{entry['samples']:,} samples, the GIL held {percent(entry['gil_held_share'])} "
-        "of the time.",
-        "",
-        "Threads (share of the samples):",
-        "",
-        *_table(
-            ["Thread", "Samples", "Share"],
-            [[t["thread"], t["samples"], percent(t["share"])] for t in entry["threads"]],
-        ),
-        "",
-        "Libraries (inclusive: a stack through the library; self: the library's own frame on top):",
-        "",
-        *_table(
-            ["Bucket", "Inclusive", "Self"],
-            [
-                [b["bucket"], percent(b["share"]), percent(b["self_share"])]
-                for b in entry["buckets"]
-                if b["share"] >= 0.01
-            ],
-        ),
-        "",
-        f"Top {TOP_FRAMES} frames by self time:",
-        "",
-        *frame_table(entry["self"]),
-        "",
-        f"Top {TOP_FRAMES} frames of this project's code ({', '.join(PROJECT_FOLDERS)}) by "
-        "inclusive time:",
-        "",
-        *frame_table(entry["inclusive_project"]),
-        "",
-    ]
-
-
-def frame_table(frames: list[dict[str, Any]]) -> list[str]:
-    return _table(
-        ["Frame", "Samples", "Share"],
-        [[f"`{f['frame']}`", f["samples"], percent(f["share"])] for f in frames],
-    )
-
-
-def markdown(results: dict[str, Any]) -> str:
-    summary = [
-        [
-            f"{e['name']}: {e['request']}",
-            e["connections"],
-            f"{e['wrk']['requests_per_s']:,.0f}",
-            f"{e['wrk']['latency_ms']['p99']:.1f}",
-            e["worker_cpu_cores"],
-            percent(e["gil_held_share"]),
-            f"`{e['self'][0]['frame']}` {percent(e['self'][0]['share'])}" if e["self"] else "-",
-        ]
-        for e in results["loads"]
-    ]
-    host = results["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-    lines = [
-        "# `make profile` results",
-        "",
-        "Written by `bench/profile.py`; the same figures are in `bench/profile.json`. One worker "
-        "process of the server under load (the busier of its two during the warm-up) is sampled "
-        f"by `{results['py_spy']}` at {SAMPLE_RATE} Hz for {results['seconds']} s with `--gil`: "
-        "each sample is the thread holding the GIL, so shares are of the worker's Python time. "
-        "C code that keeps the GIL counts on the Python frame that called it: uvloop's socket "
-        "writes on `RequestResponseCycle.send`, its event loop on `Runner.run`, pydantic-core, "
-        "orjson and numpy on their callers. Time with the GIL released is not sampled; on a busy "
-        "machine a worker also holds the GIL while it waits for a core, so `GIL held` can exceed "
-        "its CPU time. py-spy itself costs the worker some throughput. Worker CPU is in cores "
-        "(CPU seconds per second) while py-spy recorded.",
-        "",
-        provenance(results),
-        "",
-        *_table(
-            ["Load", "Conns", "req/s", "p99 ms", "Worker CPU", "GIL held", "Top self frame"],
-            summary,
-        ),
-        "",
-    ]
-    for entry in results["loads"]:
-        lines += load_section(entry)
-    lines += [
-        "## Machine and versions",
-        "",
-        f"- CPU: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB",
-        f"- OS: {host['os']}, kernel {host['kernel']}, Python {host['python']}",
-        f"- Load average (1, 5, 15 min) before: {results['load_average']['before']}, "
-        f"after: {results['load_average']['after']}",
-        f"- Load generator: {results['wrk']}; profiler: {results['py_spy']}",
-        f"- Libraries: {versions}",
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def profiled_loads(stack: BenchStack, bodies: Path) -> list[tuple[str, Load]]:
     """Each load with the supervisord program whose worker is recorded under it."""
-    one_row = payloads.write_body(bodies, "one-row", payloads.FLOWER)
-    batch = payloads.write_body(
-        bodies, "batch", payloads.predictor_batch(payloads.iris_flowers(BATCH_ROWS))
-    )
-    predictor, gateway = stack.predictor_url, stack.gateway_url
+    one = Body.write(bodies, "one", FLOWER, 1)
+    batch = Body.write(bodies, "batch", predictor_batch(iris_flowers(BATCH_ROWS)), BATCH_ROWS)
+    predictor, gateway = f"{stack.predictor_url}/predict", f"{stack.gateway_url}/predict"
     return [
         (
             "predictor",
-            Load(
-                Target("predictor", f"{predictor}/predict", one_row),
-                CONNECTIONS,
-                "POST /predict, one row",
-            ),
+            Load(Target("predictor", predictor, one), CONNECTIONS, "POST /predict, one row"),
         ),
         (
             "predictor",
             Load(
-                Target("predictor-batch", f"{predictor}/predict/batch", batch, BATCH_ROWS),
+                Target("predictor-batch", f"{predictor}/batch", batch),
                 BATCH_CONNECTIONS,
                 f"POST /predict/batch, {BATCH_ROWS:,} rows",
             ),
         ),
         (
             "gateway",
-            Load(
-                Target("gateway", f"{gateway}/predict", one_row),
-                CONNECTIONS,
-                "POST /predict (gateway), one row",
-            ),
+            Load(Target("gateway", gateway, one), CONNECTIONS, "POST /predict (gateway), one row"),
         ),
     ]
 
@@ -370,63 +258,43 @@ def main() -> int:
     seconds = int(os.environ.get("PROFILE_SECONDS") or 10)
     settings = BenchSettings.from_env()
     wrk = wrk_version()  # fails at once when wrk is missing
-    py_spy = subprocess.run(
-        [py_spy_binary(), "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    started = time.monotonic()
+    version = [py_spy_binary(), "--version"]
+    py_spy = subprocess.run(version, capture_output=True, text=True, check=True).stdout.strip()
     # The settings of this run in front, as someone would retype the command.
     overrides = [
         f"{k}={v}"
         for k, v in sorted(os.environ.items())
-        if v and (k == "PROFILE_SECONDS" or k.startswith("BENCH_"))
+        if v and (k == "PROFILE_SECONDS" or k.startswith("BENCH_")) and k != "BENCH_NOTE"
     ]
-    results: dict[str, Any] = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([*overrides, "make profile"]),
-        "git": git_commit(),
-        "load_average": {"before": load_average()},
+    with Session("profile", " ".join([*overrides, "make profile"])) as session:
+        stack = session.stack
+        say("starting the bench stack (scripts/stack.py up; trains the baseline)")
+        stack.start_redis()
+        stack.up()
+        bodies = session.work / "bodies"
+        bodies.mkdir()
+        loads = profiled_loads(stack, bodies)
+        for _, load in loads:
+            check_answers(load.target)
+        profiled = [
+            profile_load(program, load, stack, session.work, seconds, settings.warmup_seconds)
+            for program, load in loads
+        ]
+        session.finished = True
+    results = session.results | {
         "seconds": seconds,
         "warmup_seconds": settings.warmup_seconds,
         "sample_rate": SAMPLE_RATE,
         "py_spy": py_spy,
         "wrk": wrk,
+        "loads": profiled,
     }
-    work = Path(tempfile.mkdtemp(prefix="iris-profile-"))
-    say(f"state, logs and py-spy's raw output in {work}")
-    stack = BenchStack.prepare(work)
-    finished = False
-    try:
-        say("starting the bench stack (scripts/stack.py up; trains the baseline)")
-        stack.start_redis()
-        stack.up()
-        bodies = work / "bodies"
-        bodies.mkdir()
-        loads = profiled_loads(stack, bodies)
-        for _, load in loads:
-            check_answers(load.target)
-        results["loads"] = [
-            profile_load(program, load, stack, work, seconds, settings.warmup_seconds)
-            for program, load in loads
-        ]
-        finished = True
-    finally:
-        say("stopping the bench stack")
-        stack.down()
-        if finished and not os.environ.get("BENCH_KEEP_STATE"):
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            say(f"kept {work} (py-spy's raw output, logs in {work / 'logs'})")
-
-    results["load_average"]["after"] = load_average()
-    results.update(
-        elapsed_s=round(time.monotonic() - started, 1),
-        machine=machine(),
-        versions=library_versions(),
+    results |= session.closing()
+    write(
+        results,
+        PROFILE_JSON,
+        partial(profile_markdown, top=TOP_FRAMES, project=", ".join(PROJECT_FOLDERS)),
     )
-    PROFILE_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    PROFILE_MD.write_text(markdown(results))
-    say(f"wrote {PROFILE_JSON.relative_to(ROOT)} and {PROFILE_MD.relative_to(ROOT)}")
-    print(PROFILE_MD.read_text())
     return 0
 
 

@@ -1,4 +1,4 @@
--- wrk script of bench/wrk.py. The request comes from the environment, so one script serves
+-- wrk script of bench/loads.py. The request comes from the environment, so one script serves
 -- every target; done() prints one JSON line so nobody has to parse wrk's text summary.
 --   BENCH_WRK_METHOD     GET or POST
 --   BENCH_WRK_BODY_FILE  file holding the body, sent as it is (binary bodies too)

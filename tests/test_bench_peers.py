@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 
-from bench import payloads
-from bench.goals import evaluate_peer_goals, memory_goals
+from bench import loads as payloads
+from bench.goals import Goal, bench_goals, evaluate_all, figures
+from bench.loads import Summary
 from bench.report import peer_table
-from bench.rounds import Summary
 
 
 def summary(requests_per_s: float, p99_ms: float, rows_per_request: int = 1) -> Summary:
@@ -26,8 +26,11 @@ def summary(requests_per_s: float, p99_ms: float, rows_per_request: int = 1) -> 
     )
 
 
-def by_key(goals: list) -> dict:
-    return {goal.key: goal for goal in goals}
+def peer_goals(
+    summaries: dict[str, Summary], memory: dict | None = None, missing: dict | None = None
+) -> dict[str, Goal]:
+    named = figures(summaries, memory or {}, None)
+    return {g.key: g for g in evaluate_all(bench_goals(5.0, "2"), named, missing or {})}
 
 
 def test_the_one_row_goal_is_against_the_faster_peer_and_p99_against_the_lowest() -> None:
@@ -37,7 +40,7 @@ def test_the_one_row_goal_is_against_the_faster_peer_and_p99_against_the_lowest(
         "bentoml": summary(566, 45.0),
         "mlflow": summary(400, 250.0),
     }
-    goals = by_key(evaluate_peer_goals(summaries, {}, {}))
+    goals = peer_goals(summaries)
 
     throughput = goals["peers_one_row_throughput"]
     assert throughput.ratio == round(9_000 / 948, 3)
@@ -56,7 +59,7 @@ def test_binary_batches_are_judged_against_the_best_batch_figure_of_any_peer_pro
         "bentoml-batch": summary(200, 40.0, 1000),
         "mlflow-batch-csv": summary(900, 30.0, 1000),
     }
-    goal = by_key(evaluate_peer_goals(summaries, {}, {}))["v2_binary_batch"]
+    goal = peer_goals(summaries)["v2_binary_batch"]
     assert goal.ratio == round(4_000 / 900, 3)
     assert goal.met is False
     assert "text/csv" in goal.measured
@@ -65,7 +68,7 @@ def test_binary_batches_are_judged_against_the_best_batch_figure_of_any_peer_pro
 def test_a_goal_whose_load_was_not_measured_is_not_met_and_says_why() -> None:
     summaries = {"predictor": summary(9_000, 10.0), "mlserver": summary(900, 60.0)}
     missing = {"predictor-v2": "predictor-v2 answered 404: {'detail': 'Not Found'}"}
-    goal = by_key(evaluate_peer_goals(summaries, {}, missing))["v2_json_one_row"]
+    goal = peer_goals(summaries, missing=missing)["v2_json_one_row"]
     assert goal.met is False
     assert goal.ratio is None
     assert "predictor-v2 answered 404" in goal.measured
@@ -87,7 +90,7 @@ def test_memory_goals_hold_only_when_both_rss_and_pss_are_within() -> None:
         "MLServer": tree(210, 205, 210, 205),
         "mlflow models serve -w 2": tree(1_300, 900, 450, 300),
     }
-    goals = by_key(memory_goals(memory))
+    goals = peer_goals({}, memory)
     assert goals["memory_worker_vs_mlserver"].met is False
     assert goals["memory_worker_vs_mlserver"].ratio == round(230 / 210, 3)
     assert goals["memory_total_vs_mlflow"].met is True

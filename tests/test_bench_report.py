@@ -1,0 +1,99 @@
+"""The one report writer of `make bench`, `make soak` and `make profile`: tables from records,
+the provenance line, the README block, and each command's results JSON rendered again as the
+Markdown it wrote beside it."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.config import ROOT
+
+RESULTS = {
+    "timestamp": "2026-12-06T04:59:54+00:00",
+    "command": "BENCH_ROUNDS=1 make bench",
+    "git": {"commit": "2ec3830d4e0123456789", "dirty": True, "changed_files": ["x"]},
+    "machine": {"cores": 2, "cpu": "Intel(R) Xeon(R) Processor"},
+    "elapsed_s": 606.0,
+    "goals": [
+        {"goal": "Predictor vs mlflow", "target": "≥ 10x", "measured": "8,101 vs 584 req/s",
+         "ratio": 13.883, "met": True},
+        {"goal": "Gateway errors", "target": "0", "measured": "2", "ratio": None, "met": False},
+    ],
+}  # fmt: skip
+
+
+def test_a_table_from_records_formats_numbers_and_blanks() -> None:
+    records = [{"name": "predictor", "rps": 8100.84, "rows": None, "n": 1234}, {"name": "x"}]
+    lines = report.columns({"Server": "name", "req/s": "rps", "rows/s": "rows", "N": "n"}, records)
+    assert lines == [
+        "| Server | req/s | rows/s | N |",
+        "|---|---|---|---|",
+        "| predictor | 8,100.8 | - | 1,234 |",
+        "| x | - | - | - |",
+    ]
+
+
+def test_the_provenance_names_time_commit_machine_command_and_duration() -> None:
+    assert report.provenance(RESULTS) == (
+        "Measured 2026-12-06T04:59:54+00:00 on commit 2ec3830d4e with uncommitted changes, "
+        "2 cores (Intel(R) Xeon(R) Processor), by `BENCH_ROUNDS=1 make bench` in 10.1 min."
+    )
+
+
+def test_goals_render_with_ratio_and_count_and_checks_without_ratio() -> None:
+    goals = report.verdicts(RESULTS)
+    assert goals[0] == "| Goal | Target | Measured | Ratio | Met |"
+    assert goals[2] == "| Predictor vs mlflow | ≥ 10x | 8,101 vs 584 req/s | 13.9x | ✅ |"
+    assert goals[3] == "| Gateway errors | 0 | 2 | - | ❌ |"
+    assert goals[-1].startswith("1 of 2 goals met. Measured 2026-12-06")
+    checks = [{"check": "Lost jobs", "target": "0", "measured": "0 of 4", "met": True}]
+    lines = report.verdicts(RESULTS | {"checks": checks}, "checks")
+    assert lines[:3] == ["| Check | Target | Measured | Met |", "|---|---|---|---|",
+                         "| Lost jobs | 0 | 0 of 4 | ✅ |"]  # fmt: skip
+    assert lines[-1].startswith("1 of 1 checks met.")
+
+
+def test_the_readme_block_between_the_markers_is_replaced(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n{report.README_START}\nold table\n{report.README_END}\nafter\n")
+    assert report.update_readme(readme, RESULTS) is True
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith(f"# Title\n{report.README_START}\n| Goal | Target |")
+    assert text.endswith(f"in 10.1 min.\n{report.README_END}\nafter\n")
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert report.update_readme(plain, RESULTS) is False
+    assert plain.read_text() == "no markers\n"
+
+
+def results_file(path: str) -> str:
+    """A results file the commands wrote beside their code (committed with it)."""
+    file = ROOT / path
+    if not file.exists():
+        pytest.skip(f"{path} is not here")
+    return file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("results", "markdown", "render"),
+    [
+        ("bench/results.json", "bench/results.md", report.bench_markdown),
+        ("bench/soak-results.json", "bench/soak-results.md", report.soak_markdown),
+        (
+            "bench/profile.json",
+            "bench/profile.md",
+            partial(report.profile_markdown, top=15, project="services/, shared/, bench/"),
+        ),
+    ],
+)
+def test_the_written_results_render_again_as_written(
+    results: str, markdown: str, render: object
+) -> None:
+    assert callable(render)
+    assert render(json.loads(results_file(results))) == results_file(markdown)
