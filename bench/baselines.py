@@ -16,14 +16,15 @@ from supervisor.datatypes import dict_of_key_value_pairs
 
 from bench.config import MLFLOW_SERVE_WORKERS, MODEL_NAME, ROOT
 from bench.loads import FLOWER, encoded, mlflow_body
-from bench.local_stack import SUPERVISORD_CONF, BenchStack, program_section
-from bench.processes import (
+from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import (
     ManagedProcess,
     free_port,
     start_process,
     wait_for_answer,
     wait_for_http,
 )
+from iris_devstack.supervisor import SUPERVISORD_CONF, program_section
 from iris_predictor.config import PredictorSettings
 
 # The predictor's entry points, as the supervisord command may name them, and the constant
@@ -59,7 +60,7 @@ class RunningServer:
     workers: int
 
 
-def start_mlflow_serve(stack: BenchStack, version: str) -> RunningServer:
+def start_mlflow_serve(stack: PrivateStack, version: str) -> RunningServer:
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"),
@@ -88,7 +89,7 @@ def start_mlflow_serve(stack: BenchStack, version: str) -> RunningServer:
     return RunningServer(process, url, startup_s, command, MLFLOW_SERVE_WORKERS)
 
 
-def predictor_launch(stack: BenchStack, port: int) -> tuple[list[str], dict[str, str], int]:
+def predictor_launch(stack: PrivateStack, port: int) -> tuple[list[str], dict[str, str], int]:
     """The predictor's supervisord command and environment, on `port`, serving the constant app.
 
     Read from infra/local/supervisord.conf rather than copied, so the constant endpoint keeps
@@ -133,7 +134,7 @@ def predictor_launch(stack: BenchStack, port: int) -> tuple[list[str], dict[str,
     return command, env, workers
 
 
-def start_constant_server(stack: BenchStack) -> RunningServer:
+def start_constant_server(stack: PrivateStack) -> RunningServer:
     port = free_port()
     command, env, workers = predictor_launch(stack, port)
     process = start_process("constant", command, env, stack.logs, cwd=ROOT)

@@ -1,4 +1,4 @@
-"""Progress lines of the benchmark, in the `[stack]` style of scripts/stack.py, with the
+"""Progress lines of the benchmark, in the `[stack]` style of `make up`, with the
 seconds since the start so a slow step stands out, and the seconds each phase took."""
 
 from __future__ import annotations

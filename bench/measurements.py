@@ -28,8 +28,8 @@ import redis
 from bench.config import ROOT
 from bench.console import Clock, Every
 from bench.loads import FLOWER
-from bench.local_stack import BenchStack
-from bench.processes import answers_200, answers_post, wait_until
+from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import answers_post, http_ok, wait_until
 from iris_predictor.prediction_log import log_files
 from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
@@ -92,7 +92,7 @@ MEMORY_EVERY_S = 5.0
 class MemoryWatch(Every):
     """RSS and PSS of each service's process tree, sampled every few seconds in a thread."""
 
-    def __init__(self, stack: BenchStack, clock: Callable[[], float]) -> None:
+    def __init__(self, stack: PrivateStack, clock: Callable[[], float]) -> None:
         super().__init__(MEMORY_EVERY_S, "soak-memory")
         self.stack = stack
         self.clock = clock
@@ -156,7 +156,7 @@ class MemoryWatch(Every):
 # --- the predictor ----------------------------------------------------------------------------
 
 
-def predictor_cold_start(stack: BenchStack) -> dict[str, Any]:
+def predictor_cold_start(stack: PrivateStack) -> dict[str, Any]:
     """From starting the predictor's processes to its first 200 answer to a one-row
     `POST /predict`, timed as the peers' are, and when /readyz said it was ready."""
     # The predictor runs as replicas (`predictor:predictor-0`, ...): all stop and start.
@@ -169,7 +169,7 @@ def predictor_cold_start(stack: BenchStack) -> dict[str, Any]:
         started = time.monotonic()
         start = pool.submit(stack.supervisorctl, "start", "predictor:*")
         try:
-            ready_s = wait_until(answers_200(f"{stack.predictor_url}/readyz"), timeout=180)
+            ready_s = wait_until(http_ok(f"{stack.predictor_url}/readyz"), timeout=180)
             answer_s = wait_until(predict, timeout=60, interval=0.02)
             seconds = time.monotonic() - started
         except TimeoutError:
@@ -195,7 +195,7 @@ RECORDING_SERIES = (
 )
 
 
-def recording_counts(stack: BenchStack) -> dict[str, float] | None:
+def recording_counts(stack: PrivateStack) -> dict[str, float] | None:
     """The predictor's recording counters after the load rounds (summed over label values):
     requests that waited for the log, log records dropped, kept answers forgotten early."""
     try:
@@ -210,7 +210,7 @@ def recording_counts(stack: BenchStack) -> dict[str, float] | None:
     return counts
 
 
-def stop_predictor(stack: BenchStack) -> dict[str, Any]:
+def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
     """supervisorctl stop: SIGTERM to the predictor's process group, SIGKILL only after
     stopwaitsecs; whether it came to that is in supervisord's own log."""
     started = time.monotonic()
@@ -310,11 +310,11 @@ def service_log_findings(folders: list[Path]) -> dict[str, Any]:
 # --- Redis ------------------------------------------------------------------------------------
 
 
-def jobs_namespace(stack: BenchStack) -> str:
+def jobs_namespace(stack: PrivateStack) -> str:
     return stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE
 
 
-def redis_memory(stack: BenchStack) -> dict[str, Any]:
+def redis_memory(stack: PrivateStack) -> dict[str, Any]:
     """Redis's memory, its cap, and the bytes the predictor counts for the answers it keeps."""
     with redis.Redis.from_url(stack.redis_url, socket_timeout=10) as client:
         memory = client.info("memory")
@@ -328,7 +328,7 @@ def redis_memory(stack: BenchStack) -> dict[str, Any]:
 
 
 def feedback_store_report(
-    stack: BenchStack, answered: set[str], log_dir: Path, clock: Clock
+    stack: PrivateStack, answered: set[str], log_dir: Path, clock: Clock
 ) -> dict[str, Any]:
     """How many answered requests the predictor kept in Redis for POST /feedback (best effort
     by design: a Redis outage drops them, counted in iris_prediction_store_failures_total)."""

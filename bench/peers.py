@@ -33,7 +33,7 @@ from bench.baselines import RunningServer
 from bench.config import MODEL_NAME, ROOT
 from bench.console import attempt, say
 from bench.loads import FLOWER, bentoml_body, encoded, v2_json_body
-from bench.processes import ManagedProcess, free_port, start_process, wait_for_answer
+from iris_devstack.processes import ManagedProcess, free_port, start_process, wait_for_answer
 from iris_shared.model_files import load_model_files
 
 PEER_VENVS = ROOT / ".state" / "bench" / "venvs"

@@ -27,12 +27,12 @@ import redis
 
 from bench.console import Clock, Every, say
 from bench.loads import FLOWER, Target, WrkResult, run_wrk
-from bench.local_stack import BenchStack
+from iris_devstack.private_stack import PrivateStack
 from iris_predictor.config import PredictorSettings
 from iris_shared.jobs import TrainingStage
 
 
-def poll_interval_s(stack: BenchStack) -> float:
+def poll_interval_s(stack: PrivateStack) -> float:
     """The alias poll interval the stack's predictor runs with (environment, .env, default)."""
     configured = stack.stack_env().get("PREDICTOR_POLL_INTERVAL_S")
     return float(configured or PredictorSettings.model_fields["poll_interval_s"].default)
@@ -76,7 +76,7 @@ def served_version(url: str) -> str | None:
 
 
 def hot_swap_under_load(
-    stack: BenchStack, gateway: Target, to_version: str, poll_interval: float, connections: int
+    stack: PrivateStack, gateway: Target, to_version: str, poll_interval: float, connections: int
 ) -> SwapOutcome:
     """wrk drives the gateway while `production` moves to `to_version`; the predictor's
     GET /model is polled to see when every answer names it."""
@@ -134,7 +134,7 @@ def _phase(job: dict[str, Any]) -> tuple[str, str | None]:
     return str(job.get("status")), None
 
 
-def retrain_breakdown(stack: BenchStack) -> dict[str, Any]:
+def retrain_breakdown(stack: PrivateStack) -> dict[str, Any]:
     """Where a retrain's seconds go: a job submitted through the gateway, its progress polled.
 
     Polling sees each stage (iris_shared.jobs.TrainingStage) it catches; a stage shorter than
@@ -229,7 +229,7 @@ class TrackedJob:
 class JobDesk(Every):
     """Submits retrain jobs through the gateway and polls each one until it ends."""
 
-    def __init__(self, stack: BenchStack, clock: Clock) -> None:
+    def __init__(self, stack: PrivateStack, clock: Clock) -> None:
         super().__init__(JOB_POLL_EVERY_S, "soak-jobs")
         self.url = stack.gateway_url
         self.headers = {"Authorization": f"Bearer {stack.token}"}
@@ -354,7 +354,7 @@ class AliasMove:
     all_new_answers_after_s: float | None = None
 
 
-def promote(stack: BenchStack, clock: Clock, version: str, label: str) -> AliasMove:
+def promote(stack: PrivateStack, clock: Clock, version: str, label: str) -> AliasMove:
     move = AliasMove(label, version, clock())
     try:
         response = httpx.post(
@@ -405,7 +405,7 @@ def time_swaps(
 RUNNING_WAIT_S = 30.0
 
 
-def restart_redis_under_jobs(stack: BenchStack, desk: JobDesk, end: float) -> dict[str, Any]:
+def restart_redis_under_jobs(stack: PrivateStack, desk: JobDesk, end: float) -> dict[str, Any]:
     """Stop Redis with SIGTERM and start it on the same folder while job B runs and job C waits
     in the queue behind it; then send both Idempotency-Keys again."""
     running = desk.submit("B", end)

@@ -1,7 +1,7 @@
 """`make profile`: where one server worker's time goes under load, recorded with py-spy.
 
 In order:
-  1. the second local stack `make bench` uses (bench/local_stack.py: a private Redis, free
+  1. the second local stack `make bench` uses (iris_devstack.private_stack: a private Redis, free
      ports, its own state folder and token; it trains the baseline, version 1);
   2. for each load (predictor `POST /predict` one row at 32 connections, predictor
      `POST /predict/batch` with 1,000 rows at 4 connections, gateway `POST /predict` one row at
@@ -50,9 +50,9 @@ from bench.loads import (
     run_wrk,
     wrk_version,
 )
-from bench.local_stack import BenchStack
 from bench.report import profile_markdown, write
 from bench.session import Session
+from iris_devstack.private_stack import PrivateStack
 
 PROFILE_JSON = ROOT / "bench" / "profile.json"
 SAMPLE_RATE = 200
@@ -181,7 +181,7 @@ def aggregate(raw: Path) -> dict[str, Any]:
 
 
 def profile_load(
-    program: str, load: Load, stack: BenchStack, folder: Path, seconds: int, warmup_seconds: int
+    program: str, load: Load, stack: PrivateStack, folder: Path, seconds: int, warmup_seconds: int
 ) -> dict[str, Any]:
     """Warm up, pick the busier worker, record it under load; the figures for the report."""
     server = stack.pid(program)
@@ -229,7 +229,7 @@ def profile_load(
     }
 
 
-def profiled_loads(stack: BenchStack, bodies: Path) -> list[tuple[str, Load]]:
+def profiled_loads(stack: PrivateStack, bodies: Path) -> list[tuple[str, Load]]:
     """Each load with the supervisord program whose worker is recorded under it."""
     one = Body.write(bodies, "one", FLOWER, 1)
     batch = Body.write(bodies, "batch", predictor_batch(iris_flowers(BATCH_ROWS)), BATCH_ROWS)
@@ -268,7 +268,7 @@ def main() -> int:
     ]
     with Session("profile", " ".join([*overrides, "make profile"])) as session:
         stack = session.stack
-        say("starting the bench stack (scripts/stack.py up; trains the baseline)")
+        say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
         stack.start_redis()
         stack.up()
         bodies = session.work / "bodies"

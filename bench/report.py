@@ -114,11 +114,11 @@ def update_readme(readme: Path, results: dict[str, Any]) -> bool:
     return True
 
 
-TEMPLATES = Path(__file__).with_name("reports")
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 def render(template: str, fields: dict[str, Any], **sections: Any) -> str:
-    """bench/reports/`template`.md filled in with str.format from `fields` and `sections`; a
+    """bench/templates/`template`.md filled in with str.format from `fields` and `sections`; a
     section given as a list of lines is joined."""
     text = (TEMPLATES / f"{template}.md").read_text()
     blocks = {name: "\n".join(v) if isinstance(v, list) else v for name, v in sections.items()}

@@ -2,8 +2,9 @@
 side, in one run.
 
 In order:
-  1. a private Redis and a second local stack (scripts/stack.py up on free ports, its own state
-     folder and API token), which trains the baseline: version 1, alias `production`;
+  1. a private Redis and a second local stack (iris_devstack.private_stack: free ports, its own
+     state folder and API token, the predictor in a venv of its own dependencies), which
+     trains the baseline: version 1, alias `production`;
   2. `mlflow models serve -w 2` on that same version, a constant-answer endpoint launched
      with the predictor's own command line, and the peers (bench/peers.py): MLServer and
      BentoML, each in a virtual environment of its own, on the same version exported with joblib;
@@ -51,12 +52,12 @@ from bench.config import (
 )
 from bench.console import attempt, say, timed
 from bench.goals import bench_goals, evaluate_all, figures
-from bench.local_stack import BenchStack
 from bench.measurements import SERVICES, predictor_cold_start, recording_counts, tree_memory
 from bench.peers import start_peers
 from bench.phases import SwapOutcome, hot_swap_under_load, poll_interval_s, retrain_breakdown
 from bench.report import bench_markdown, update_readme, write
 from bench.session import Session
+from iris_devstack.private_stack import PrivateStack
 
 # The servers the predictor is compared with: their name in the report, and what their cold
 # start is timed to.
@@ -71,7 +72,7 @@ SERVERS = {
 PEERS = ("mlserver", "bentoml")
 
 
-def train_next_version(stack: BenchStack) -> tuple[str, float]:
+def train_next_version(stack: PrivateStack) -> tuple[str, float]:
     """Register a new version with the CLI (as `make train` does); its number and seconds."""
     started = time.monotonic()
     with (stack.logs / "train-v2.log").open("ab") as out:
@@ -120,7 +121,7 @@ def probe_mlflow_shapes(
 
 
 def compare_servers(
-    stack: BenchStack, settings: BenchSettings, phases: dict[str, float]
+    stack: PrivateStack, settings: BenchSettings, phases: dict[str, float]
 ) -> dict[str, Any]:
     """The baselines and peers, the alternating load rounds, and memory right after the load;
     the record for results.json, with `summaries` and `missing` for the goals."""
@@ -223,7 +224,7 @@ def compare_servers(
 
 
 def swap_and_retrain(
-    stack: BenchStack, interval: float, phases: dict[str, float]
+    stack: PrivateStack, interval: float, phases: dict[str, float]
 ) -> dict[str, Any]:
     """A hot swap under load, a retrain timed by stage, and the predictor's cold start."""
     say("training the next version with the CLI for the hot swap")
@@ -273,7 +274,7 @@ def main() -> int:
     phases: dict[str, float] = {}
     with Session("bench", command_line(), phases) as session:
         stack = session.stack
-        say("starting the bench stack (scripts/stack.py up; trains the baseline)")
+        say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
         with timed("stack_up", phases):
             stack.start_redis()
             stack.up()

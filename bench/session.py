@@ -1,5 +1,5 @@
 """One run of `make bench`, `make soak` or `make profile` on a second local stack
-(bench/local_stack.py): its state folder, the stack, and what the results say of the run.
+(iris_devstack.private_stack): its state folder, the stack, and what the results say of the run.
 
     with Session("bench", command_line()) as session:
         session.stack.start_redis(); session.stack.up()
@@ -24,8 +24,8 @@ from types import TracebackType
 from typing import Any
 
 from bench.console import say, timed
-from bench.local_stack import BenchStack
 from bench.measurements import git_commit, library_versions, load_average, machine
+from iris_devstack.private_stack import PrivateStack
 
 
 class Session:
@@ -42,7 +42,7 @@ class Session:
         }
         self.work = Path(tempfile.mkdtemp(prefix=f"iris-{name}-"))
         say(f"state and logs in {self.work}")
-        self.stack = BenchStack.prepare(self.work)
+        self.stack = PrivateStack.prepare(self.work)
         self.finished = False
 
     def __enter__(self) -> Session:

@@ -54,9 +54,9 @@ from typing import Any
 from bench import loads, measurements, phases
 from bench.config import MODEL_NAME, ROOT
 from bench.console import Clock, say
-from bench.local_stack import BenchStack
 from bench.report import soak_markdown, write
 from bench.session import Session
+from iris_devstack.private_stack import PrivateStack
 
 DEFAULT_OUTPUT = ROOT / "bench" / "soak-results.json"
 SOAK_BATCH_ROWS = 100
@@ -95,7 +95,7 @@ class Soak:
     """The run itself: traffic, jobs, moves, the Redis restart, hostile clients and memory, on
     one clock that starts with the traffic."""
 
-    def __init__(self, stack: BenchStack, window_s: float) -> None:
+    def __init__(self, stack: PrivateStack, window_s: float) -> None:
         self.stack = stack
         self.window_s = window_s
         self.clock = Clock()
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = LOG_BACKUP_COUNT
     os.environ["PREDICTOR_STORE_MAX_BYTES"] = str(STORE_MAX_BYTES)
     with Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
-        say("starting the soak stack (durable Redis, then scripts/stack.py up)")
+        say("starting the soak stack (durable Redis, then python -m iris_devstack up)")
         session.stack.start_redis(durable=True)
         session.stack.up()
         soak = Soak(session.stack, args.minutes * 60).run()
