@@ -431,6 +431,54 @@ def test_hot_swap_without_a_failed_request(own_model: tuple[str, str], logs_dir:
     assert len(results) > 20
 
 
+def alias_lookups(mlflow_log: Path, name: str) -> int:
+    """How many times MLflow was asked where an alias of model `name` points (its access log)."""
+    return mlflow_log.read_text().count(f"/registered-models/alias?name={name}&")
+
+
+def test_one_worker_asks_mlflow_and_every_worker_follows_the_alias(
+    own_model: tuple[str, str], logs_dir: Path
+) -> None:
+    """Two worker processes ask MLflow as often as one would, and both swap at once."""
+    uri, name = own_model
+    interval = 0.5
+    process, url = start_predictor(
+        logs_dir,
+        uri,
+        PREDICTOR_MODEL_NAME=name,
+        PREDICTOR_WORKERS="2",
+        PREDICTOR_POLL_INTERVAL_S=str(interval),
+    )
+    try:
+        wait_ready(process, url)
+        mlflow_log = logs_dir / "mlflow.log"
+        before = alias_lookups(mlflow_log, name)
+        time.sleep(20 * interval)
+        # One process asks about production and the challenger once an interval: 40 lookups.
+        # Each worker asking for itself would make 80.
+        assert alias_lookups(mlflow_log, name) - before <= 52
+
+        [new_version] = register_copies(uri, name, 1)
+        MlflowClient(uri).set_registered_model_alias(name, "production", new_version)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            wait_until(
+                lambda: (
+                    client.post("/predict", json=VERSICOLOR).json()["model_version"] == new_version
+                ),
+                20,
+                f"a worker on v{new_version}",
+                process,
+            )
+            # The other worker was nudged: within a few intervals, not ten.
+            time.sleep(6 * interval)
+            versions = Counter(
+                client.post("/predict", json=VERSICOLOR).json()["model_version"] for _ in range(40)
+            )
+        assert versions == {new_version: 40}
+    finally:
+        process.stop()
+
+
 def test_webhook_triggers_an_immediate_check(own_model: tuple[str, str], logs_dir: Path) -> None:
     """With a 2-minute poll, only the webhook delivery can make the swap this quick."""
     uri, name = own_model

@@ -16,12 +16,15 @@ empty here before any of them starts:
                          scrape by `iris_shared.metrics`
     <runtime>/ready/     one file per worker that is ready, so readiness speaks for all of them
     <runtime>/nudge      touched to make every worker do now what it would do at its next tick
+    <runtime>/lead-<role> locked by the one worker that does a role's periodic work (such as
+                         asking MLflow where an alias points) for all of them
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import gc
 import logging
 import os
@@ -92,7 +95,8 @@ class WorkerPeers:
         value = os.environ.get(RUNTIME_ENV)
         self.folder = Path(value) if value and workers > 1 else None
         self.workers = workers
-        self._seen_nudge = self._nudge_stamp()
+        # Lock files this process holds, by role; closed only with the process.
+        self._leading: dict[str, int] = {}
 
     def mark_ready(self) -> None:
         if self.folder is not None:
@@ -113,21 +117,32 @@ class WorkerPeers:
         if self.folder is not None:
             (self.folder / "nudge").touch()
 
-    def nudged(self) -> bool:
-        """Whether a worker nudged the others since the last call (this one's own nudge too)."""
-        stamp = self._nudge_stamp()
-        if stamp == self._seen_nudge:
-            return False
-        self._seen_nudge = stamp
-        return True
-
-    def _nudge_stamp(self) -> int:
+    def nudge_stamp(self) -> int:
+        """Changes whenever a worker nudges the others (this one too): compare with the last
+        value seen."""
         if self.folder is None:
             return 0
         try:
             return (self.folder / "nudge").stat().st_mtime_ns
         except FileNotFoundError:
             return 0
+
+    def lead(self, role: str) -> bool:
+        """Whether this process leads `role`: one worker of the server does, the first to ask.
+
+        Leading is holding a lock on `<runtime>/lead-<role>`, which the kernel releases when
+        its holder dies, so the next worker to ask takes over.
+        """
+        if self.folder is None or role in self._leading:
+            return True
+        lock = os.open(self.folder / f"lead-{role}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            return False
+        self._leading[role] = lock
+        return True
 
 
 def set_parent_death_signal(signum: int) -> bool:

@@ -234,3 +234,41 @@ def test_sigterm_to_the_master_still_stops_every_worker_gracefully(tmp_path: Pat
         assert statuses == [200], server.tail()
         assert server.stopped() == workers, server.tail()
         assert not any(alive(pid) for pid in workers)
+
+
+LEADER = """
+import time
+from iris_shared.server import WorkerPeers
+peers = WorkerPeers(2)
+print(peers.lead("poll-production"), flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_worker_leads_a_role_and_another_takes_over_when_it_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iris_shared.server import RUNTIME_ENV, WorkerPeers
+
+    monkeypatch.setenv(RUNTIME_ENV, str(tmp_path))
+    leader = subprocess.Popen(
+        [sys.executable, "-c", LEADER],
+        env={**os.environ, RUNTIME_ENV: str(tmp_path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert leader.stdout is not None
+        assert leader.stdout.readline().strip() == "True"
+        here = WorkerPeers(2)
+        assert not here.lead("poll-production")
+        # Another role is free, and a server of one process leads everything.
+        assert here.lead("poll-challenger")
+        assert WorkerPeers(1).lead("poll-production")
+        leader.kill()
+        leader.wait(10)
+        assert here.lead("poll-production")
+        assert here.lead("poll-production"), "asking again keeps the lead"
+    finally:
+        leader.kill()
+        leader.wait(10)

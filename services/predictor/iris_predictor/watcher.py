@@ -6,6 +6,11 @@ failure keeps the model already served and is retried at the next check.
 
 The challenger is followed the same way by a second watcher (`answers=False`): it never makes
 the process ready, has no local copy to fall back on, and is dropped when its alias goes.
+
+In a server of several worker processes, one of them (`WorkerPeers.lead`) asks MLflow at every
+interval and nudges the others as soon as it sees the alias move; the others ask only then, or
+after FOLLOWER_INTERVALS intervals in case a nudge went astray. The registry answers one
+process per server, not every worker.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 # How often a sleeping watcher looks whether another worker process was told to check now.
 _NUDGE_TICK_S = 0.25
+# A worker that does not lead the polling checks by itself once in this many poll intervals.
+FOLLOWER_INTERVALS = 10
 
 
 class ModelWatcher:
@@ -54,6 +61,10 @@ class ModelWatcher:
         self._thread: threading.Thread | None = None
         # Repeated states are logged once, not every few seconds.
         self._last_state: str | None = None
+        self._seen_nudge = peers.nudge_stamp()
+        # The last version the other workers were told to load (a version that fails to load
+        # is announced once, not at every check).
+        self._announced_version: str | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -90,12 +101,33 @@ class ModelWatcher:
             self.metrics.model_age.labels(self.registry.alias).set(age.total_seconds())
 
     def _sleep_until_next_check(self) -> None:
-        """Wait a poll interval, or less when woken here or nudged by another worker."""
-        deadline = time.monotonic() + self.poll_interval_s
+        """Wait a poll interval (FOLLOWER_INTERVALS of them in a worker that does not lead),
+        or less when woken here, nudged by another worker, or made the leader."""
+        leading = self._leads()
+        intervals = 1 if leading else FOLLOWER_INTERVALS
+        deadline = time.monotonic() + self.poll_interval_s * intervals
         while (remaining := deadline - time.monotonic()) > 0:
-            if self._wake.wait(min(remaining, _NUDGE_TICK_S)) or self.peers.nudged():
+            if self._wake.wait(min(remaining, _NUDGE_TICK_S)) or self._nudged():
                 break
+            if not leading and self._leads():
+                break  # the leader is gone: this worker polls from now on
         self._wake.clear()
+
+    def _leads(self) -> bool:
+        return self.peers.lead(f"poll-{self.registry.alias}")
+
+    def _nudged(self) -> bool:
+        stamp = self.peers.nudge_stamp()
+        if stamp == self._seen_nudge:
+            return False
+        self._seen_nudge = stamp
+        return True
+
+    def _tell_followers(self) -> None:
+        """The alias moved (or MLflow came back): the other workers check now, not in
+        FOLLOWER_INTERVALS intervals."""
+        if self._leads():
+            self.peers.nudge()
 
     def _log_state(self, state: str, level: int, message: str, **extra: object) -> None:
         if state != self._last_state:
@@ -128,6 +160,7 @@ class ModelWatcher:
                 # No challenger any more: nothing to compare with.
                 self.holder.swap(None)
                 self.metrics.model_dropped(registry.alias)
+                self._tell_followers()
                 self._log_state(
                     "alias-gone", logging.INFO, "The alias is gone", alias=registry.alias
                 )
@@ -154,8 +187,13 @@ class ModelWatcher:
             if current.info.source != "registry":
                 # MLflow is back and still points at the version served from the local copy.
                 self.holder.swap(current.with_source("registry"))
+                self._tell_followers()
             self._log_state("serving", logging.INFO, "Serving the alias", version=ref.version)
             return
+        if ref.version != self._announced_version:
+            # Before loading, so that every worker loads at once rather than one after another.
+            self._announced_version = ref.version
+            self._tell_followers()
         try:
             new = registry.load(ref)
         except (ModelLoadError, RegistryUnavailableError) as exc:
