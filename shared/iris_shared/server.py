@@ -254,4 +254,5 @@ def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        timeout_worker_healthcheck=settings.worker_healthcheck_timeout_s,
     )

@@ -171,3 +171,11 @@ class HTTPServiceSettings(ServiceSettings):
         description="On SIGTERM, how long in-flight requests get to finish before the process "
         "exits (the stop grace period of supervisord and compose must exceed it).",
     )
+    worker_healthcheck_timeout_s: int = Field(
+        default=60,
+        gt=0,
+        description="How long the master waits for a worker process to answer its health "
+        "check before replacing it. A worker answers once its imports are done: on a busy "
+        "machine that takes longer than uvicorn's 5 s, and replacing a worker that is still "
+        "starting only starts its imports again. A worker that exits is replaced at once.",
+    )

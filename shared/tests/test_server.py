@@ -272,3 +272,15 @@ def test_one_worker_leads_a_role_and_another_takes_over_when_it_dies(
     finally:
         leader.kill()
         leader.wait(10)
+
+
+def test_workers_slower_to_start_than_uvicorns_health_check_are_not_restarted(
+    tmp_path: Path,
+) -> None:
+    """A worker busy importing for longer than uvicorn's 5 s default is left to finish: it is
+    not killed and started again (and again, on a machine too busy to start one in 5 s)."""
+    with tiny_server(tmp_path, TINY_IMPORT_DELAY_S="7") as server:
+        first = workers_of(server.master.pid)
+        time.sleep(1)
+        assert workers_of(server.master.pid) == first
+        assert "died" not in server.log.read_text(), server.tail()

@@ -7,13 +7,15 @@
 
 Each worker touches <state>/stopped/<pid> at the end of its lifespan shutdown, as the
 predictor's recorder flushes its log there; with TINY_HANG_ON_SHUTDOWN=1 that shutdown never
-ends instead.
+ends instead. With TINY_IMPORT_DELAY_S, every process spends that long importing this module,
+as a real service's workers do on a busy machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 STATE = Path(os.environ.get("TINY_STATE_DIR", "."))
+# Each spawned worker imports this module before it can answer its master's health check.
+time.sleep(float(os.environ.get("TINY_IMPORT_DELAY_S", "0")))
 
 
 async def pid(request: Request) -> PlainTextResponse:
@@ -60,5 +64,6 @@ if __name__ == "__main__":
             port=int(os.environ["TINY_PORT"]),
             workers=int(os.environ["TINY_WORKERS"]),
             graceful_shutdown_s=int(os.environ.get("TINY_GRACEFUL_SHUTDOWN_S", "5")),
+            worker_healthcheck_timeout_s=int(os.environ.get("TINY_HEALTHCHECK_TIMEOUT_S", "60")),
         ),
     )
