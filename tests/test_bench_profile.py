@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.config import ROOT
+from bench.common import ROOT
 from bench.profile import PROJECT, aggregate
 
 SITE = "/venv/lib/python3.11/site-packages"

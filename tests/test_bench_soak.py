@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.config import ROOT
+from bench.common import ROOT
 from bench.soak import checks
 
 RESULTS = ROOT / "bench" / "soak-results.json"
