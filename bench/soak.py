@@ -1,32 +1,13 @@
-"""`make soak`: minutes of mixed traffic through the gateway while retrains run, the
-`production` alias moves and Redis restarts, all at once. Not part of `make test`.
-
-A second local stack as `make bench` starts, with a durable Redis (append-only file synced
-every second, as supervisord runs it) so that a restart keeps the jobs. Then, on one clock that
-starts with the traffic:
-  - client threads send one-row `POST /predict` and 100-row `POST /predict/batch` through the
-    gateway, one request at a time each, each with its own X-Request-ID, each outcome counted
-    (Python clients rather than wrk, which drops the requests in flight when it stops);
-  - retrain jobs go in through `POST /retrain` with an Idempotency-Key and are polled through
-    `GET /jobs/{id}` until they end;
-  - once the first job has registered a version, `POST /promote` moves `production` to it, and
-    later back; the answers' `model_version` shows when each move was served;
-  - Redis is stopped with SIGTERM and started again while one job runs and another waits in
-    the queue; their Idempotency-Keys are sent again afterwards and must bring back the same
-    jobs;
-  - trickling uploads, then a flood of anonymous 10,000-row batches, beside the traffic;
-  - the memory of each service's process tree is sampled every few seconds.
-Then the jobs get a grace period to end, the predictor is stopped gracefully (its recorder
-writes what it queued) and its prediction log is read back.
-
-Must hold, or the exit code is 1: see `checks`. Reported, not judged: memory growth, how many
-answered requests the predictor kept in Redis for feedback (best effort: an outage drops them),
-and the warnings and errors in every service's log.
+"""`make soak`: minutes of traffic through the gateway while retrains run, the `production`
+alias moves, Redis restarts, uploads trickle and anonymous batches flood, all at once, on a
+second local stack with a durable Redis (append-only file, as supervisord runs it). Client
+threads send one request at a time each, every outcome counted (Python clients, not wrk, which
+drops the requests in flight when it stops); the answers' `model_version` shows when each move
+was served. Then the jobs get a grace period, the predictor stops gracefully and its
+prediction log is read back. The exit code is 1 when a must-hold (`checks`) fails; memory
+growth, the answers kept for feedback and the services' warnings are reported, not judged.
 
     python -m bench.soak [--minutes 5] [--output bench/soak-results.json]
-
-BENCH_KEEP_STATE=1 keeps the state folder (logs included); it is kept anyway when a must-hold
-fails.
 """
 
 from __future__ import annotations
@@ -52,38 +33,28 @@ import httpx
 import numpy as np
 import redis
 
-from bench.common import (
-    MODEL_NAME,
-    ROOT,
-    SERVICES,
-    Session,
-    poll_interval_s,
-    process_tree,
-    say,
-    tree_memory,
-    write,
-)
+from bench import common
+from bench.common import SERVICES, say
 from bench.loads import FLOWER, encoded, iris_flowers
 from iris_devstack.private_stack import PrivateStack
 from iris_predictor.prediction_log import log_files
 from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
 
-# Clients per kind of request: name, path, rows, client threads.
+# Each kind of request: name, path, rows, client threads.
 KINDS = (("one_row", "/predict", 1, 4), ("batch", "/predict/batch", 100, 2))
-WARMUP_S, JOB_GRACE_S = 15.0, 300.0
+WARMUP_S, JOB_GRACE_S, REQUEST_TIMEOUT_S = 15.0, 300.0, 30.0
 # When, as a share of the run, each step starts (the first promotion waits for the first job).
 SCHEDULE = {"A": 0.05, "slow_clients": 0.2, "redis": 0.45, "flood": 0.55, "D": 0.65, "back": 0.75}
-# Small enough for the flood to reach it: the soak shows the budget holding.
-STORE_MAX_BYTES = 8 * 1024 * 1024
 # A move needs this long before the run ends, or its swap could not be seen.
 MOVE_MARGIN_S = 15.0
-REQUEST_TIMEOUT_S, FAILURE_SAMPLES = 30.0, 20
-TRICKLING_CONNECTIONS, TRICKLE_EVERY_S = 1200, 5.0
+# Small enough for the flood to reach it: the soak shows the budget holding.
+STORE_MAX_BYTES = 8 * 1024 * 1024
+TRICKLING_CONNECTIONS, FLOOD_BATCHES, FLOOD_BATCH_ROWS = 1200, 120, 10_000
 # The server closes an upload it gave up on (BODY_READ_TIMEOUT_S, 10 s); a byte sent after that
 # would make TCP reset the connection and lose the answer, so the last goes well before.
-LAST_TRICKLE_S = 8.0
-FLOOD_BATCHES, FLOOD_BATCH_ROWS = 120, 10_000
+TRICKLE_EVERY_S, LAST_TRICKLE_S = 5.0, 8.0
+FINISHED = ("succeeded", "failed")
 LOG_LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^(Traceback)")
 
 
@@ -92,6 +63,7 @@ class Tally:
     """What one client thread saw; read only once the thread has ended."""
 
     kind: str
+    rows: int
     requests: int = 0
     ok: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -105,31 +77,42 @@ class Tally:
     crashed: str | None = None
 
 
+def read_answer(response: httpx.Response, rows: int) -> tuple[str, str]:
+    """The model version and request id of a 200 answer; ValueError when it is not one."""
+    answer = response.json()
+    if not isinstance(answer, dict):
+        raise ValueError("not a JSON object")
+    if rows == 1 and not isinstance(answer.get("predicted_species"), str):
+        raise ValueError("no predicted_species")
+    if rows > 1 and len(answer.get("predictions") or []) != rows:
+        raise ValueError(f"not {rows} predictions")
+    if "model_version" not in answer or "request_id" not in answer:
+        raise ValueError("no model_version or request_id")
+    return str(answer["model_version"]), str(answer["request_id"])
+
+
 class Soak:
-    """Traffic, jobs, moves, the Redis restart, hostile clients and memory, on one clock that
-    starts with the traffic; every figure of the run is in `run()`'s record."""
+    """Everything of one run on one clock that starts with the traffic; `run()` returns every
+    figure."""
 
     def __init__(self, stack: PrivateStack, window_s: float) -> None:
-        self.stack, self.window_s = stack, window_s
+        self.stack, self.window_s, self.url = stack, window_s, stack.gateway_url
         self.started, self.wall_started = time.monotonic(), time.time()
-        self.stopping = threading.Event()
+        self.traffic_over, self.polling_over = threading.Event(), threading.Event()
+        self.lock = threading.Lock()
         self.events: list[dict[str, Any]] = []
         self.tallies: list[Tally] = []
-        self.threads: list[threading.Thread] = []
         self.jobs: list[dict[str, Any]] = []
         self.moves: list[dict[str, Any]] = []
         self.memory_series: list[dict[str, Any]] = []
         self.pids: dict[str, int | None] = {}
         self.restarts: Counter[str] = Counter()
         self.hostile: dict[str, Any] = {}
-        self.redis_restart: dict[str, Any] | None = None
         self.hostile_threads: list[threading.Thread] = []
-        self.ticking = threading.Event()
-        namespace = stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE
-        self.keys = FeedbackKeys(namespace)
+        self.redis_restart: dict[str, Any] | None = None
+        self.keys = FeedbackKeys(stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE)
         self.auth = {"Authorization": f"Bearer {stack.token}"}
         self.run_id = secrets.token_hex(4)
-        self.lock = threading.Lock()
 
     def clock(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -140,7 +123,8 @@ class Soak:
         say(f"t={now:.1f}s {what}")
         return now
 
-    def thread(self, target: Callable[..., Any], *args: Any) -> threading.Thread:
+    @staticmethod
+    def thread(target: Callable[..., Any], *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
         return thread
@@ -156,29 +140,26 @@ class Soak:
 
     # --- traffic ----------------------------------------------------------------------------
 
-    def client(self, kind: str, path: str, rows: int, number: int, tally: Tally) -> None:
-        """One request at a time until stopped, each outcome counted; a client that just failed
-        waits a little, so an outage is counted, not hammered."""
-        flowers = [FLOWER] if rows == 1 else iris_flowers(rows)
-        body = encoded(flowers[0] if rows == 1 else {"instances": flowers})
+    def client(self, path: str, number: int, tally: Tally) -> None:
+        """One request at a time until the traffic is over, each outcome counted; after a
+        failure the client waits a little, so an outage is counted, not hammered."""
+        body = encoded(FLOWER if tally.rows == 1 else {"instances": iris_flowers(tally.rows)})
 
         def fail(what: str, request_id: str, detail: str, pause: float = 0.05) -> None:
             tally.failures[what] += 1
-            if len(tally.samples) < FAILURE_SAMPLES:
-                tally.samples.append(
-                    {"t": self.clock(), "kind": kind, "failure": what}
-                    | {"request_id": request_id, "detail": detail[:300]}
-                )
+            if len(tally.samples) < 20:
+                sample = {"t": self.clock(), "kind": tally.kind, "failure": what}
+                tally.samples.append(sample | {"request_id": request_id, "detail": detail[:300]})
             time.sleep(pause)
 
         headers = {"Content-Type": "application/json"}
         try:
             with httpx.Client(
-                base_url=self.stack.gateway_url, headers=headers, timeout=REQUEST_TIMEOUT_S
+                base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_S
             ) as http:
-                while not self.stopping.is_set():
+                while not self.traffic_over.is_set():
                     tally.requests += 1
-                    request_id = f"soak-{kind}-{number}-{tally.requests}"
+                    request_id = f"soak-{tally.kind}-{number}-{tally.requests}"
                     sent = time.perf_counter()
                     try:
                         response = http.post(
@@ -192,7 +173,7 @@ class Soak:
                         fail(f"HTTP {response.status_code}", request_id, response.text)
                         continue
                     try:
-                        version, answered_id = read_answer(response, rows)
+                        version, answered_id = read_answer(response, tally.rows)
                     except ValueError as exc:
                         fail("unreadable 200", request_id, str(exc), 0)
                         continue
@@ -206,43 +187,37 @@ class Soak:
         except Exception as exc:
             # Counts from here on would be missing: the run is reported as failed.
             tally.crashed = f"{type(exc).__name__}: {exc}"
-            say(f"client {kind}-{number} crashed: {tally.crashed}")
+            say(f"client {tally.kind}-{number} crashed: {tally.crashed}")
 
     def traffic(self, seconds: float) -> dict[str, Any]:
-        def counts(tallies: list[Tally], rows: Callable[[Tally], int]) -> dict[str, Any]:
+        def counts(tallies: list[Tally]) -> dict[str, Any]:
             failures: Counter[str] = sum((t.failures for t in tallies), Counter())
-            return {
-                "requests": sum(t.requests for t in tallies),
-                "answered_200": sum(t.ok for t in tallies),
-                "rows_answered": sum(t.ok * rows(t) for t in tallies),
-                "failed": sum(failures.values()),
-                "failures": dict(failures),
-            }
+            answered = {"answered_200": sum(t.ok for t in tallies)}
+            answered |= {"rows_answered": sum(t.ok * t.rows for t in tallies)}
+            failed = {"failed": sum(failures.values()), "failures": dict(failures)}
+            return {"requests": sum(t.requests for t in tallies)} | answered | failed
 
-        rows_of = {kind: rows for kind, _, rows, _ in KINDS}
         by_kind = {}
         for kind, path, rows, clients in KINDS:
             tallies = [t for t in self.tallies if t.kind == kind]
             latencies = np.array([ms for t in tallies for ms in t.latencies_ms])
+            percentiles = (("p50", 50), ("p99", 99), ("max", 100))
             by_kind[kind] = {
                 "request": f"POST {path}",
                 "rows_per_request": rows,
                 "clients": clients,
             }
-            by_kind[kind] |= counts(tallies, lambda t: rows_of[t.kind]) | {
-                "requests_per_s": round(sum(t.ok for t in tallies) / seconds, 1),
-                "latency_ms": {
-                    name: round(float(np.percentile(latencies, q)), 2) if latencies.size else None
-                    for name, q in (("p50", 50), ("p99", 99), ("max", 100))
-                },
+            by_kind[kind] |= counts(tallies)
+            by_kind[kind] |= {"requests_per_s": round(sum(t.ok for t in tallies) / seconds, 1)}
+            by_kind[kind]["latency_ms"] = {
+                name: round(float(np.percentile(latencies, q)), 2) if latencies.size else None
+                for name, q in percentiles
             }
         samples = sorted((s for t in self.tallies for s in t.samples), key=lambda s: s["t"])
-        return {
-            "seconds": round(seconds, 1),
-            "by_kind": by_kind,
-            **counts(self.tallies, lambda t: rows_of[t.kind]),
-            "failure_samples": samples[:FAILURE_SAMPLES],
-            "answers_per_model_version": dict(sum((t.versions for t in self.tallies), Counter())),
+        versions = sum((t.versions for t in self.tallies), Counter[str]())
+        return {"seconds": round(seconds, 1), "by_kind": by_kind, **counts(self.tallies)} | {
+            "failure_samples": samples[:20],
+            "answers_per_model_version": dict(versions),
             "answers_with_another_request_id": sum(t.other_ids for t in self.tallies),
             "crashed_clients": [t.crashed for t in self.tallies if t.crashed],
         }
@@ -251,12 +226,9 @@ class Soak:
 
     def post_retrain(self, key: str) -> tuple[str, str | None, str | None]:
         """POST /retrain with an Idempotency-Key: the answer, the job id and its status."""
+        headers = self.auth | {"Idempotency-Key": key}
         try:
-            response = httpx.post(
-                f"{self.stack.gateway_url}/retrain",
-                timeout=15,
-                headers=self.auth | {"Idempotency-Key": key},
-            )
+            response = httpx.post(f"{self.url}/retrain", headers=headers, timeout=15)
         except httpx.HTTPError as exc:
             return type(exc).__name__, None, None
         if response.status_code not in (200, 202):
@@ -270,18 +242,11 @@ class Soak:
             "idempotency_key": key,
             "submitted_s": self.clock(),
             "job_id": job_id,
-            "submit_answers": [],
-            "replays": [],
-            "final_status": None,
-            "history": [],
-            "not_found_answers": 0,
-            "not_found_at_s": [],
-            "unavailable_answers": 0,
-            "poll_errors": Counter(),
-            "ended_s": None,
-            "error": None,
-            "deliveries": None,
-            "registered": {},
+        }
+        job |= {"submit_answers": [], "replays": [], "history": [], "not_found_at_s": []}
+        job |= {"not_found_answers": 0, "unavailable_answers": 0, "poll_errors": Counter()}
+        job |= dict.fromkeys(("final_status", "ended_s", "error", "deliveries")) | {
+            "registered": {}
         }
         with self.lock:
             self.jobs.append(job)
@@ -323,23 +288,20 @@ class Soak:
             except httpx.HTTPError as exc:
                 job["poll_errors"][type(exc).__name__] += 1
                 continue
-            now = self.clock()
-            if response.status_code == 404:
+            now, status = self.clock(), response.status_code
+            if status == 404:
                 job["not_found_answers"] += 1
                 job["not_found_at_s"] = (job["not_found_at_s"] + [now])[:10]
                 self.event(f"job {job['label']} answered 404")
-            elif response.status_code == 503:
+            elif status == 503:
                 job["unavailable_answers"] += 1
-            elif response.status_code != 200:
-                job["poll_errors"][f"HTTP {response.status_code}"] += 1
+            elif status != 200:
+                job["poll_errors"][f"HTTP {status}"] += 1
             else:
                 record = response.json()
                 progress = record.get("progress") or {}
-                step = {
-                    "status": record["status"],
-                    "stage": progress.get("stage"),
-                    "model": progress.get("model_name"),
-                }
+                step = {"status": record["status"], "stage": progress.get("stage")}
+                step["model"] = progress.get("model_name")
                 last = job["history"][-1] if job["history"] else {}
                 if {k: last.get(k) for k in step} != step:
                     job["history"].append({"t": now, **step})
@@ -354,27 +316,28 @@ class Soak:
                     took = now - job["submitted_s"]
                     self.event(f"job {job['label']} {record['status']} after {took:.1f} s")
 
-    # --- moves, Redis, hostile clients ------------------------------------------------------
+    # --- moves, Redis, hostile clients, memory ----------------------------------------------
 
     def promote(self, version: str, label: str) -> None:
         move: dict[str, Any] = {"label": label, "to_version": version, "requested_s": self.clock()}
         previous = None
         try:
-            response = httpx.post(
-                f"{self.stack.gateway_url}/promote",
+            answered = httpx.post(
+                f"{self.url}/promote",
                 headers=self.auth,
                 json={"model_version": version},
                 timeout=30,
             )
-            answer = str(response.status_code)
-            if response.status_code == 200:
-                previous = response.json().get("previous_version")
+            answer = str(answered.status_code)
+            if answered.status_code == 200:
+                previous = answered.json().get("previous_version")
         except httpx.HTTPError as exc:
             answer = type(exc).__name__
         move |= {"promote_seconds": round(self.clock() - move["requested_s"], 3)}
         move |= {"promote_answer": answer, "previous_version": previous}
-        move |= {"first_new_answer_after_s": None, "all_new_answers_after_s": None}
-        self.moves.append(move)
+        self.moves.append(
+            move | dict.fromkeys(("first_new_answer_after_s", "all_new_answers_after_s"))
+        )
         self.event(f"POST /promote {label} (version {version}): {answer}")
 
     def time_swaps(self, end_s: float) -> None:
@@ -412,21 +375,17 @@ class Soak:
         self.event(f"Redis answering again after {timings['down_s']} s")
         with redis.Redis.from_url(self.stack.redis_url, socket_timeout=5) as client:
             appendonly = client.config_get("appendonly").get("appendonly")
-        return timings | {
-            "stopped_at_s": stopped_at,
-            "appendonly": appendonly,
-            "job_status_at_stop": states,
-            "running_job": running["label"],
-            "queued_job": waiting["label"],
-            "key_replays_after": [self.replay(job) for job in (running, waiting) if job["job_id"]],
-        }
+        replays = [self.replay(job) for job in (running, waiting) if job["job_id"]]
+        jobs = {"job_status_at_stop": states, "running_job": running["label"]}
+        jobs |= {"queued_job": waiting["label"], "key_replays_after": replays}
+        return timings | {"stopped_at_s": stopped_at, "appendonly": appendonly} | jobs
 
-    def in_background(self, phase: str, run: Callable[[], dict[str, Any]]) -> None:
-        """A hostile phase beside the traffic; its report lands in `self.hostile[phase]`."""
+    def in_background(self, phase: str, run: Callable[[str], dict[str, Any]]) -> None:
+        """A hostile phase against the gateway beside the traffic, into `self.hostile[phase]`."""
         self.hostile[phase] = {"started_s": self.event(f"{phase} started")}
 
         def report() -> None:
-            self.hostile[phase] |= run()
+            self.hostile[phase] |= run(self.url)
             self.event(f"{phase} over")
 
         self.hostile_threads.append(self.thread(report))
@@ -434,14 +393,13 @@ class Soak:
     def redis_memory(self) -> dict[str, Any]:
         """Redis's memory, its cap, and the bytes the predictor counts for the answers it keeps."""
         with redis.Redis.from_url(self.stack.redis_url, socket_timeout=10) as client:
-            memory = client.info("memory")
-            kept = client.get(self.keys.prediction_bytes)
-        return {key: memory.get(key, 0) for key in ("used_memory", "maxmemory")} | {
-            "maxmemory_policy": memory.get("maxmemory_policy"),
-            "kept_answer_bytes": int(kept or 0),
-        }
-
-    # --- memory -----------------------------------------------------------------------------
+            memory, kept = client.info("memory"), client.get(self.keys.prediction_bytes)
+        used = {key: memory.get(key, 0) for key in ("used_memory", "maxmemory")}
+        return (
+            used
+            | {"maxmemory_policy": memory.get("maxmemory_policy")}
+            | {"kept_answer_bytes": int(kept or 0)}
+        )
 
     def memory_sample(self) -> dict[str, Any]:
         sample: dict[str, Any] = {"t": self.clock()}
@@ -452,58 +410,55 @@ class Soak:
                 fresh = self.stack.pid(program)
                 self.restarts[name] += pid is not None and fresh != pid
                 pid = self.pids[name] = fresh
-            memory = tree_memory(pid)
-            sample[name] = memory and memory | {"pids": sorted(process_tree(pid or 0))}
+            memory = common.tree_memory(pid)
+            sample[name] = memory and memory | {"pids": sorted(common.process_tree(pid or 0))}
         return sample
 
     def memory_report(self, start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
         """Growth of each service between two samples, its peak, and the RSS series."""
         services: dict[str, Any] = {}
         for name in SERVICES:
-            first, last = start.get(name), end.get(name)
-            samples = [start, *self.memory_series, end]
+            first, last, samples = start.get(name), end.get(name), [start, *self.memory_series, end]
             peak = max((s[name]["rss_mib"] for s in samples if s.get(name)), default=None)
             entry: dict[str, Any] = {"start": first, "end": last, "peak_rss_mib": peak}
             if first and last:
                 growth = round(last["rss_mib"] - first["rss_mib"], 1)
-                entry |= {
-                    "rss_growth_mib": growth,
-                    "rss_growth_pct": round(100 * growth / first["rss_mib"], 1),
-                    "pss_growth_mib": round(last["pss_mib"] - first["pss_mib"], 1),
-                    "processes_replaced": len(set(first["pids"]) - set(last["pids"])),
-                }
+                entry["rss_growth_mib"] = growth
+                entry["rss_growth_pct"] = round(100 * growth / first["rss_mib"], 1)
+                entry["pss_growth_mib"] = round(last["pss_mib"] - first["pss_mib"], 1)
+                entry["processes_replaced"] = len(set(first["pids"]) - set(last["pids"]))
             services[name] = entry | {"program_restarts": self.restarts[name]}
         series = [
             {"t": s["t"]} | {n: s[n]["rss_mib"] if s.get(n) else None for n in SERVICES}
             for s in self.memory_series
         ]
-        return {"start_s": start["t"], "end_s": end["t"], "services": services} | {
-            "rss_mib_series": series
-        }
+        span = {"start_s": start["t"], "end_s": end["t"]}
+        return span | {"services": services, "rss_mib_series": series}
 
     # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         original = self.stack.production_version()
         self.hostile["redis_before"] = self.redis_memory()
-        for kind, path, rows, clients in KINDS:
-            for number in range(clients):
-                self.tallies.append(tally := Tally(kind))
-                self.threads.append(self.thread(self.client, kind, path, rows, number, tally))
+        clients = []
+        for kind, path, rows, count in KINDS:
+            for number in range(count):
+                self.tallies.append(tally := Tally(kind, rows))
+                clients.append(self.thread(self.client, path, number, tally))
         self.event(f"traffic started; warm-up {WARMUP_S:g} s, then {self.window_s:g} s")
         time.sleep(WARMUP_S)
         memory_start = self.memory_sample()
         sampling = self.every(
-            5.0, self.stopping, lambda: self.memory_series.append(self.memory_sample())
+            5.0, self.traffic_over, lambda: self.memory_series.append(self.memory_sample())
         )
-        jobs_http = httpx.Client(base_url=self.stack.gateway_url, headers=self.auth, timeout=10)
-        polling = self.every(0.5, self.ticking, lambda: self.poll_jobs(jobs_http))
+        jobs_http = httpx.Client(base_url=self.url, headers=self.auth, timeout=10)
+        polling = self.every(0.5, self.polling_over, lambda: self.poll_jobs(jobs_http))
         window_start = self.event("warm-up over: memory sampled, schedule started")
         try:
             self.schedule(original, window_start, window_start + self.window_s)
         finally:
-            self.stopping.set()
-            for thread in self.threads:
+            self.traffic_over.set()
+            for thread in clients:
                 thread.join(REQUEST_TIMEOUT_S + 30)
             traffic_end = self.event("traffic stopped")
             memory_end = self.memory_sample()
@@ -511,25 +466,26 @@ class Soak:
         for thread in self.hostile_threads:
             thread.join()
         self.hostile["redis_after"] = self.redis_memory()
-        deadline = traffic_end + JOB_GRACE_S
         if self.open_jobs():
-            self.event(f"waiting up to {deadline - self.clock():.0f} s for the jobs")
-        while self.open_jobs() and self.clock() < deadline:
+            self.event(
+                f"waiting up to {traffic_end + JOB_GRACE_S - self.clock():.0f} s for the jobs"
+            )
+        while self.open_jobs() and self.clock() < traffic_end + JOB_GRACE_S:
             time.sleep(1.0)
-        self.ticking.set()
+        self.polling_over.set()
         polling.join(30)
         jobs_http.close()
         predictor_stop = stop_predictor(self.stack)
         self.event(f"predictor stopped in {predictor_stop['seconds']} s")
         log_dir = Path(self.stack.stack_env()["PREDICTOR_PREDICTION_LOG_DIR"])
-        answered = {i for t in self.tallies for i in t.answered_ids}
+        answered = {request_id for t in self.tallies for request_id in t.answered_ids}
         answered |= set(self.hostile.get("flood", {}).pop("answered_ids", []))
         self.time_swaps(traffic_end)
         for job in self.jobs:
-            ended = job["final_status"] in FINISHED
             took = None if job["ended_s"] is None else round(job["ended_s"] - job["submitted_s"], 1)
+            lost = job["not_found_answers"] > 0 or job["final_status"] not in FINISHED
             job |= {"poll_errors": dict(job["poll_errors"]), "seconds": took}
-            job["lost"] = job["job_id"] is not None and (job["not_found_answers"] > 0 or not ended)
+            job["lost"] = job["job_id"] is not None and lost
         return {
             "original_version": original,
             "warmup_s": WARMUP_S,
@@ -537,7 +493,7 @@ class Soak:
             "traffic": self.traffic(traffic_end),
             "jobs": self.jobs,
             "alias_moves": self.moves,
-            "predictor_poll_interval_s": poll_interval_s(self.stack),
+            "predictor_poll_interval_s": common.poll_interval_s(self.stack),
             "redis_restart": self.redis_restart,
             "hostile": self.hostile,
             "store_max_bytes": STORE_MAX_BYTES,
@@ -558,15 +514,13 @@ class Soak:
                 first = self.submit("A", end)
                 self.replay(first)
             if first is not None and not self.moves and now < end - MOVE_MARGIN_S:
-                version = (first["registered"].get(MODEL_NAME) or {}).get("version")
+                version = (first["registered"].get(common.MODEL_NAME) or {}).get("version")
                 if first["final_status"] == "succeeded" and version:
                     self.promote(str(version), "to A's")
             if "slow_clients" not in self.hostile and now >= at["slow_clients"]:
-                self.in_background(
-                    "slow_clients", lambda: trickling_uploads(self.stack.gateway_url)
-                )
+                self.in_background("slow_clients", trickling_uploads)
             if "flood" not in self.hostile and now >= at["flood"]:
-                self.in_background("flood", lambda: anonymous_flood(self.stack.gateway_url))
+                self.in_background("flood", anonymous_flood)
             if self.redis_restart is None and now >= at["redis"]:
                 self.redis_restart = self.restart_redis_under_jobs(end)
             if last is None and now >= at["D"]:
@@ -581,32 +535,37 @@ class Soak:
     def feedback_store(self, answered: set[str], log_dir: Path) -> dict[str, Any]:
         """How many answered requests the predictor kept in Redis for POST /feedback (best effort
         by design: a Redis outage drops them), and when the others were answered."""
-        with redis.Redis.from_url(
-            self.stack.redis_url, socket_timeout=30, decode_responses=True
-        ) as client:
+        with redis.Redis.from_url(self.stack.redis_url, decode_responses=True) as client:
             kept = set(client.zrange(self.keys.predictions_index, 0, -1))
         not_kept = answered - kept
         documents = log_documents(log_dir)[0] if not_kept else []
-        times = sorted(
+        times = [
             datetime.fromisoformat(d["time"]).timestamp()
             for d in documents
             if d.get("request_id") in not_kept
+        ]
+        span = (
+            [round(t - self.wall_started, 3) for t in (min(times), max(times))]
+            if times
+            else [None, None]
         )
-        return {
-            "index": self.keys.predictions_index,
+        counts = {
             "answered": len(answered),
             "kept": len(answered & kept),
             "not_kept": len(not_kept),
-            "not_kept_answered_from_s": round(times[0] - self.wall_started, 3) if times else None,
-            "not_kept_answered_to_s": round(times[-1] - self.wall_started, 3) if times else None,
         }
-
-
-FINISHED = ("succeeded", "failed")
+        return (
+            {"index": self.keys.predictions_index}
+            | counts
+            | {
+                "not_kept_answered_from_s": span[0],
+                "not_kept_answered_to_s": span[1],
+            }
+        )
 
 
 def trickling_uploads(
-    url: str, connections: int = TRICKLING_CONNECTIONS, answer_within_s: float = 30.0
+    url: str, connections: int = TRICKLING_CONNECTIONS, within_s: float = 30.0
 ) -> dict[str, Any]:
     """Open `connections` uploads to POST /predict that send one byte every 5 s; the status
     each was answered with before the server closed it, and how long that took."""
@@ -637,20 +596,17 @@ def trickling_uploads(
         return head[1].decode() if len(head) > 1 else "closed without an answer"
 
     async def all_uploads() -> list[str]:
-        uploads = asyncio.gather(*(upload() for _ in range(connections)))
-        return await asyncio.wait_for(uploads, answer_within_s)
+        return await asyncio.wait_for(
+            asyncio.gather(*(upload() for _ in range(connections))), within_s
+        )
 
     started = time.monotonic()
     try:
         outcomes = Counter(asyncio.run(all_uploads()))
     except TimeoutError:
-        outcomes = Counter({f"no answer within {answer_within_s:g} s": connections})
-    return {
-        "connections": connections,
-        "outcomes": dict(outcomes),
-        "answered_408": outcomes["408"],
-        "seconds": round(time.monotonic() - started, 1),
-    }
+        outcomes = Counter({f"no answer within {within_s:g} s": connections})
+    seen = {"outcomes": dict(outcomes), "answered_408": outcomes["408"]}
+    return {"connections": connections} | seen | {"seconds": round(time.monotonic() - started, 1)}
 
 
 def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
@@ -658,47 +614,25 @@ def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
     body = encoded({"instances": [FLOWER] * FLOOD_BATCH_ROWS})
 
     def send(_: int) -> tuple[str, str | None]:
+        headers = {"Content-Type": "application/json"}
         try:
-            response = httpx.post(
-                f"{url}/predict/batch",
-                content=body,
-                timeout=60,
-                headers={"Content-Type": "application/json"},
-            )
+            answer = httpx.post(f"{url}/predict/batch", content=body, headers=headers, timeout=60)
         except httpx.HTTPError as exc:
             return type(exc).__name__, None
-        return str(response.status_code), response.json()[
+        return str(answer.status_code), answer.json()[
             "request_id"
-        ] if response.status_code == 200 else None
+        ] if answer.status_code == 200 else None
 
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         sent = list(pool.map(send, range(batches)))
     # Every answered batch is logged like any other request.
     answered = [request_id for _, request_id in sent if request_id is not None]
-    return {
-        "batches": batches,
-        "rows_each": FLOOD_BATCH_ROWS,
-        "request_bytes_each": len(body),
-        "outcomes": dict(Counter(status for status, _ in sent)),
-        "answered_ids": answered,
-        "rows_answered": len(answered) * FLOOD_BATCH_ROWS,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-
-
-def read_answer(response: httpx.Response, rows: int) -> tuple[str, str]:
-    """The model version and request id of a 200 answer; ValueError when it is not one."""
-    answer = response.json()
-    if not isinstance(answer, dict):
-        raise ValueError("not a JSON object")
-    if rows == 1 and not isinstance(answer.get("predicted_species"), str):
-        raise ValueError("no predicted_species")
-    if rows > 1 and len(answer.get("predictions") or []) != rows:
-        raise ValueError(f"not {rows} predictions")
-    if "model_version" not in answer or "request_id" not in answer:
-        raise ValueError("no model_version or request_id")
-    return str(answer["model_version"]), str(answer["request_id"])
+    flood: dict[str, Any] = {"batches": batches, "rows_each": FLOOD_BATCH_ROWS}
+    flood["request_bytes_each"] = len(body)
+    flood |= {"outcomes": dict(Counter(status for status, _ in sent)), "answered_ids": answered}
+    flood |= {"rows_answered": len(answered) * FLOOD_BATCH_ROWS}
+    return flood | {"seconds": round(time.monotonic() - started, 1)}
 
 
 def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
@@ -706,16 +640,12 @@ def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
     stopwaitsecs; whether it came to that is in supervisord's own log."""
     started = time.monotonic()
     completed = stack.supervisorctl("stop", "predictor:*")  # replicas: a bare name matches none
-    seconds = round(time.monotonic() - started, 2)
+    stopped: dict[str, Any] = {"seconds": round(time.monotonic() - started, 2)}
     log = stack.state / "logs" / "supervisord.log"
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     mentions = [line for line in lines if "predictor" in line][-4:]
-    return {
-        "seconds": seconds,
-        "supervisorctl": (completed.stdout + completed.stderr).strip(),
-        "supervisord_log": mentions,
-        "killed": any("SIGKILL" in line for line in mentions),
-    }
+    stopped |= {"supervisorctl": (completed.stdout + completed.stderr).strip()}
+    return stopped | {"supervisord_log": mentions, "killed": any("SIGKILL" in m for m in mentions)}
 
 
 def log_documents(directory: Path) -> tuple[list[dict[str, Any]], int]:
@@ -734,11 +664,6 @@ def read_prediction_log(directory: Path, answered: set[str]) -> dict[str, Any]:
     """Lines and rows of the prediction log, checked against the request ids answered 200."""
     documents, unreadable = log_documents(directory)
     logged = Counter(str(document.get("request_id")) for document in documents)
-    strays = {
-        "answered_not_logged": sorted(answered - logged.keys()),
-        "logged_not_answered": sorted(logged.keys() - answered),
-        "logged_twice": sorted(request_id for request_id, n in logged.items() if n > 1),
-    }
     result = {
         "directory": str(directory),
         "files": [{"name": p.name, "bytes": p.stat().st_size} for p in log_files(directory)],
@@ -746,14 +671,18 @@ def read_prediction_log(directory: Path, answered: set[str]) -> dict[str, Any]:
         "rows": sum(int(document.get("rows", 0)) for document in documents),
         "unreadable_lines": unreadable,
     }
-    for key, ids in strays.items():
+    for key, ids in (
+        ("answered_not_logged", sorted(answered - logged.keys())),
+        ("logged_not_answered", sorted(logged.keys() - answered)),
+        ("logged_twice", sorted(request_id for request_id, n in logged.items() if n > 1)),
+    ):
         result |= {key: len(ids), f"{key}_examples": ids[:10]}
     return result
 
 
 def service_log_findings(folders: list[Path]) -> dict[str, Any]:
-    """Warnings, errors and tracebacks in every service's log: a defect the counts do not show
-    (a retried write, a swallowed error) usually shows here; the first errors as time, logger,
+    """Warnings, errors and tracebacks in every service's log, where a defect the counts do not
+    show (a retried write, a swallowed error) usually shows; the first errors as time, logger,
     message and the exception they ended with."""
     findings: dict[str, Any] = {}
     for path in sorted(p for folder in folders for p in folder.glob("*.log")):
@@ -763,17 +692,19 @@ def service_log_findings(folders: list[Path]) -> dict[str, Any]:
             if (match := LOG_LEVEL.search(line)) is None:
                 continue
             counts[level := match.group(1) or match.group(2)] += 1
-            if level != "WARNING" and len(examples) < 5:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None
-                if isinstance(record, dict):
-                    message = str(record.get("message", "")).strip().splitlines()[:1]
-                    raised = str(record.get("exc_info") or "").strip().splitlines()[-1:]
-                    parts = [str(record.get("time")), str(record.get("logger")), *message, *raised]
-                    line = " | ".join(parts)
-                examples.append(line[:300])
+            if level == "WARNING" or len(examples) >= 5:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                message = str(record.get("message", "")).strip().splitlines()[:1]
+                raised = str(record.get("exc_info") or "").strip().splitlines()[-1:]
+                line = " | ".join(
+                    [str(record.get("time")), str(record.get("logger")), *message, *raised]
+                )
+            examples.append(line[:300])
         if counts:
             findings[path.name] = {"counts": dict(counts), "first_errors": examples}
     return findings
@@ -791,8 +722,7 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
     slow, flood, after = (hostile.get(k, {}) for k in ("slow_clients", "flood", "redis_after"))
     answered_200 = traffic["answered_200"] + flood.get("outcomes", {}).get("200", 0)
     rows_answered = traffic["rows_answered"] + flood.get("rows_answered", 0)
-    strays = ("answered_not_logged", "logged_not_answered", "logged_twice")
-    log_matches = log["lines"] == answered_200 and log["rows"] == rows_answered
+    strays = any(log[k] for k in ("answered_not_logged", "logged_not_answered", "logged_twice"))
     kept = after.get("kept_answer_bytes", 0)
     failed = f"{traffic['failed']:,} of {traffic['requests']:,}"
     failed += f"; {len(crashed)} client thread(s) crashed" if crashed else ""
@@ -814,28 +744,22 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
          f"{kept:,} after {flooded} ({flood.get('outcomes', {})})",
          bool(flood) and kept <= soak["store_max_bytes"]),
         ("Prediction log: lines = requests answered 200, rows = rows answered (traffic and flood)",
-         "equal", f"{lines}; {rows}", log_matches and not any(log[k] for k in strays)),
+         "equal", f"{lines}; {rows}",
+         log["lines"] == answered_200 and log["rows"] == rows_answered and not strays),
     ]  # fmt: skip
     return [dict(zip(("check", "target", "measured", "met"), r, strict=True)) for r in records]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="make soak: mixed traffic under retrains, moves and a Redis restart"
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the run (5)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=ROOT / "bench" / "soak-results.json",
-        help="results JSON; the Markdown summary goes beside it (.md)",
-    )
+    parser.add_argument("--output", type=Path, default=common.ROOT / "bench/soak-results.json")
     args = parser.parse_args(argv)
     # Rotation keeps 5 files per process by default; the soak keeps every file so that each line
     # can be counted, while rotation itself still happens at the usual size.
     os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = "100000"
     os.environ["PREDICTOR_STORE_MAX_BYTES"] = str(STORE_MAX_BYTES)
-    with Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
+    with common.Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
         say("starting the soak stack (durable Redis, then python -m iris_devstack up)")
         session.stack.start_redis(durable=True)
         session.stack.up()
@@ -844,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         # The state folder (logs) is kept when a must-hold failed.
         session.finished = all(check["met"] for check in verdicts)
     results = session.results | {"output": str(args.output), "soak": soak, "checks": verdicts}
-    write(results | session.closing(), args.output, "soak.md")
+    common.write(results | session.closing(), args.output, "soak.md")
     say("all held" if session.finished else "A MUST-HOLD FAILED")
     return 0 if session.finished else 1
 
