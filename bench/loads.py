@@ -100,6 +100,7 @@ def bench_bodies(folder: Path) -> dict[str, Body]:
     """Every body the loads send, by name: one row and BATCH_ROWS rows in each shape."""
     flowers = iris_flowers(BATCH_ROWS)
     bodies: dict[str, Body] = {}
+    folder.mkdir(exist_ok=True)
 
     def add(name: str, content: bytes | dict[str, Any], rows: int, *extra: Any) -> None:
         path = folder / (name if isinstance(content, bytes) else f"{name}.json")
@@ -210,15 +211,29 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def pick_mlflow_shape(loads: dict[str, Load], seconds: float) -> str:
-    """The input shape `mlflow models serve` answers fastest, from a short probe of each."""
-    speeds: dict[str, float] = {}
-    for shape, load in loads.items():
-        result = run_wrk(load, seconds)
-        say(f"probe {load.name} as {shape}: {describe(result)}")
-        # A shape the server refuses is no option, however fast the refusals come.
-        speeds[shape] = result["ok_per_s"] if result["failed"] == 0 else -1.0
-    return max(speeds, key=lambda shape: speeds[shape])
+def probe_mlflow_shapes(url: str, bodies: dict[str, Body], seconds: float) -> dict[str, str]:
+    """The JSON shape `mlflow models serve` answers fastest, for one row and for batches, from
+    a short probe of each."""
+    shapes = {}
+    for kind, size, connections in (
+        ("one_row", "one", CONNECTIONS),
+        ("batch", "batch", BATCH_CONNECTIONS),
+    ):
+        speeds: dict[str, float] = {}
+        for shape in MLFLOW_FORMATS:
+            load = Load(
+                f"mlflow-{kind}-{shape}",
+                f"{url}/invocations",
+                bodies[f"mlflow-{size}-{shape}"],
+                connections,
+            )
+            result = run_wrk(load, seconds)
+            say(f"probe {load.name} as {shape}: {describe(result)}")
+            # A shape the server refuses is no option, however fast the refusals come.
+            speeds[shape] = result["ok_per_s"] if result["failed"] == 0 else -1.0
+        shapes[kind] = max(speeds, key=lambda shape: speeds[shape])
+        say(f"mlflow models serve: {kind} as {shapes[kind]}")
+    return shapes
 
 
 def run_rounds(loads: list[Load], rounds: int, seconds: int, warmup: int) -> dict[str, list[Any]]:

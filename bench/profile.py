@@ -178,7 +178,6 @@ def main() -> int:
         say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
         stack.start_redis()
         stack.up()
-        (session.work / "bodies").mkdir()
         bodies = loads.bench_bodies(session.work / "bodies")
         urls = {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
         found = {

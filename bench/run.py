@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -61,6 +61,8 @@ from bench.goals import evaluate_all
 from iris_devstack.private_stack import PrivateStack
 from iris_devstack.processes import answers_post, http_ok, wait_until
 from iris_shared.jobs import TrainingStage
+
+T = TypeVar("T")
 
 # The other servers: their name in the report, and what their cold start is timed to.
 FIRST_ANSWER = "process start → first 200 to a one-row prediction request"
@@ -104,17 +106,14 @@ def start_servers(
         if server is None:
             errors[name] = str(error).splitlines()[0][:300]
         else:
-            started[name] = server
-            running.callback(server.process.stop)
+            started[name] = running.enter_context(server)
 
     with timed("start_baselines", phases):
-        started["mlflow"] = servers.start_mlflow_serve(stack, version)
-        running.callback(started["mlflow"].process.stop)
+        started["mlflow"] = running.enter_context(servers.start_mlflow_serve(stack, version))
         start("constant", partial(servers.start_constant_server, stack))
     with timed("start_peers", phases):
-        folder = stack.work / "peer-model"
         model, error = attempt(
-            "exporting the model", partial(servers.export_joblib, version, folder)
+            "exporting the model", partial(servers.export_joblib, version, stack.work)
         )
         for name in ("mlserver", "bentoml"):
             if model is None:
@@ -126,103 +125,74 @@ def start_servers(
 
 
 def compare_servers(stack: PrivateStack, phases: dict[str, float]) -> dict[str, Any]:
-    """The other servers, the alternating load rounds, and memory right after the load."""
-    rounds, seconds = setting("BENCH_ROUNDS", 3), setting("BENCH_SECONDS", 8)
-    warmup, probe = setting("BENCH_WARMUP_SECONDS", 3), setting("BENCH_PROBE_SECONDS", 2)
+    """The other servers, the alternating load rounds, and memory right after them."""
+    settings = {"rounds": setting("BENCH_ROUNDS", 3), "round_seconds": setting("BENCH_SECONDS", 8)}
+    settings["warmup_seconds"] = setting("BENCH_WARMUP_SECONDS", 3)
+    settings["probe_seconds"] = setting("BENCH_PROBE_SECONDS", 2)
     version = stack.production_version()
     with ExitStack() as running:
         started, errors = start_servers(stack, version, running, phases)
-        (stack.work / "bodies").mkdir(exist_ok=True)
         bodies = loads.bench_bodies(stack.work / "bodies")
         with timed("probe_mlflow_shapes", phases):
-            shapes = {}
-            for kind, size, connections in (
-                ("one_row", "one", CONNECTIONS),
-                ("batch", "batch", BATCH_CONNECTIONS),
-            ):
-                candidates = {
-                    shape: loads.Load(
-                        f"mlflow-{kind}-{shape}",
-                        f"{started['mlflow'].url}/invocations",
-                        bodies[f"mlflow-{size}-{shape}"],
-                        connections,
-                    )
-                    for shape in loads.MLFLOW_FORMATS
-                }
-                shapes[kind] = loads.pick_mlflow_shape(candidates, probe)
-                say(f"mlflow models serve: {kind} as {shapes[kind]}")
+            shapes = loads.probe_mlflow_shapes(
+                started["mlflow"].url, bodies, settings["probe_seconds"]
+            )
             # Peers that did not start are not measured, with why.
+            peer_errors = {name: why for name, why in errors.items() if name != "constant"}
             missing = {
-                f"{name}{end}": why
-                for name, why in errors.items()
-                if name != "constant"
-                for end in ("", "-batch")
+                f"{name}{end}": why for name, why in peer_errors.items() for end in ("", "-batch")
             }
             urls = {name: server.url for name, server in started.items()}
             urls |= {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
             load_list = loads.bench_loads(urls, bodies, shapes, missing)
-        say(f"load: {rounds} rounds of {seconds} s per server, {len(load_list)} servers alternated")
+        count, seconds, warmup = (
+            settings["rounds"],
+            settings["round_seconds"],
+            settings["warmup_seconds"],
+        )
+        say(f"load: {count} rounds of {seconds} s per server, {len(load_list)} servers alternated")
         with timed("load_rounds", phases):
-            results = loads.run_rounds(load_list, rounds, seconds, warmup)
+            rounds = loads.run_rounds(load_list, count, seconds, warmup)
         memory = {label: tree_memory(stack.pid(program)) for label, program in SERVICES.items()}
         for name in ("mlflow", "mlserver", "bentoml"):
             memory[SERVERS[name][0]] = tree_memory(
                 started[name].process.pid if name in started else None
             )
         recording = recording_counts(stack)
-    medians = {name: loads.medians(rounds_of) for name, rounds_of in results.items()}
+    medians = {name: loads.medians(rounds_of) for name, rounds_of in rounds.items()}
+    # The named figures the goals read: each load's medians and each process tree's memory.
+    figures = medians | {f"memory:{name}": tree for name, tree in memory.items() if tree}
     constant = started.get("constant")
+    peers: dict[str, dict[str, Any]] = {}
+    for name in ("mlserver", "bentoml"):
+        peers[SERVERS[name][0]] = {"error": errors.get(name)}
+    for name, peer in started.items():
+        if name in ("mlserver", "bentoml"):
+            peers[SERVERS[name][0]] = {"command": peer.command, "versions": peer.versions}
+            peers[SERVERS[name][0]]["settings"] = peer.settings
+    load: dict[str, Any] = settings | {"connections": CONNECTIONS}
+    load["batch_connections"] = BATCH_CONNECTIONS
+    load |= {"batch_rows": BATCH_ROWS, "wrk_threads": WRK_THREADS, "wrk_timeout": WRK_TIMEOUT}
+    load |= {"order": [each.name for each in load_list], "mlflow_shape": shapes}
+    load |= {"not_measured": missing, "servers": {}}
+    for each in load_list:
+        measured = {"median": medians[each.name], "rounds": rounds[each.name]}
+        load["servers"][each.name] = {"url": each.url, "request": each.request} | measured
+        load["servers"][each.name] |= {
+            "connections": each.connections,
+            "rows_per_request": each.body.rows,
+        }
     return {
-        "medians": medians,
+        "figures": figures,
         "missing": missing | ({"constant": errors["constant"]} if "constant" in errors else {}),
         "model_version": version,
-        "servers": {
-            "predictor_workers": constant.workers if constant else None,
-            "constant_command": constant.command if constant else None,
-            "constant_error": errors.get("constant"),
-            "mlflow_serve_command": started["mlflow"].command,
-            "peers": {
-                SERVERS[name][0]: {
-                    "command": peer.command,
-                    "versions": peer.versions,
-                    "settings": peer.settings,
-                }
-                if (peer := started.get(name))
-                else {"error": errors.get(name)}
-                for name in ("mlserver", "bentoml")
-            },
-        },
-        "load": {
-            "rounds": rounds,
-            "round_seconds": seconds,
-            "warmup_seconds": warmup,
-            "probe_seconds": probe,
-            "connections": CONNECTIONS,
-            "batch_connections": BATCH_CONNECTIONS,
-            "batch_rows": BATCH_ROWS,
-            "wrk_threads": WRK_THREADS,
-            "wrk_timeout": WRK_TIMEOUT,
-            "order": [load.name for load in load_list],
-            "mlflow_shape": shapes,
-            "not_measured": missing,
-            "servers": {
-                load.name: {
-                    "url": load.url,
-                    "request": load.request,
-                    "connections": load.connections,
-                    "rows_per_request": load.body.rows,
-                    "median": medians[load.name],
-                    "rounds": results[load.name],
-                }
-                for load in load_list
-            },
-        },
         "ratios": {
             key: round(medians[a][field] / medians[b][field], 3)
             if a in medians and b in medians and medians[b][field]
             else None
             for key, (a, b, field) in RATIOS.items()
         },
+        "load": load,
         "cold_start": {
             label: {"seconds": round(started[name].startup_s, 2), "how": how}
             if name in started
@@ -232,6 +202,13 @@ def compare_servers(stack: PrivateStack, phases: dict[str, float]) -> dict[str, 
         },
         "memory": memory,
         "recording": recording,
+        "servers": {
+            "predictor_workers": constant.workers if constant else None,
+            "constant_command": constant.command if constant else None,
+            "constant_error": errors.get("constant"),
+            "mlflow_serve_command": started["mlflow"].command,
+            "peers": peers,
+        },
     }
 
 
@@ -393,6 +370,12 @@ def train_next_version(stack: PrivateStack) -> tuple[str, float]:
 def main() -> int:
     wrk = loads.wrk_version()  # fails at once when wrk is missing
     phases: dict[str, float] = {}
+
+    def step(phase: str, what: str, run: Callable[[], T]) -> tuple[T | None, str | None]:
+        say(what)
+        with timed(phase, phases):
+            return attempt(phase, run)
+
     with Session("bench", command_line("bench"), phases) as session:
         stack = session.stack
         say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
@@ -401,45 +384,33 @@ def main() -> int:
             stack.up()
         interval = poll_interval_s(stack)
         compared = compare_servers(stack, phases)
-        say("training the next version with the CLI for the hot swap")
-        with timed("train_next_version", phases):
-            trained, swap_error = attempt("training", lambda: train_next_version(stack))
-        swap = None
+        what = "training the next version with the CLI for the hot swap"
+        trained, swap_error = step("train_next_version", what, partial(train_next_version, stack))
+        swap, new_version = None, "the next" if trained is None else trained[0]
         if trained is not None:
-            say(f"hot swap to version {trained[0]} under load ({interval:g} s alias poll interval)")
-            with timed("hot_swap", phases):
-                swap, swap_error = attempt(
-                    "hot swap", lambda: hot_swap_under_load(stack, trained[0], interval)
-                )
-        say("retrain through the gateway, timed by stage")
-        with timed("retrain", phases):
-            retrain, retrain_error = attempt("retrain", lambda: retrain_breakdown(stack))
-        say("predictor cold start")
-        with timed("cold_start", phases):
-            cold, cold_error = attempt("cold start", lambda: predictor_cold_start(stack))
+            what = (
+                f"hot swap to version {new_version} under load ({interval:g} s alias poll interval)"
+            )
+            run = partial(hot_swap_under_load, stack, new_version, interval)
+            swap, swap_error = step("hot_swap", what, run)
+        what = "retrain through the gateway, timed by stage"
+        retrain, retrain_error = step("retrain", what, partial(retrain_breakdown, stack))
+        cold, cold_error = step(
+            "cold_start", "predictor cold start", partial(predictor_cold_start, stack)
+        )
         session.finished = True
-    # The named figures the goals read: each load's medians, each process tree's memory, the swap.
-    figures = compared["medians"] | {f"memory:{k}": v for k, v in compared["memory"].items() if v}
-    missing = compared["missing"] | ({"swap": swap_error} if swap_error else {})
+    figures, missing = compared.pop("figures"), compared.pop("missing")
     if swap is not None:
         figures["swap"] = swap["load"] | {"all_new_answers_s": swap["all_new_answers_s"]}
-    new_version = trained[0] if trained is not None else "the next"
-    results = session.results | {
-        "goals": evaluate_all(figures, missing, interval, new_version),
-        "model_version": compared["model_version"],
-        "ratios": compared["ratios"],
-        "load": compared["load"],
-        "hot_swap": swap or {"error": swap_error},
-        "reports": {
-            "cold_start": {"predictor": cold or {"seconds": None, "error": cold_error}}
-            | compared["cold_start"],
-            "memory": compared["memory"],
-            "recording": compared["recording"],
-            "retrain": retrain or {"error": retrain_error},
-            "hot_swap_training_s": trained[1] if trained is not None else None,
-        },
-        "servers": compared["servers"],
-    }
+    missing |= {"swap": swap_error} if swap_error else {}
+    predictor = cold or {"seconds": None, "error": cold_error}
+    reports: dict[str, Any] = {"cold_start": {"predictor": predictor}}
+    reports["cold_start"] |= compared.pop("cold_start")
+    reports |= {"memory": compared.pop("memory"), "recording": compared.pop("recording")}
+    reports |= {"retrain": retrain or {"error": retrain_error}}
+    reports["hot_swap_training_s"] = trained[1] if trained is not None else None
+    results = session.results | {"goals": evaluate_all(figures, missing, interval, new_version)}
+    results |= compared | {"hot_swap": swap or {"error": swap_error}, "reports": reports}
     results |= session.closing() | {"phase_seconds": phases, "wrk": wrk}
     write(results, ROOT / "bench" / "results.json", "bench.md")
     say("README updated" if update_readme(README, results) else "README has no bench markers")

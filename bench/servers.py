@@ -71,6 +71,12 @@ class Server:
     versions: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.stop()
+
 
 def start_mlflow_serve(stack: PrivateStack, version: str) -> Server:
     port = free_port()
@@ -230,8 +236,9 @@ def start_peer(name: str, model: Path, work: Path, logs: Path) -> Server:
     return Server(process, url, startup_s, command, workers, json.loads(answer.stdout), settings)
 
 
-def export_joblib(version: str, folder: Path) -> Path:
+def export_joblib(version: str, work: Path) -> Path:
     """The registry's `version` through the predictor's loader, written with joblib."""
+    folder = work / "peer-model"
     folder.mkdir(parents=True, exist_ok=True)
     downloaded = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(folder / "mlflow-model")
