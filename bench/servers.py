@@ -49,14 +49,8 @@ from iris_shared.model_files import load_model_files
 PEER_VENVS = ROOT / ".state" / "bench" / "venvs"
 MLSERVER_VERSION, BENTOML_VERSION, BENTOML_WORKERS = "1.7.1", "1.4.40", 2
 JSON = {"Content-Type": "application/json"}
-# The predictor's entry points, as the supervisord command may name them, and the constant
-# server's counterpart of each: a uvicorn factory, or `python -m <package>`.
-CONSTANT_ENTRY_POINTS = {
-    "iris_predictor.app:create_app": "bench.constant_app:create_app",
-    "iris_predictor": "bench.constant_app",
-}
-# `python -m iris_predictor` inside a shell command (`sh -c '... exec .../python -m ...'`).
-_MODULE_IN_SCRIPT = re.compile(r"(-m\s+)iris_predictor(?=\s|$)")
+# `python -m iris_predictor`, alone or inside a shell command (`sh -c '... exec ... -m ...'`).
+PREDICTOR_MODULE = re.compile(r"(-m\s+)iris_predictor(?=\s|$)")
 
 
 @dataclass
@@ -93,18 +87,10 @@ def start_mlflow_serve(stack: PrivateStack, version: str) -> Server:
     return Server(process, url, startup_s, command, MLFLOW_SERVE_WORKERS)
 
 
-def constant_token(token: str) -> str:
-    """One token of the predictor's command with the constant server's entry point in place
-    of the predictor's, whether the token is the entry point or a shell script naming it."""
-    if token in CONSTANT_ENTRY_POINTS:
-        return CONSTANT_ENTRY_POINTS[token]
-    return _MODULE_IN_SCRIPT.sub(lambda found: found.group(1) + "bench.constant_app", token)
-
-
-def predictor_launch(stack: PrivateStack, port: int) -> tuple[list[str], dict[str, str], int]:
+def predictor_launch(stack: PrivateStack, port: int) -> tuple[list[str], dict[str, str]]:
     """The predictor's supervisord command and environment, on `port`, serving the constant app.
     Read from infra/local/supervisord.conf rather than copied, so the constant endpoint keeps
-    the predictor's server, flags and worker count when they change."""
+    the predictor's interpreter, runner and settings when they change."""
     section, env = program_section("predictor"), stack.stack_env()
     expansions = {f"ENV_{key}": value for key, value in env.items()} | {
         "ENV_STACK_PREDICTOR_PORT": str(port),
@@ -115,38 +101,30 @@ def predictor_launch(stack: PrivateStack, port: int) -> tuple[list[str], dict[st
         "process_num": 0,
         "numprocs": 1,
     }
-    predictor_command = shlex.split(section["command"] % expansions)
-    command = [constant_token(token) for token in predictor_command]
-    if command == predictor_command:
+    predictor = shlex.split(section["command"] % expansions)
+    command = [PREDICTOR_MODULE.sub(r"\g<1>bench.constant_app", token) for token in predictor]
+    if command == predictor:
         raise RuntimeError(
-            f"the predictor's command in {SUPERVISORD_CONF.name} names none of "
-            f"{sorted(CONSTANT_ENTRY_POINTS)}; teach bench/servers.py its new form: "
-            f"{section['command']}"
+            f"the predictor's command in {SUPERVISORD_CONF.name} does not run "
+            f"`python -m iris_predictor`; teach bench/servers.py its form: {section['command']}"
         )
-    if "environment" in section:
-        env.update(dict_of_key_value_pairs(section["environment"] % expansions))
-    # The runner form reads its port from the predictor's settings; never the predictor's own.
+    env.update(dict_of_key_value_pairs(section.get("environment", "") % expansions))
+    # The runner reads its port from the predictor's settings; never the predictor's own.
     env.update(PREDICTOR_PORT=str(port), PREDICTOR_HOST="127.0.0.1")
     if "PROMETHEUS_MULTIPROC_DIR" in env:
         # Never share (or empty) the predictor's metric files: a folder of the server's own.
         env["PROMETHEUS_MULTIPROC_DIR"] = str(stack.work / "constant-metrics")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    joined = " ".join(command)
-    if flag := re.search(r"(?:--workers|-w)[= ](\d+)", joined):
-        workers = int(flag.group(1))
-    elif "-m bench.constant_app" in joined:
-        # The runner takes the count from the predictor's settings (PREDICTOR_WORKERS, .env).
-        workers = int(env.get("PREDICTOR_WORKERS") or PredictorSettings().workers)
-    else:
-        workers = 1
-    return command, env, workers
+    return command, env
 
 
 def start_constant_server(stack: PrivateStack) -> Server:
     port = free_port()
-    command, env, workers = predictor_launch(stack, port)
+    command, env = predictor_launch(stack, port)
     process = start_process("constant", command, env, stack.logs, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
+    # The runner takes the worker count from the predictor's settings (PREDICTOR_WORKERS, .env).
+    workers = int(env.get("PREDICTOR_WORKERS") or PredictorSettings().workers)
     return Server(process, url, wait_for_http(process, f"{url}/readyz", 120), command, workers)
 
 

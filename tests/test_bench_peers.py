@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import loads as payloads
+from bench import servers
 from bench.common import ROOT, render
 from bench.goals import evaluate_all
 
@@ -116,3 +119,22 @@ def test_the_peer_table_shows_a_load_that_was_not_measured_instead_of_leaving_it
     assert "| predictor | native `/predict`, `/predict/batch` | 10,342 | 14.8 | 1,041,891 |" in text
     edited["load"]["not_measured"] = {}
     assert "Not measured:" not in render("bench.md", edited)
+
+
+def test_the_constant_server_runs_the_predictors_own_command_with_the_constant_app(
+    tmp_path: Path,
+) -> None:
+    class Stack:
+        work = tmp_path
+
+        def stack_env(self) -> dict[str, str]:
+            env = {"STACK_PREDICTORS": "1", "STACK_PREDICTOR_PORT": "9000"}
+            return env | {"STACK_PREDICTOR_VENV": "/venv", "PROMETHEUS_MULTIPROC_DIR": "/m"}
+
+    command, env = servers.predictor_launch(Stack(), 12345)  # type: ignore[arg-type]
+    assert command[-1].endswith(
+        "PREDICTOR_PORT=$((12345 + 0)) exec /venv/bin/python -m bench.constant_app"
+    )
+    assert (env["PREDICTOR_PORT"], env["PREDICTOR_HOST"]) == ("12345", "127.0.0.1")
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "constant-metrics")
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
