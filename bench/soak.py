@@ -535,7 +535,9 @@ class Soak:
     def feedback_store(self, answered: set[str], log_dir: Path) -> dict[str, Any]:
         """How many answered requests the predictor kept in Redis for POST /feedback (best effort
         by design: a Redis outage drops them), and when the others were answered."""
-        with redis.Redis.from_url(self.stack.redis_url, decode_responses=True) as client:
+        with redis.Redis.from_url(
+            self.stack.redis_url, socket_timeout=30, decode_responses=True
+        ) as client:
             kept = set(client.zrange(self.keys.predictions_index, 0, -1))
         not_kept = answered - kept
         documents = log_documents(log_dir)[0] if not_kept else []
@@ -544,24 +546,15 @@ class Soak:
             for d in documents
             if d.get("request_id") in not_kept
         ]
-        span = (
-            [round(t - self.wall_started, 3) for t in (min(times), max(times))]
-            if times
-            else [None, None]
-        )
-        counts = {
+        span = [round(t - self.wall_started, 3) for t in (min(times), max(times))] if times else []
+        return {
+            "index": self.keys.predictions_index,
             "answered": len(answered),
             "kept": len(answered & kept),
             "not_kept": len(not_kept),
+            "not_kept_answered_from_s": span[0] if span else None,
+            "not_kept_answered_to_s": span[-1] if span else None,
         }
-        return (
-            {"index": self.keys.predictions_index}
-            | counts
-            | {
-                "not_kept_answered_from_s": span[0],
-                "not_kept_answered_to_s": span[1],
-            }
-        )
 
 
 def trickling_uploads(
