@@ -162,12 +162,15 @@ def wrk_version() -> str:
 
 
 def run_wrk(load: Load, seconds: float) -> dict[str, Any]:
+    threads, connections = min(WRK_THREADS, load.connections), load.connections
     command = [
         shutil.which("wrk") or "wrk",
-        f"-t{min(WRK_THREADS, load.connections)}",
-        f"-c{load.connections}",
+        f"-t{threads}",
+        f"-c{connections}",
+        "-s",
+        str(LUA_SCRIPT),
     ]
-    command += [f"-d{max(1, round(seconds))}s", "--timeout", WRK_TIMEOUT, "-s", str(LUA_SCRIPT)]
+    command += [f"-d{max(1, round(seconds))}s", "--timeout", WRK_TIMEOUT, load.url]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "BENCH_WRK_METHOD": "POST",
@@ -176,7 +179,7 @@ def run_wrk(load: Load, seconds: float) -> dict[str, Any]:
         "BENCH_WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in load.body.headers),
     }
     completed = subprocess.run(
-        [*command, load.url], env=env, capture_output=True, text=True, timeout=seconds + 60
+        command, env=env, capture_output=True, text=True, timeout=seconds + 60
     )
     result = parse_wrk_output(completed.stdout, load.body.rows)
     if result is None:
@@ -215,18 +218,12 @@ def probe_mlflow_shapes(url: str, bodies: dict[str, Body], seconds: float) -> di
     """The JSON shape `mlflow models serve` answers fastest, for one row and for batches, from
     a short probe of each."""
     shapes = {}
-    for kind, size, connections in (
-        ("one_row", "one", CONNECTIONS),
-        ("batch", "batch", BATCH_CONNECTIONS),
-    ):
+    kinds = (("one_row", "one", CONNECTIONS), ("batch", "batch", BATCH_CONNECTIONS))
+    for kind, size, connections in kinds:
         speeds: dict[str, float] = {}
         for shape in MLFLOW_FORMATS:
-            load = Load(
-                f"mlflow-{kind}-{shape}",
-                f"{url}/invocations",
-                bodies[f"mlflow-{size}-{shape}"],
-                connections,
-            )
+            body = bodies[f"mlflow-{size}-{shape}"]
+            load = Load(f"mlflow-{kind}-{shape}", f"{url}/invocations", body, connections)
             result = run_wrk(load, seconds)
             say(f"probe {load.name} as {shape}: {describe(result)}")
             # A shape the server refuses is no option, however fast the refusals come.
