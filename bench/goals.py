@@ -55,6 +55,9 @@ class GoalRecord:
     pick: Literal["highest", "lowest", "first"] = "highest"
     unmeasured: str = "not measured"  # what `measured` says when ours has no value
 
+    def holds(self, value: float | None) -> bool:
+        return value is not None and (value <= self.limit if self.at_most else value >= self.limit)
+
 
 def _at_least(
     key: str, goal: str, ours: str, theirs: str | tuple[str, ...], limit: float, rows: bool = False
@@ -67,18 +70,9 @@ def _at_least(
 
 def _memory(key: str, goal: str, target: str, limit: float, theirs: str, prefix: str) -> GoalRecord:
     """The predictor's memory at most `limit` times theirs, in both RSS and PSS."""
-    fields = (f"{prefix}rss_mib", f"{prefix}pss_mib")
-    return GoalRecord(
-        key,
-        goal,
-        target,
-        limit,
-        "memory:predictor",
-        (f"memory:{theirs}",),
-        fields,
-        MEMORY % ((prefix,) * 4),
-        at_most=True,
-    )
+    fields, measured = (f"{prefix}rss_mib", f"{prefix}pss_mib"), MEMORY % ((prefix,) * 4)
+    ours, peers = "memory:predictor", (f"memory:{theirs}",)
+    return GoalRecord(key, goal, target, limit, ours, peers, fields, measured, at_most=True)
 
 
 def bench_goals(poll_interval_s: float, new_version: str) -> list[GoalRecord]:
@@ -162,11 +156,8 @@ def evaluate(
         return verdict | {"measured": why, "ratio": None, "met": False}
     if not record.theirs:
         value = ours.get(field)
-        met = value is not None and (
-            value <= record.limit if record.at_most else value >= record.limit
-        )
         text = record.unmeasured if value is None else record.measured.format(a=value, ours=ours)
-        return verdict | {"measured": text, "ratio": None, "met": met}
+        return verdict | {"measured": text, "ratio": None, "met": record.holds(value)}
     if record.pick == "first":
         name, theirs = measured[0]
     else:
@@ -174,15 +165,11 @@ def evaluate(
         name, theirs = chooser(measured, key=lambda entry: float(entry[1][field]))
     ratios = [ours[f] / theirs[f] if theirs[f] else None for f in record.fields]
     ratio = None if None in ratios else max(r for r in ratios if r is not None)
-    met = ratio is not None and (ratio <= record.limit if record.at_most else ratio >= record.limit)
     text = record.measured.format(a=ours[field], b=theirs[field], ours=ours, theirs=theirs)
     if len(record.theirs) > 1 and record.pick != "first":
         text += f" ({PEER_LABELS.get(name, name)})"
-    return (
-        verdict
-        | {"measured": text, "ratio": None if ratio is None else round(ratio, 3)}
-        | {"met": met}
-    )
+    rounded = None if ratio is None else round(ratio, 3)
+    return verdict | {"measured": text, "ratio": rounded, "met": record.holds(ratio)}
 
 
 def evaluate_all(
