@@ -612,9 +612,8 @@ def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
             answer = httpx.post(f"{url}/predict/batch", content=body, headers=headers, timeout=60)
         except httpx.HTTPError as exc:
             return type(exc).__name__, None
-        return str(answer.status_code), answer.json()[
-            "request_id"
-        ] if answer.status_code == 200 else None
+        answered = answer.json()["request_id"] if answer.status_code == 200 else None
+        return str(answer.status_code), answered
 
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
