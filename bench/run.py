@@ -59,7 +59,7 @@ from bench.common import (
 )
 from bench.goals import evaluate_all
 from iris_devstack.private_stack import PrivateStack
-from iris_devstack.processes import answers_post, http_ok, wait_until
+from iris_devstack.processes import REPO_ROOT, answers_post, http_ok, wait_until
 from iris_shared.jobs import TrainingStage
 
 T = TypeVar("T")
@@ -359,11 +359,12 @@ def predictor_cold_start(stack: PrivateStack) -> dict[str, Any]:
 
 
 def train_next_version(stack: PrivateStack) -> tuple[str, float]:
-    """Register a new version with the CLI (as `make train` does); its number and seconds."""
+    """Register a new version with the CLI (as `make train` does), from the checkout the stack
+    trained its baseline from; its number and seconds."""
     started = time.monotonic()
     with (stack.logs / "train-v2.log").open("ab") as out:
         command = [str(Path(sys.executable).parent / "iris-mlops"), "train"]
-        subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
     return stack.latest_version(), round(time.monotonic() - started, 2)
 
 
