@@ -30,6 +30,7 @@ from typing import Any
 from bench import loads
 from bench.common import ROOT, Session, command_line, say, setting, write
 from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import REPO_ROOT
 
 SAMPLE_RATE, TOP_FRAMES = 200, 15
 # wrk starts this long before py-spy and stops this long after it, so every sample is under load.
@@ -37,6 +38,9 @@ LOAD_MARGIN_S = 1.5
 # Each load and the supervisord program whose worker is recorded under it.
 PROFILED = {"predictor": "predictor", "predictor-batch": "predictor", "gateway": "gateway"}
 PROJECT, PROJECT_FOLDERS = "this project", ("services/", "shared/", "bench/")
+# This checkout, and the one the stack's services run from (the same one, unless the bench runs
+# from a git worktree with the main checkout's environment).
+CHECKOUTS = {f"{ROOT}/", f"{REPO_ROOT}/"}
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve().as_posix() + "/"
 # Packages that make one layer of the serving path are read as one; others keep their name.
 BUCKETS = {"uvicorn": "uvicorn/httptools", "httptools": "uvicorn/httptools"}
@@ -67,8 +71,8 @@ def locate(path: str) -> tuple[str, str]:
         short = path.rsplit("/site-packages/", 1)[1]
     elif path.startswith(STDLIB):
         short = path.removeprefix(STDLIB)
-    elif path.startswith(f"{ROOT}/"):
-        short = path.removeprefix(f"{ROOT}/")
+    elif root := next((r for r in CHECKOUTS if path.startswith(r)), None):
+        short = path.removeprefix(root)
         return short, PROJECT if short.startswith(PROJECT_FOLDERS) else short
     else:
         return path, path  # <frozen ...> and the like

@@ -112,11 +112,12 @@ def test_the_peer_table_shows_a_load_that_was_not_measured_instead_of_leaving_it
     edited = copy.deepcopy(results)
     del edited["load"]["servers"]["mlserver-batch"]
     edited["load"]["not_measured"] = {"mlserver-batch": "mlserver-batch answered 500"}
-    text = render("bench.md", edited)
-    assert "| MLServer | V2 JSON | 1,496 | 69.7 | not measured | - |" in text
-    assert "- `mlserver-batch`: mlserver-batch answered 500" in text
-    assert "| MLServer | V2 binary tensors |" not in text  # neither measured nor refused
-    assert "| predictor | native `/predict`, `/predict/batch` | 10,342 | 14.8 | 1,041,891 |" in text
+    rows = render("bench.md", edited).splitlines()
+    one_row = results["load"]["servers"]["mlserver"]["median"]
+    figures = f"{one_row['requests_per_s']:,.0f} | {one_row['p99_ms']:.1f}"
+    assert f"| MLServer | V2 JSON | {figures} | not measured | - |" in rows
+    assert "- `mlserver-batch`: mlserver-batch answered 500" in rows
+    assert not any(row.startswith("| MLServer | V2 binary tensors |") for row in rows)
     edited["load"]["not_measured"] = {}
     assert "Not measured:" not in render("bench.md", edited)
 
