@@ -1,16 +1,10 @@
-"""A constant-answer endpoint on the predictor's server stack, for `make bench`.
-
-    POST /predict   a fixed body shaped like the predictor's answer
-    GET  /readyz    200 at once
-
-It receives the body like any endpoint but neither parses it nor touches a model, so what it
-costs is what the server stack alone costs (server, framework, middleware, HTTP metrics, the
-a plain route, as the predictor's /predict is): the ceiling the predictor is measured against.
-The benchmark starts it with the predictor's own command line from
-infra/local/supervisord.conf, either form:
-
-    uvicorn --factory bench.constant_app:create_app ...     (as `iris_predictor.app:create_app`)
-    python -m bench.constant_app                            (as `python -m iris_predictor`)
+"""A constant-answer endpoint on the predictor's server stack, for `make bench`: `POST /predict`
+answers a fixed body shaped like the predictor's answer, `GET /readyz` 200 at once. It receives
+the body but neither parses it nor touches a model, so it costs what the server stack alone
+costs (runner, framework, middleware, HTTP metrics, a plain route like the predictor's
+/predict): the ceiling the predictor is measured against. bench/servers.py starts it with the
+predictor's own command from infra/local/supervisord.conf, `python -m bench.constant_app` in
+place of `python -m iris_predictor`.
 """
 
 from __future__ import annotations

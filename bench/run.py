@@ -1,66 +1,70 @@
 """`make bench`: the serving path against `mlflow models serve`, MLServer and BentoML, side by
-side, in one run.
-
-In order:
-  1. a private Redis and a second local stack (iris_devstack.private_stack: free ports, its own
-     state folder and API token, the predictor in a venv of its own dependencies), which
-     trains the baseline: version 1, alias `production`;
-  2. `mlflow models serve -w 2` on that same version, a constant-answer endpoint launched
-     with the predictor's own command line, and the peers (bench/peers.py): MLServer and
-     BentoML, each in a virtual environment of its own, on the same version exported with joblib;
-  3. wrk rounds that alternate every server and protocol (bench/loads.py: one row at 32
-     connections, 1,000-row batches at 4), so drift on a shared machine hits all alike; medians
-     and ratios per server; a predictor protocol this build does not serve is reported as not
-     measured;
+side, in one run. In order:
+  1. a private Redis and a second local stack (iris_devstack.private_stack), which trains the
+     baseline: version 1, alias `production`;
+  2. `mlflow models serve -w 2` on that version, a constant-answer endpoint on the predictor's
+     own command line, and the peers MLServer and BentoML (bench/servers.py);
+  3. wrk rounds that alternate every server and protocol (bench/loads.py), medians per server;
+     a predictor protocol this build does not serve is reported as not measured;
   4. memory of every service's process tree, right after the load;
   5. a hot swap under load: version 2 trained with the CLI, `production` moved to it while wrk
      drives the gateway;
   6. a retrain through the gateway, timed stage by stage; the predictor's cold start;
-  7. the goals (bench/goals.py), bench/results.json, bench/results.md and the README's goals
-     table.
+  7. the goals (bench/goals.py), bench/results.json, bench/results.md, the README's table.
 
 The run exits non-zero only when it cannot measure (the stack, mlflow or a required load
 fails); a missed goal is reported, not an error.
 
 Settings: BENCH_ROUNDS (3), BENCH_SECONDS (8 per round), BENCH_WARMUP_SECONDS (3),
-BENCH_PROBE_SECONDS (2); BENCH_NOTE, a note on the machine for the report. Run from the
-repository root: `python -m bench.run`.
+BENCH_PROBE_SECONDS (2); BENCH_NOTE, a note on the machine for the report.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from bench import loads
-from bench.baselines import RunningServer, start_constant_server, start_mlflow_serve
-from bench.config import (
+import httpx
+
+from bench import loads, servers
+from bench.common import (
     BATCH_CONNECTIONS,
     BATCH_ROWS,
     CONNECTIONS,
     README,
-    RESULTS_JSON,
     ROOT,
+    SERVICES,
     WRK_THREADS,
     WRK_TIMEOUT,
-    BenchSettings,
+    Session,
+    attempt,
     command_line,
+    poll_interval_s,
+    say,
+    setting,
+    timed,
+    tree_memory,
+    update_readme,
+    write,
 )
-from bench.console import attempt, say, timed
-from bench.goals import bench_goals, evaluate_all, figures
-from bench.measurements import SERVICES, predictor_cold_start, recording_counts, tree_memory
-from bench.peers import start_peers
-from bench.phases import SwapOutcome, hot_swap_under_load, poll_interval_s, retrain_breakdown
-from bench.report import bench_markdown, update_readme, write
-from bench.session import Session
+from bench.goals import evaluate_all
 from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import REPO_ROOT, answers_post, http_ok, wait_until
+from iris_shared.jobs import TrainingStage
 
-# The servers the predictor is compared with: their name in the report, and what their cold
-# start is timed to.
+T = TypeVar("T")
+
+# The other servers: their name in the report, and what their cold start is timed to.
 FIRST_ANSWER = "process start → first 200 to a one-row prediction request"
 SERVERS = {
     "mlflow": ("mlflow models serve -w 2", "process start → first 200 to a one-row POST "
@@ -69,18 +73,6 @@ SERVERS = {
     "bentoml": ("BentoML", FIRST_ANSWER),
     "constant": ("constant endpoint", "process start → GET /readyz 200"),
 }  # fmt: skip
-PEERS = ("mlserver", "bentoml")
-
-
-def train_next_version(stack: PrivateStack) -> tuple[str, float]:
-    """Register a new version with the CLI (as `make train` does); its number and seconds."""
-    started = time.monotonic()
-    with (stack.logs / "train-v2.log").open("ab") as out:
-        command = [str(Path(sys.executable).parent / "iris-mlops"), "train"]
-        subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
-    return stack.latest_version(), round(time.monotonic() - started, 2)
-
-
 # results.json's ratios: ours over theirs in one field.
 RATIOS = {
     "predictor_over_mlflow_requests_per_s": ("predictor", "mlflow", "requests_per_s"),
@@ -90,215 +82,338 @@ RATIOS = {
     "batch_predictor_over_mlflow_rows_per_s": ("predictor-batch", "mlflow-batch", "rows_per_s"),
     "predictor_over_constant_requests_per_s": ("predictor", "constant", "requests_per_s"),
 }
+# What the predictor says of its own recording (iris_predictor.recorder, .feedback).
+RECORDING_SERIES = (
+    "iris_prediction_log_waits_total",
+    "iris_prediction_log_dropped_total",
+    "iris_prediction_store_dropped_total",
+)
+MOVE_AFTER_S, CONSECUTIVE_NEW_ANSWERS = 3.0, 10
+RETRAIN_POLL_EVERY_S, RETRAIN_TIMEOUT_S = 0.1, 900.0
 
 
-def ratios(summaries: dict[str, loads.Summary]) -> dict[str, float | None]:
-    def ratio(ours: str, theirs: str, field: str) -> float | None:
-        a, b = summaries.get(ours), summaries.get(theirs)
-        if a is None or b is None or not getattr(b, field):
-            return None
-        return round(float(getattr(a, field)) / float(getattr(b, field)), 3)
-
-    return {key: ratio(*pair) for key, pair in RATIOS.items()}
-
-
-def probe_mlflow_shapes(
-    url: str, bodies: dict[str, loads.Body], settings: BenchSettings
-) -> dict[str, str]:
-    """The JSON shape `mlflow models serve` answers fastest, for one row and for batches."""
-    shapes = {}
-    for kind, size, connections in (
-        ("one_row", "one", CONNECTIONS),
-        ("batch", "batch", BATCH_CONNECTIONS),
-    ):
-        candidates = {
-            shape: loads.Target(f"mlflow-{kind}-{shape}", url, bodies[f"mlflow-{size}-{shape}"])
-            for shape in loads.MLFLOW_FORMATS
-        }
-        shapes[kind] = loads.pick_mlflow_shape(candidates, connections, settings.probe_seconds)
-        say(f"mlflow models serve: {kind} as {shapes[kind]}")
-    return shapes
-
-
-def compare_servers(
-    stack: PrivateStack, settings: BenchSettings, phases: dict[str, float]
-) -> dict[str, Any]:
-    """The baselines and peers, the alternating load rounds, and memory right after the load;
-    the record for results.json, with `summaries` and `missing` for the goals."""
-    version = stack.production_version()
-    servers: dict[str, RunningServer] = {}
-    errors: dict[str, str] = {}
+def start_servers(
+    stack: PrivateStack, version: str, running: ExitStack, phases: dict[str, float]
+) -> tuple[dict[str, servers.Server], dict[str, str]]:
+    """mlflow models serve (required), the constant endpoint and the peers (each reported as
+    not run, with why, when it fails); each stopped when `running` closes."""
     say(f"starting mlflow models serve -w 2 on version {version}, and the constant endpoint")
+    started: dict[str, servers.Server] = {}
+    errors: dict[str, str] = {}
+
+    def start(name: str, step: Callable[[], servers.Server]) -> None:
+        server, error = attempt(name, step)
+        if server is None:
+            errors[name] = str(error).splitlines()[0][:300]
+        else:
+            started[name] = running.enter_context(server)
+
+    with timed("start_baselines", phases):
+        started["mlflow"] = running.enter_context(servers.start_mlflow_serve(stack, version))
+        start("constant", partial(servers.start_constant_server, stack))
+    with timed("start_peers", phases):
+        model, error = attempt(
+            "exporting the model", partial(servers.export_joblib, version, stack.work)
+        )
+        for name in ("mlserver", "bentoml"):
+            if model is None:
+                errors[name] = f"model export failed: {error}"
+            else:
+                say(f"starting {name}")
+                start(name, partial(servers.start_peer, name, model, stack.work, stack.logs))
+    return started, errors
+
+
+def compare_servers(stack: PrivateStack, phases: dict[str, float]) -> dict[str, Any]:
+    """The other servers, the alternating load rounds, and memory right after them."""
+    settings = {"rounds": setting("BENCH_ROUNDS", 3), "round_seconds": setting("BENCH_SECONDS", 8)}
+    settings["warmup_seconds"] = setting("BENCH_WARMUP_SECONDS", 3)
+    settings["probe_seconds"] = setting("BENCH_PROBE_SECONDS", 2)
+    version = stack.production_version()
     with ExitStack() as running:
-        with timed("start_baselines", phases):
-            servers["mlflow"] = start_mlflow_serve(stack, version)
-            running.callback(servers["mlflow"].process.stop)
-            constant, error = attempt("constant server", lambda: start_constant_server(stack))
-        with timed("start_peers", phases):
-            peers, errors = start_peers(version, stack.work, stack.logs)
-        servers |= {name: peer.server for name, peer in peers.items()}
-        if constant is not None:
-            servers["constant"] = constant
-        for server in servers.values():
-            if server is not servers["mlflow"]:
-                running.callback(server.process.stop)
-        bodies = stack.work / "bodies"
-        bodies.mkdir(exist_ok=True)
-        written = loads.bench_bodies(bodies)
+        started, errors = start_servers(stack, version, running, phases)
+        bodies = loads.bench_bodies(stack.work / "bodies")
         with timed("probe_mlflow_shapes", phases):
-            shapes = probe_mlflow_shapes(f"{servers['mlflow'].url}/invocations", written, settings)
+            shapes = loads.probe_mlflow_shapes(
+                started["mlflow"].url, bodies, settings["probe_seconds"]
+            )
             # Peers that did not start are not measured, with why.
+            peer_errors = {name: why for name, why in errors.items() if name != "constant"}
             missing = {
-                f"{name}{end}": why for name, why in errors.items() for end in ("", "-batch")
+                f"{name}{end}": why for name, why in peer_errors.items() for end in ("", "-batch")
             }
-            urls = {name: server.url for name, server in servers.items()}
+            urls = {name: server.url for name, server in started.items()}
             urls |= {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
-            load_list = loads.bench_loads(urls, written, shapes, missing)
-        per_server = f"{settings.rounds} rounds of {settings.round_seconds} s per server"
-        say(f"load: {per_server}, {len(load_list)} servers alternated")
+            load_list = loads.bench_loads(urls, bodies, shapes, missing)
+        count, seconds, warmup = (
+            settings["rounds"],
+            settings["round_seconds"],
+            settings["warmup_seconds"],
+        )
+        say(f"load: {count} rounds of {seconds} s per server, {len(load_list)} servers alternated")
         with timed("load_rounds", phases):
-            rounds = loads.run_rounds(load_list, settings)
+            rounds = loads.run_rounds(load_list, count, seconds, warmup)
         memory = {label: tree_memory(stack.pid(program)) for label, program in SERVICES.items()}
-        for name in ("mlflow", *PEERS):
+        for name in ("mlflow", "mlserver", "bentoml"):
             memory[SERVERS[name][0]] = tree_memory(
-                servers[name].process.pid if name in servers else None
+                started[name].process.pid if name in started else None
             )
         recording = recording_counts(stack)
-
-    summaries = {name: loads.Summary.of(results) for name, results in rounds.items()}
-    table = {
-        load.target.name: {
-            "url": load.target.url,
-            "request": load.request,
-            "connections": load.connections,
-            "rows_per_request": load.target.rows_per_request,
-            "median": summaries[load.target.name].as_dict(),
-            "rounds": [result.as_dict() for result in rounds[load.target.name]],
+    medians = {name: loads.medians(rounds_of) for name, rounds_of in rounds.items()}
+    # The named figures the goals read: each load's medians and each process tree's memory.
+    figures = medians | {f"memory:{name}": tree for name, tree in memory.items() if tree}
+    constant = started.get("constant")
+    peers: dict[str, dict[str, Any]] = {}
+    for name in ("mlserver", "bentoml"):
+        peers[SERVERS[name][0]] = {"error": errors.get(name)}
+    for name, peer in started.items():
+        if name in ("mlserver", "bentoml"):
+            peers[SERVERS[name][0]] = {"command": peer.command, "versions": peer.versions}
+            peers[SERVERS[name][0]]["settings"] = peer.settings
+    load: dict[str, Any] = settings | {"connections": CONNECTIONS}
+    load["batch_connections"] = BATCH_CONNECTIONS
+    load |= {"batch_rows": BATCH_ROWS, "wrk_threads": WRK_THREADS, "wrk_timeout": WRK_TIMEOUT}
+    load |= {"order": [each.name for each in load_list], "mlflow_shape": shapes}
+    load |= {"not_measured": missing, "servers": {}}
+    for each in load_list:
+        measured = {"median": medians[each.name], "rounds": rounds[each.name]}
+        load["servers"][each.name] = {"url": each.url, "request": each.request} | measured
+        load["servers"][each.name] |= {
+            "connections": each.connections,
+            "rows_per_request": each.body.rows,
         }
-        for load in load_list
-    }
-    cold_start = {
-        label: {"seconds": round(servers[name].startup_s, 2), "how": how}
-        if name in servers
-        else {"seconds": None, "error": errors.get(name)}
-        for name, (label, how) in SERVERS.items()
-        if name in servers or name != "constant"
-    }
     return {
-        "summaries": summaries,
-        "missing": missing | ({"constant": error} if error else {}),
+        "figures": figures,
+        "missing": missing | ({"constant": errors["constant"]} if "constant" in errors else {}),
         "model_version": version,
-        "servers": {
-            "predictor_workers": constant.workers if constant is not None else None,
-            "constant_command": constant.command if constant is not None else None,
-            "constant_error": error,
-            "mlflow_serve_command": servers["mlflow"].command,
-            "peers": {
-                SERVERS[name][0]: {"command": peers[name].server.command}
-                | {"versions": peers[name].versions, "settings": peers[name].settings}
-                if name in peers
-                else {"error": errors.get(name)}
-                for name in PEERS
-            },
+        "ratios": {
+            key: round(medians[a][field] / medians[b][field], 3)
+            if a in medians and b in medians and medians[b][field]
+            else None
+            for key, (a, b, field) in RATIOS.items()
         },
-        "load": {
-            "rounds": settings.rounds,
-            "round_seconds": settings.round_seconds,
-            "warmup_seconds": settings.warmup_seconds,
-            "probe_seconds": settings.probe_seconds,
-            "connections": CONNECTIONS,
-            "batch_connections": BATCH_CONNECTIONS,
-            "batch_rows": BATCH_ROWS,
-            "wrk_threads": WRK_THREADS,
-            "wrk_timeout": WRK_TIMEOUT,
-            "order": [load.target.name for load in load_list],
-            "mlflow_shape": shapes,
-            "not_measured": missing,
-            "servers": table,
+        "load": load,
+        "cold_start": {
+            label: {"seconds": round(started[name].startup_s, 2), "how": how}
+            if name in started
+            else {"seconds": None, "error": errors.get(name)}
+            for name, (label, how) in SERVERS.items()
+            if name in started or name != "constant"
         },
-        "ratios": ratios(summaries),
-        "cold_start": cold_start,
         "memory": memory,
         "recording": recording,
+        "servers": {
+            "predictor_workers": constant.workers if constant else None,
+            "constant_command": constant.command if constant else None,
+            "constant_error": errors.get("constant"),
+            "mlflow_serve_command": started["mlflow"].command,
+            "peers": peers,
+        },
     }
 
 
-def swap_and_retrain(
-    stack: PrivateStack, interval: float, phases: dict[str, float]
-) -> dict[str, Any]:
-    """A hot swap under load, a retrain timed by stage, and the predictor's cold start."""
-    say("training the next version with the CLI for the hot swap")
-    with timed("train_next_version", phases):
-        trained, swap_error = attempt("training", lambda: train_next_version(stack))
-    swap: SwapOutcome | None = None
-    if trained is not None:
-        gateway = loads.Target(
-            "gateway",
-            f"{stack.gateway_url}/predict",
-            loads.Body(stack.work / "bodies" / "one.json", 1),
-        )
-        say(f"hot swap to version {trained[0]} under load ({interval:g} s alias poll interval)")
-        with timed("hot_swap", phases):
-            swap, swap_error = attempt(
-                "hot swap",
-                lambda: hot_swap_under_load(stack, gateway, trained[0], interval, CONNECTIONS),
-            )
-    say("retrain through the gateway, timed by stage")
-    with timed("retrain", phases):
-        retrain, retrain_error = attempt("retrain", lambda: retrain_breakdown(stack))
-    say("predictor cold start")
-    with timed("cold_start", phases):
-        cold, cold_error = attempt("cold start", lambda: predictor_cold_start(stack))
+def recording_counts(stack: PrivateStack) -> dict[str, float] | None:
+    """The predictor's recording counters after the load rounds (summed over label values):
+    requests that waited for the log, log records dropped, kept answers forgotten early."""
+    try:
+        text = httpx.get(f"{stack.predictor_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    counts = dict.fromkeys(RECORDING_SERIES, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in counts:
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def served_version(url: str) -> str | None:
+    try:
+        # A new connection per poll (no shared client), so polls reach every worker process.
+        response = httpx.get(url, timeout=2)
+        return str(response.json()["version"]) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+def hot_swap_under_load(stack: PrivateStack, to_version: str, interval: float) -> dict[str, Any]:
+    """wrk drives the gateway while `production` moves to `to_version`; the predictor's
+    GET /model is polled until CONSECUTIVE_NEW_ANSWERS answers in a row name it: each worker
+    process swaps on its own, and polls on fresh connections land on whichever accepts."""
+    one = loads.Body(stack.work / "bodies" / "one.json")
+    gateway = loads.Load("gateway", f"{stack.gateway_url}/predict", one)
+    from_version = stack.production_version()
+    first_new = streak_start = None
+    streak = polls = failed_polls = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        load = pool.submit(loads.run_wrk, gateway, MOVE_AFTER_S + 2 * interval + 4)
+        time.sleep(MOVE_AFTER_S)
+        stack.move_production_alias(to_version)
+        moved = time.monotonic()
+        say(f"moved production {from_version} -> {to_version} under load")
+        while time.monotonic() - moved < 3 * interval + 5 and streak < CONSECUTIVE_NEW_ANSWERS:
+            version = served_version(f"{stack.predictor_url}/model")
+            # Timed on the answer, not the question: the conservative end of the interval.
+            answered = round(time.monotonic() - moved, 3)
+            polls, failed_polls = polls + 1, failed_polls + (version is None)
+            if version == to_version:
+                first_new = answered if first_new is None else first_new
+                streak_start = answered if streak == 0 else streak_start
+                streak += 1
+            else:
+                streak = 0
+            time.sleep(0.05)
+        result = load.result()
     return {
-        "swap": swap,
-        "swap_error": swap_error,
-        "new_version": trained[0] if trained is not None else "the next",
-        "hot_swap": swap.as_dict() if swap is not None else {"error": swap_error},
-        "hot_swap_training_s": trained[1] if trained is not None else None,
-        "retrain": retrain or {"error": retrain_error},
-        "predictor_cold_start": cold or {"seconds": None, "error": cold_error},
+        "from_version": from_version,
+        "to_version": to_version,
+        "load": result,
+        "predictor_poll_interval_s": interval,
+        "first_new_answer_s": first_new,
+        "all_new_answers_s": streak_start if streak >= CONSECUTIVE_NEW_ANSWERS else None,
+        "polls": polls,
+        "failed_polls": failed_polls,
+        "failed_requests": result["failed"],
+        "alias_moved_after_load_start_s": MOVE_AFTER_S,
+        "consecutive_answers_required": CONSECUTIVE_NEW_ANSWERS,
     }
 
 
-def goals(compared: dict[str, Any], later: dict[str, Any], interval: float) -> list[dict[str, Any]]:
-    """The goals' verdicts from this run's figures: every load's medians, memory, the hot swap."""
-    named = figures(compared["summaries"], compared["memory"], later["swap"])
-    missing = compared["missing"] | ({"swap": later["swap_error"]} if later["swap_error"] else {})
-    records = bench_goals(interval, later["new_version"])
-    return [goal.as_dict() for goal in evaluate_all(records, named, missing)]
+def retrain_breakdown(stack: PrivateStack) -> dict[str, Any]:
+    """Where a retrain's seconds go: a job submitted through the gateway, its progress polled.
+    Polling sees each stage (iris_shared.jobs.TrainingStage) it catches; a stage shorter than
+    the interval is missed and its time falls to the one before. When the job's result carries
+    its own `stage_seconds`, those exact figures are reported beside."""
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    phases: list[tuple[float, tuple[str, str | None]]] = []
+    with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=10) as client:
+        submitted = time.monotonic()
+        accepted = client.post("/retrain")
+        accepted.raise_for_status()
+        job_id = accepted.json()["job_id"]
+        job: dict[str, Any] = {}
+        while time.monotonic() - submitted < RETRAIN_TIMEOUT_S:
+            job = client.get(f"/jobs/{job_id}").json()
+            progress = job.get("progress") or {}
+            phase = (str(job.get("status")), None)
+            if job.get("status") == "running" and progress.get("stage"):
+                phase = (str(progress["stage"]), progress.get("model_name"))
+            if not phases or phases[-1][1] != phase:
+                phases.append((time.monotonic() - submitted, phase))
+            if job.get("status") in ("succeeded", "failed"):
+                break
+            time.sleep(RETRAIN_POLL_EVERY_S)
+    durations = [(name, model, round(b - a, 3)) for (a, (name, model)), (b, _) in pairwise(phases)]
+    steps = [{"phase": name, "model": model, "seconds": s} for name, model, s in durations]
+    polled: dict[str, float] = defaultdict(float)
+    for name, _, seconds in durations:
+        polled[name] += seconds
+    reported = (job.get("result") or {}).get("stage_seconds") or None
+    polled_stages = {stage.value: round(polled[stage.value], 3) for stage in TrainingStage}
+    return {
+        "job_id": job_id,
+        "status": job.get("status"),
+        "job_error": job.get("error"),
+        "total_s": round(phases[-1][0], 2) if phases else None,
+        "queued_s": round(polled["queued"], 3),
+        # Running with no stage reported: before the first stage, or between attempts.
+        "no_stage_s": round(polled["running"], 3),
+        "stage_seconds": reported or polled_stages,
+        "stage_seconds_source": "job result" if reported else "polling",
+        "reported_stage_seconds": reported,
+        "polled_stage_seconds": polled_stages,
+        "poll_interval_s": RETRAIN_POLL_EVERY_S,
+        "steps": steps,
+        "job": job,
+    }
+
+
+def predictor_cold_start(stack: PrivateStack) -> dict[str, Any]:
+    """From starting the predictor's processes (replicas: `predictor:*`) to its first 200 to a
+    one-row `POST /predict`, timed as the peers' are, and when /readyz said it was ready."""
+    stack.supervisorctl("stop", "predictor:*")
+    url = stack.predictor_url
+    predict = answers_post(f"{url}/predict", json.dumps(loads.FLOWER).encode(), servers.JSON)
+    # `supervisorctl start` returns only after the program's startsecs: timed from the start
+    # request instead, polling meanwhile.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.monotonic()
+        start = pool.submit(stack.supervisorctl, "start", "predictor:*")
+        try:
+            ready_s = wait_until(http_ok(f"{url}/readyz"), timeout=180)
+            answer_s = wait_until(predict, timeout=60, interval=0.02)
+            seconds = time.monotonic() - started
+        except TimeoutError:
+            return {"seconds": None, "error": "no 200 to POST /predict within 240 s"}
+        finally:
+            start.result()
+    ready = httpx.get(f"{url}/readyz", timeout=5).json()
+    return {
+        "seconds": round(seconds, 2),
+        "ready_s": round(ready_s, 2),
+        "after_ready_s": round(answer_s, 2),
+        "model_version": ready.get("model_version"),
+        "source": ready.get("source"),
+        "how": "supervisorctl start predictor:* → first 200 to a one-row POST /predict",
+    }
+
+
+def train_next_version(stack: PrivateStack) -> tuple[str, float]:
+    """Register a new version with the CLI (as `make train` does), from the checkout the stack
+    trained its baseline from; its number and seconds."""
+    started = time.monotonic()
+    with (stack.logs / "train-v2.log").open("ab") as out:
+        command = [str(Path(sys.executable).parent / "iris-mlops"), "train"]
+        subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return stack.latest_version(), round(time.monotonic() - started, 2)
 
 
 def main() -> int:
-    settings = BenchSettings.from_env()
     wrk = loads.wrk_version()  # fails at once when wrk is missing
     phases: dict[str, float] = {}
-    with Session("bench", command_line(), phases) as session:
+
+    def step(phase: str, what: str, run: Callable[[], T]) -> tuple[T | None, str | None]:
+        say(what)
+        with timed(phase, phases):
+            return attempt(phase, run)
+
+    with Session("bench", command_line("bench"), phases) as session:
         stack = session.stack
         say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
         with timed("stack_up", phases):
             stack.start_redis()
             stack.up()
         interval = poll_interval_s(stack)
-        compared = compare_servers(stack, settings, phases)
-        later = swap_and_retrain(stack, interval, phases)
+        compared = compare_servers(stack, phases)
+        what = "training the next version with the CLI for the hot swap"
+        trained, swap_error = step("train_next_version", what, partial(train_next_version, stack))
+        swap, new_version = None, "the next" if trained is None else trained[0]
+        if trained is not None:
+            what = (
+                f"hot swap to version {new_version} under load ({interval:g} s alias poll interval)"
+            )
+            run = partial(hot_swap_under_load, stack, new_version, interval)
+            swap, swap_error = step("hot_swap", what, run)
+        what = "retrain through the gateway, timed by stage"
+        retrain, retrain_error = step("retrain", what, partial(retrain_breakdown, stack))
+        cold, cold_error = step(
+            "cold_start", "predictor cold start", partial(predictor_cold_start, stack)
+        )
         session.finished = True
-    results = session.results | {
-        "goals": goals(compared, later, interval),
-        "model_version": compared["model_version"],
-        "ratios": compared["ratios"],
-        "load": compared["load"],
-        "hot_swap": later["hot_swap"],
-        "reports": {
-            "cold_start": {"predictor": later["predictor_cold_start"], **compared["cold_start"]},
-            "memory": compared["memory"],
-            "recording": compared["recording"],
-            "retrain": later["retrain"],
-            "hot_swap_training_s": later["hot_swap_training_s"],
-        },
-        "servers": compared["servers"],
-    }
+    figures, missing = compared.pop("figures"), compared.pop("missing")
+    if swap is not None:
+        figures["swap"] = swap["load"] | {"all_new_answers_s": swap["all_new_answers_s"]}
+    missing |= {"swap": swap_error} if swap_error else {}
+    predictor = cold or {"seconds": None, "error": cold_error}
+    reports: dict[str, Any] = {"cold_start": {"predictor": predictor}}
+    reports["cold_start"] |= compared.pop("cold_start")
+    reports |= {"memory": compared.pop("memory"), "recording": compared.pop("recording")}
+    reports |= {"retrain": retrain or {"error": retrain_error}}
+    reports["hot_swap_training_s"] = trained[1] if trained is not None else None
+    results = session.results | {"goals": evaluate_all(figures, missing, interval, new_version)}
+    results |= compared | {"hot_swap": swap or {"error": swap_error}, "reports": reports}
     results |= session.closing() | {"phase_seconds": phases, "wrk": wrk}
-    write(results, RESULTS_JSON, bench_markdown)
+    write(results, ROOT / "bench" / "results.json", "bench.md")
     say("README updated" if update_readme(README, results) else "README has no bench markers")
     return 0
 

@@ -1,217 +1,712 @@
-"""`make soak`: minutes of mixed traffic through the gateway while retrains run, the
-`production` alias moves and Redis restarts, all at once. Not part of `make test`.
-
-It starts a second local stack as `make bench` does (bench/session.py), with a durable Redis
-(append-only file, synced every second, as supervisord runs it) so that a restart keeps the
-jobs. Then, on one clock that starts with the traffic:
-
-  - client threads (bench/loads.py, Traffic) send one-row `POST /predict` and 100-row
-    `POST /predict/batch` through the gateway, one request at a time each, for a warm-up and
-    the whole run, each request with its own X-Request-ID, each outcome counted;
-  - retrain jobs go in through `POST /retrain` with an Idempotency-Key and are polled through
-    `GET /jobs/{id}` until they end (bench/phases.py, JobDesk);
-  - once the first job has registered a version, `POST /promote` moves `production` to it, and
-    later back to the original version; the answers' `model_version` shows when each move
-    was served;
-  - Redis is stopped with SIGTERM and started again on the same folder while one job runs and
-    another waits in the queue; their Idempotency-Keys are sent again afterwards (the first
-    job's at once), and must bring back the same jobs;
-  - trickling uploads, then a flood of anonymous 10,000-row batches, beside the traffic;
-  - the memory of each service's process tree is sampled every few seconds.
-
-Then the jobs get a grace period to end, the predictor is stopped gracefully (its recorder
-writes what it queued) and its prediction log is read back: one line per request answered
-200, holding that request's rows.
-
-Must hold, or the exit code is 1: no failed prediction and no crashed client; no lost job (one
-that answers 404 after its 202, or does not end within the run and the grace period); every
-trickling upload answered 408; the kept answers within the store's byte budget after the flood;
-as many log lines as predictions answered 200 (traffic and flood), as many logged rows as rows
-answered, none missing, unexpected or twice. Reported, not judged: memory growth between the
-end of the warm-up and the end of the run, how many answered requests the predictor kept in
-Redis for feedback (best effort: an outage drops them), and the warnings and errors in every
-service's log.
+"""`make soak`: minutes of traffic through the gateway while retrains run, the `production`
+alias moves, Redis restarts, uploads trickle and anonymous batches flood, all at once, on a
+second local stack with a durable Redis (append-only file, as supervisord runs it). Client
+threads send one request at a time each, every outcome counted (Python clients, not wrk, which
+drops the requests in flight when it stops); the answers' `model_version` shows when each move
+was served. Then the jobs get a grace period, the predictor stops gracefully and its
+prediction log is read back. The exit code is 1 when a must-hold (`checks`) fails; memory
+growth, the answers kept for feedback and the services' warnings are reported, not judged.
 
     python -m bench.soak [--minutes 5] [--output bench/soak-results.json]
-
-The Markdown summary goes beside the JSON (same name, `.md`). BENCH_KEEP_STATE=1 keeps the
-state folder (logs included); it is kept anyway when a must-hold fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import re
+import secrets
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import loads, measurements, phases
-from bench.config import MODEL_NAME, ROOT
-from bench.console import Clock, say
-from bench.report import soak_markdown, write
-from bench.session import Session
-from iris_devstack.private_stack import PrivateStack
+import httpx
+import numpy as np
+import redis
 
-DEFAULT_OUTPUT = ROOT / "bench" / "soak-results.json"
-SOAK_BATCH_ROWS = 100
-ONE_ROW_CLIENTS = 4
-BATCH_CLIENTS = 2
-WARMUP_S = 15.0
-JOB_GRACE_S = 300.0
+from bench import common
+from bench.common import SERVICES, say
+from bench.loads import FLOWER, encoded, iris_flowers
+from iris_devstack.private_stack import PrivateStack
+from iris_predictor.prediction_log import log_files
+from iris_shared.feedback import FeedbackKeys
+from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
+
+# Each kind of request: name, path, rows, client threads.
+KINDS = (("one_row", "/predict", 1, 4), ("batch", "/predict/batch", 100, 2))
+WARMUP_S, JOB_GRACE_S, REQUEST_TIMEOUT_S = 15.0, 300.0, 30.0
 # When, as a share of the run, each step starts (the first promotion waits for the first job).
-FIRST_JOB_AT = 0.05
-SLOW_CLIENTS_AT = 0.2
-REDIS_RESTART_AT = 0.45
-FLOOD_AT = 0.55
-LAST_JOB_AT = 0.65
-PROMOTE_BACK_AT = 0.75
-FLOOD_BATCHES = 120
-# Small enough for the flood to reach it: the soak shows the budget holding.
-STORE_MAX_BYTES = 8 * 1024 * 1024
+SCHEDULE = {"A": 0.05, "slow_clients": 0.2, "redis": 0.45, "flood": 0.55, "D": 0.65, "back": 0.75}
 # A move needs this long before the run ends, or its swap could not be seen.
 MOVE_MARGIN_S = 15.0
-# Log rotation keeps 5 files per process by default; the soak keeps them all so that every
-# line can be counted, while rotation itself still happens at the usual size.
-LOG_BACKUP_COUNT = "100000"
+# Small enough for the flood to reach it: the soak shows the budget holding.
+STORE_MAX_BYTES = 8 * 1024 * 1024
+TRICKLING_CONNECTIONS, FLOOD_BATCHES, FLOOD_BATCH_ROWS = 1200, 120, 10_000
+# The server closes an upload it gave up on (BODY_READ_TIMEOUT_S, 10 s); a byte sent after that
+# would make TCP reset the connection and lose the answer, so the last goes well before.
+TRICKLE_EVERY_S, LAST_TRICKLE_S = 5.0, 8.0
+FINISHED = ("succeeded", "failed")
+LOG_LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^(Traceback)")
 
 
-def request_kinds() -> list[tuple[loads.RequestKind, int]]:
-    """Each kind of request and how many client threads send it."""
-    one = json.dumps(loads.FLOWER).encode()
-    batch = json.dumps(loads.predictor_batch(loads.iris_flowers(SOAK_BATCH_ROWS))).encode()
-    return [
-        (loads.RequestKind("one_row", "/predict", one, 1), ONE_ROW_CLIENTS),
-        (loads.RequestKind("batch", "/predict/batch", batch, SOAK_BATCH_ROWS), BATCH_CLIENTS),
-    ]
+@dataclass
+class Tally:
+    """What one client thread saw; read only once the thread has ended."""
+
+    kind: str
+    rows: int
+    requests: int = 0
+    ok: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    answered_ids: list[str] = field(default_factory=list)
+    other_ids: int = 0  # answers whose request_id is not the X-Request-ID sent
+    versions: Counter[str] = field(default_factory=Counter)
+    # (time, version) each time the answers of this client changed model version.
+    switches: list[tuple[float, str]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    crashed: str | None = None
+
+
+def read_answer(response: httpx.Response, rows: int) -> tuple[str, str]:
+    """The model version and request id of a 200 answer; ValueError when it is not one."""
+    answer = response.json()
+    if not isinstance(answer, dict):
+        raise ValueError("not a JSON object")
+    if rows == 1 and not isinstance(answer.get("predicted_species"), str):
+        raise ValueError("no predicted_species")
+    if rows > 1 and len(answer.get("predictions") or []) != rows:
+        raise ValueError(f"not {rows} predictions")
+    if "model_version" not in answer or "request_id" not in answer:
+        raise ValueError("no model_version or request_id")
+    return str(answer["model_version"]), str(answer["request_id"])
 
 
 class Soak:
-    """The run itself: traffic, jobs, moves, the Redis restart, hostile clients and memory, on
-    one clock that starts with the traffic."""
+    """Everything of one run on one clock that starts with the traffic; `run()` returns every
+    figure."""
 
     def __init__(self, stack: PrivateStack, window_s: float) -> None:
-        self.stack = stack
-        self.window_s = window_s
-        self.clock = Clock()
-        self.traffic = loads.Traffic(stack.gateway_url, request_kinds(), self.clock)
-        self.jobs = phases.JobDesk(stack, self.clock)
-        self.memory = measurements.MemoryWatch(stack, self.clock)
-        self.moves: list[phases.AliasMove] = []
-        self.redis_restart: dict[str, Any] | None = None
+        self.stack, self.window_s, self.url = stack, window_s, stack.gateway_url
+        self.started, self.wall_started = time.monotonic(), time.time()
+        self.traffic_over, self.polling_over = threading.Event(), threading.Event()
+        self.lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []
+        self.tallies: list[Tally] = []
+        self.jobs: list[dict[str, Any]] = []
+        self.moves: list[dict[str, Any]] = []
+        self.memory_series: list[dict[str, Any]] = []
+        self.pids: dict[str, int | None] = {}
+        self.restarts: Counter[str] = Counter()
         self.hostile: dict[str, Any] = {}
-        self._hostile_threads: list[threading.Thread] = []
+        self.hostile_threads: list[threading.Thread] = []
+        self.redis_restart: dict[str, Any] | None = None
+        self.keys = FeedbackKeys(stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE)
+        self.auth = {"Authorization": f"Bearer {stack.token}"}
+        self.run_id = secrets.token_hex(4)
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def event(self, what: str) -> float:
+        now = self.clock()
+        self.events.append({"t": now, "event": what})
+        say(f"t={now:.1f}s {what}")
+        return now
+
+    @staticmethod
+    def thread(target: Callable[..., Any], *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        return thread
+
+    def every(
+        self, seconds: float, until: threading.Event, tick: Callable[[], Any]
+    ) -> threading.Thread:
+        def loop() -> None:
+            while not until.wait(seconds):
+                tick()
+
+        return self.thread(loop)
+
+    # --- traffic ----------------------------------------------------------------------------
+
+    def client(self, path: str, number: int, tally: Tally) -> None:
+        """One request at a time until the traffic is over, each outcome counted; after a
+        failure the client waits a little, so an outage is counted, not hammered."""
+        body = encoded(FLOWER if tally.rows == 1 else {"instances": iris_flowers(tally.rows)})
+
+        def fail(what: str, request_id: str, detail: str, pause: float = 0.05) -> None:
+            tally.failures[what] += 1
+            if len(tally.samples) < 20:
+                sample = {"t": self.clock(), "kind": tally.kind, "failure": what}
+                tally.samples.append(sample | {"request_id": request_id, "detail": detail[:300]})
+            time.sleep(pause)
+
+        headers = {"Content-Type": "application/json"}
+        try:
+            with httpx.Client(
+                base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_S
+            ) as http:
+                while not self.traffic_over.is_set():
+                    tally.requests += 1
+                    request_id = f"soak-{tally.kind}-{number}-{tally.requests}"
+                    sent = time.perf_counter()
+                    try:
+                        response = http.post(
+                            path, content=body, headers={"X-Request-ID": request_id}
+                        )
+                    except httpx.HTTPError as exc:
+                        fail(type(exc).__name__, request_id, str(exc))
+                        continue
+                    latency_ms = (time.perf_counter() - sent) * 1000
+                    if response.status_code != 200:
+                        fail(f"HTTP {response.status_code}", request_id, response.text)
+                        continue
+                    try:
+                        version, answered_id = read_answer(response, tally.rows)
+                    except ValueError as exc:
+                        fail("unreadable 200", request_id, str(exc), 0)
+                        continue
+                    tally.ok += 1
+                    tally.latencies_ms.append(latency_ms)
+                    tally.answered_ids.append(answered_id)
+                    tally.other_ids += answered_id != request_id
+                    tally.versions[version] += 1
+                    if not tally.switches or tally.switches[-1][1] != version:
+                        tally.switches.append((self.clock(), version))
+        except Exception as exc:
+            # Counts from here on would be missing: the run is reported as failed.
+            tally.crashed = f"{type(exc).__name__}: {exc}"
+            say(f"client {tally.kind}-{number} crashed: {tally.crashed}")
+
+    def traffic(self, seconds: float) -> dict[str, Any]:
+        def counts(tallies: list[Tally]) -> dict[str, Any]:
+            failures: Counter[str] = sum((t.failures for t in tallies), Counter())
+            answered = {"answered_200": sum(t.ok for t in tallies)}
+            answered |= {"rows_answered": sum(t.ok * t.rows for t in tallies)}
+            failed = {"failed": sum(failures.values()), "failures": dict(failures)}
+            return {"requests": sum(t.requests for t in tallies)} | answered | failed
+
+        by_kind = {}
+        for kind, path, rows, clients in KINDS:
+            tallies = [t for t in self.tallies if t.kind == kind]
+            latencies = np.array([ms for t in tallies for ms in t.latencies_ms])
+            percentiles = (("p50", 50), ("p99", 99), ("max", 100))
+            by_kind[kind] = {
+                "request": f"POST {path}",
+                "rows_per_request": rows,
+                "clients": clients,
+            }
+            by_kind[kind] |= counts(tallies)
+            by_kind[kind] |= {"requests_per_s": round(sum(t.ok for t in tallies) / seconds, 1)}
+            by_kind[kind]["latency_ms"] = {
+                name: round(float(np.percentile(latencies, q)), 2) if latencies.size else None
+                for name, q in percentiles
+            }
+        samples = sorted((s for t in self.tallies for s in t.samples), key=lambda s: s["t"])
+        versions = sum((t.versions for t in self.tallies), Counter[str]())
+        return {"seconds": round(seconds, 1), "by_kind": by_kind, **counts(self.tallies)} | {
+            "failure_samples": samples[:20],
+            "answers_per_model_version": dict(versions),
+            "answers_with_another_request_id": sum(t.other_ids for t in self.tallies),
+            "crashed_clients": [t.crashed for t in self.tallies if t.crashed],
+        }
+
+    # --- retrain jobs -----------------------------------------------------------------------
+
+    def post_retrain(self, key: str) -> tuple[str, str | None, str | None]:
+        """POST /retrain with an Idempotency-Key: the answer, the job id and its status."""
+        headers = self.auth | {"Idempotency-Key": key}
+        try:
+            response = httpx.post(f"{self.url}/retrain", headers=headers, timeout=15)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None, None
+        if response.status_code not in (200, 202):
+            return str(response.status_code), None, None
+        body = response.json()
+        return str(response.status_code), str(body["job_id"]), str(body["status"])
+
+    def track(self, label: str, key: str, job_id: str | None = None) -> dict[str, Any]:
+        job = {
+            "label": label,
+            "idempotency_key": key,
+            "submitted_s": self.clock(),
+            "job_id": job_id,
+        }
+        job |= {"submit_answers": [], "replays": [], "history": [], "not_found_at_s": []}
+        job |= {"not_found_answers": 0, "unavailable_answers": 0, "poll_errors": Counter()}
+        job |= dict.fromkeys(("final_status", "ended_s", "error", "deliveries")) | {
+            "registered": {}
+        }
+        with self.lock:
+            self.jobs.append(job)
+        return job
+
+    def submit(self, label: str, give_up_s: float) -> dict[str, Any]:
+        """POST /retrain until accepted (a 429 or 503 is retried every 3 s) or `give_up_s`."""
+        job = self.track(label, f"soak-{self.run_id}-{label}")
+        while True:
+            answer, job["job_id"], job["final_status"] = self.post_retrain(job["idempotency_key"])
+            job["submit_answers"].append(answer)
+            if job["job_id"] is not None:
+                self.event(f"job {label} submitted: {answer}, {job['job_id']}")
+                return job
+            if self.clock() > give_up_s:
+                self.event(f"job {label} not accepted: {job['submit_answers']}")
+                return job
+            time.sleep(3.0)
+
+    def replay(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Send the job's Idempotency-Key again: the answer must be 200 and the same job."""
+        answer, job_id, _ = self.post_retrain(job["idempotency_key"])
+        same_job = job_id == job["job_id"] and answer == "200"
+        replay = {"t": self.clock(), "answer": answer, "job_id": job_id, "same_job": same_job}
+        job["replays"].append(replay)
+        if answer == "202" and job_id is not None:
+            # The key was forgotten and a second job started: follow it as well.
+            self.track(f"{job['label']} again", job["idempotency_key"], job_id)
+        return replay
+
+    def open_jobs(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [j for j in self.jobs if j["job_id"] and j["final_status"] not in FINISHED]
+
+    def poll_jobs(self, http: httpx.Client) -> None:
+        for job in self.open_jobs():
+            try:
+                response = http.get(f"/jobs/{job['job_id']}")
+            except httpx.HTTPError as exc:
+                job["poll_errors"][type(exc).__name__] += 1
+                continue
+            now, status = self.clock(), response.status_code
+            if status == 404:
+                job["not_found_answers"] += 1
+                job["not_found_at_s"] = (job["not_found_at_s"] + [now])[:10]
+                self.event(f"job {job['label']} answered 404")
+            elif status == 503:
+                job["unavailable_answers"] += 1
+            elif status != 200:
+                job["poll_errors"][f"HTTP {status}"] += 1
+            else:
+                record = response.json()
+                progress = record.get("progress") or {}
+                step = {"status": record["status"], "stage": progress.get("stage")}
+                step["model"] = progress.get("model_name")
+                last = job["history"][-1] if job["history"] else {}
+                if {k: last.get(k) for k in step} != step:
+                    job["history"].append({"t": now, **step})
+                job["final_status"], job["deliveries"] = record["status"], record.get("deliveries")
+                if record["status"] in FINISHED:
+                    job["ended_s"], job["error"] = now, record.get("error")
+                    models = (record.get("result") or {}).get("models") or {}
+                    job["registered"] = {
+                        name: {"version": m.get("version"), "gate": m.get("gate")}
+                        for name, m in models.items()
+                    }
+                    took = now - job["submitted_s"]
+                    self.event(f"job {job['label']} {record['status']} after {took:.1f} s")
+
+    # --- moves, Redis, hostile clients, memory ----------------------------------------------
+
+    def promote(self, version: str, label: str) -> None:
+        move: dict[str, Any] = {"label": label, "to_version": version, "requested_s": self.clock()}
+        previous = None
+        try:
+            answered = httpx.post(
+                f"{self.url}/promote",
+                headers=self.auth,
+                json={"model_version": version},
+                timeout=30,
+            )
+            answer = str(answered.status_code)
+            if answered.status_code == 200:
+                previous = answered.json().get("previous_version")
+        except httpx.HTTPError as exc:
+            answer = type(exc).__name__
+        move |= {"promote_seconds": round(self.clock() - move["requested_s"], 3)}
+        move |= {"promote_answer": answer, "previous_version": previous}
+        self.moves.append(
+            move | dict.fromkeys(("first_new_answer_after_s", "all_new_answers_after_s"))
+        )
+        self.event(f"POST /promote {label} (version {version}): {answer}")
+
+    def time_swaps(self, end_s: float) -> None:
+        """When the clients' answers first named each move's version, and when all of them did
+        from then on, from each client's switches; seconds after the promotion was sent."""
+        for index, move in enumerate(self.moves):
+            start = move["requested_s"]
+            end = self.moves[index + 1]["requested_s"] if index + 1 < len(self.moves) else end_s
+            firsts, settled, all_settled = [], [], True
+            for client in (t.switches for t in self.tallies):
+                before = [v for t, v in client if t < start]
+                inside = [(t, v) for t, v in client if start <= t < end]
+                new = [t for t, v in inside if v == move["to_version"]]
+                firsts += new[:1]
+                final = inside[-1][1] if inside else (before[-1] if before else None)
+                all_settled &= final == move["to_version"]
+                settled.append(new[-1] if new else start)
+            if firsts:
+                move["first_new_answer_after_s"] = round(min(firsts) - start, 3)
+            if all_settled and settled:
+                move["all_new_answers_after_s"] = round(max(settled) - start, 3)
+
+    def restart_redis_under_jobs(self, end: float) -> dict[str, Any]:
+        """Stop Redis with SIGTERM and start it on the same folder while job B runs and job C
+        waits in the queue behind it; then send both Idempotency-Keys again."""
+        running = self.submit("B", end)
+        deadline = self.clock() + 30.0
+        while running["final_status"] == "queued" and self.clock() < deadline:
+            time.sleep(0.2)
+        waiting = self.submit("C", end)
+        time.sleep(1.0)  # past the AOF's one-second fsync: C's record is on disk
+        states = {job["label"]: job["final_status"] for job in self.jobs}
+        stopped_at = self.event(f"Redis: SIGTERM (jobs: {states})")
+        timings = self.stack.restart_redis()
+        self.event(f"Redis answering again after {timings['down_s']} s")
+        with redis.Redis.from_url(self.stack.redis_url, socket_timeout=5) as client:
+            appendonly = client.config_get("appendonly").get("appendonly")
+        replays = [self.replay(job) for job in (running, waiting) if job["job_id"]]
+        jobs = {"job_status_at_stop": states, "running_job": running["label"]}
+        jobs |= {"queued_job": waiting["label"], "key_replays_after": replays}
+        return timings | {"stopped_at_s": stopped_at, "appendonly": appendonly} | jobs
+
+    def in_background(self, phase: str, run: Callable[[str], dict[str, Any]]) -> None:
+        """A hostile phase against the gateway beside the traffic, into `self.hostile[phase]`."""
+        self.hostile[phase] = {"started_s": self.event(f"{phase} started")}
+
+        def report() -> None:
+            self.hostile[phase] |= run(self.url)
+            self.event(f"{phase} over")
+
+        self.hostile_threads.append(self.thread(report))
+
+    def redis_memory(self) -> dict[str, Any]:
+        """Redis's memory, its cap, and the bytes the predictor counts for the answers it keeps."""
+        with redis.Redis.from_url(self.stack.redis_url, socket_timeout=10) as client:
+            memory, kept = client.info("memory"), client.get(self.keys.prediction_bytes)
+        used = {key: memory.get(key, 0) for key in ("used_memory", "maxmemory")}
+        return (
+            used
+            | {"maxmemory_policy": memory.get("maxmemory_policy")}
+            | {"kept_answer_bytes": int(kept or 0)}
+        )
+
+    def memory_sample(self) -> dict[str, Any]:
+        sample: dict[str, Any] = {"t": self.clock()}
+        for name, program in SERVICES.items():
+            pid = self.pids.get(name)
+            if pid is None or not Path(f"/proc/{pid}").exists():
+                # supervisorctl only when the program's pid is unknown or gone (a Python start).
+                fresh = self.stack.pid(program)
+                self.restarts[name] += pid is not None and fresh != pid
+                pid = self.pids[name] = fresh
+            memory = common.tree_memory(pid)
+            sample[name] = memory and memory | {"pids": sorted(common.process_tree(pid or 0))}
+        return sample
+
+    def memory_report(self, start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+        """Growth of each service between two samples, its peak, and the RSS series."""
+        services: dict[str, Any] = {}
+        for name in SERVICES:
+            first, last, samples = start.get(name), end.get(name), [start, *self.memory_series, end]
+            peak = max((s[name]["rss_mib"] for s in samples if s.get(name)), default=None)
+            entry: dict[str, Any] = {"start": first, "end": last, "peak_rss_mib": peak}
+            if first and last:
+                growth = round(last["rss_mib"] - first["rss_mib"], 1)
+                entry["rss_growth_mib"] = growth
+                entry["rss_growth_pct"] = round(100 * growth / first["rss_mib"], 1)
+                entry["pss_growth_mib"] = round(last["pss_mib"] - first["pss_mib"], 1)
+                entry["processes_replaced"] = len(set(first["pids"]) - set(last["pids"]))
+            services[name] = entry | {"program_restarts": self.restarts[name]}
+        series = [
+            {"t": s["t"]} | {n: s[n]["rss_mib"] if s.get(n) else None for n in SERVICES}
+            for s in self.memory_series
+        ]
+        span = {"start_s": start["t"], "end_s": end["t"]}
+        return span | {"services": services, "rss_mib_series": series}
+
+    # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         original = self.stack.production_version()
-        self.hostile["redis_before"] = measurements.redis_memory(self.stack)
-        self.traffic.start()
-        self.clock.add(f"traffic started; warm-up {WARMUP_S:g} s, then {self.window_s:g} s")
+        self.hostile["redis_before"] = self.redis_memory()
+        clients = []
+        for kind, path, rows, count in KINDS:
+            for number in range(count):
+                self.tallies.append(tally := Tally(kind, rows))
+                clients.append(self.thread(self.client, path, number, tally))
+        self.event(f"traffic started; warm-up {WARMUP_S:g} s, then {self.window_s:g} s")
         time.sleep(WARMUP_S)
-        memory_start = self.memory.sample()
-        self.memory.start()
-        self.jobs.start()
-        window_start = self.clock()
-        self.clock.add("warm-up over: memory sampled, schedule started")
+        memory_start = self.memory_sample()
+        sampling = self.every(
+            5.0, self.traffic_over, lambda: self.memory_series.append(self.memory_sample())
+        )
+        jobs_http = httpx.Client(base_url=self.url, headers=self.auth, timeout=10)
+        polling = self.every(0.5, self.polling_over, lambda: self.poll_jobs(jobs_http))
+        window_start = self.event("warm-up over: memory sampled, schedule started")
         try:
-            self._schedule(original, window_start, window_start + self.window_s)
+            self.schedule(original, window_start, window_start + self.window_s)
         finally:
-            self.traffic.stop()
-            traffic_end = self.clock()
-            self.clock.add("traffic stopped")
-            memory_end = self.memory.sample()
-            self.memory.stop()
-        for thread in self._hostile_threads:
+            self.traffic_over.set()
+            for thread in clients:
+                thread.join(REQUEST_TIMEOUT_S + 30)
+            traffic_end = self.event("traffic stopped")
+            memory_end = self.memory_sample()
+            sampling.join(30)
+        for thread in self.hostile_threads:
             thread.join()
-        self.hostile["redis_after"] = measurements.redis_memory(self.stack)
-        self.jobs.wait(traffic_end + JOB_GRACE_S)
-        self.jobs.stop()
-        predictor_stop = measurements.stop_predictor(self.stack)
-        self.clock.add(f"predictor stopped in {predictor_stop['seconds']} s")
+        self.hostile["redis_after"] = self.redis_memory()
+        if self.open_jobs():
+            self.event(
+                f"waiting up to {traffic_end + JOB_GRACE_S - self.clock():.0f} s for the jobs"
+            )
+        while self.open_jobs() and self.clock() < traffic_end + JOB_GRACE_S:
+            time.sleep(1.0)
+        self.polling_over.set()
+        polling.join(30)
+        jobs_http.close()
+        predictor_stop = stop_predictor(self.stack)
+        self.event(f"predictor stopped in {predictor_stop['seconds']} s")
         log_dir = Path(self.stack.stack_env()["PREDICTOR_PREDICTION_LOG_DIR"])
-        flood = self.hostile.get("flood", {})
-        answered = self.traffic.answered_ids() | set(flood.pop("answered_ids", []))
-        phases.time_swaps(self.moves, [t.switches for t in self.traffic.tallies], traffic_end)
+        answered = {request_id for t in self.tallies for request_id in t.answered_ids}
+        answered |= set(self.hostile.get("flood", {}).pop("answered_ids", []))
+        self.time_swaps(traffic_end)
+        for job in self.jobs:
+            took = None if job["ended_s"] is None else round(job["ended_s"] - job["submitted_s"], 1)
+            lost = job["not_found_answers"] > 0 or job["final_status"] not in FINISHED
+            job |= {"poll_errors": dict(job["poll_errors"]), "seconds": took}
+            job["lost"] = job["job_id"] is not None and lost
         return {
             "original_version": original,
             "warmup_s": WARMUP_S,
             "window_s": self.window_s,
-            "traffic": self.traffic.summary(traffic_end),
-            "jobs": [job.as_dict() for job in self.jobs.jobs],
-            "alias_moves": [asdict(move) for move in self.moves],
-            "predictor_poll_interval_s": phases.poll_interval_s(self.stack),
+            "traffic": self.traffic(traffic_end),
+            "jobs": self.jobs,
+            "alias_moves": self.moves,
+            "predictor_poll_interval_s": common.poll_interval_s(self.stack),
             "redis_restart": self.redis_restart,
             "hostile": self.hostile,
             "store_max_bytes": STORE_MAX_BYTES,
-            "memory": self.memory.report(memory_start, memory_end),
+            "memory": self.memory_report(memory_start, memory_end),
             "predictor_stop": predictor_stop,
-            "prediction_log": measurements.read_prediction_log(log_dir, answered),
-            "feedback_store": measurements.feedback_store_report(
-                self.stack, answered, log_dir, self.clock
-            ),
-            "service_logs": measurements.service_log_findings(
-                [self.stack.logs, self.stack.state / "logs"]
-            ),
-            "timeline": self.clock.events,
+            "prediction_log": read_prediction_log(log_dir, answered),
+            "feedback_store": self.feedback_store(answered, log_dir),
+            "service_logs": service_log_findings([self.stack.logs, self.stack.state / "logs"]),
+            "timeline": self.events,
         }
 
-    def _schedule(self, original: str, start: float, end: float) -> None:
-        def at(share: float) -> float:
-            return start + share * self.window_s
-
-        first: phases.TrackedJob | None = None
-        last: phases.TrackedJob | None = None
-        while self.clock() < end:
-            now = self.clock()
-            if first is None and now >= at(FIRST_JOB_AT):
-                first = self.jobs.submit("A", end)
-                self.jobs.replay(first)
+    def schedule(self, original: str, start: float, end: float) -> None:
+        at = {step: start + share * self.window_s for step, share in SCHEDULE.items()}
+        first: dict[str, Any] | None = None
+        last: dict[str, Any] | None = None
+        while (now := self.clock()) < end:
+            if first is None and now >= at["A"]:
+                first = self.submit("A", end)
+                self.replay(first)
             if first is not None and not self.moves and now < end - MOVE_MARGIN_S:
-                version = (first.registered.get(MODEL_NAME) or {}).get("version")
-                if first.final_status == "succeeded" and version:
-                    self.moves.append(
-                        phases.promote(self.stack, self.clock, str(version), "to A's")
-                    )
-            if "slow_clients" not in self.hostile and now >= at(SLOW_CLIENTS_AT):
-                self._in_background("slow_clients", phases.trickling_uploads)
-            if "flood" not in self.hostile and now >= at(FLOOD_AT):
-                self._in_background("flood", lambda url: phases.anonymous_flood(url, FLOOD_BATCHES))
-            if self.redis_restart is None and now >= at(REDIS_RESTART_AT):
-                self.redis_restart = phases.restart_redis_under_jobs(self.stack, self.jobs, end)
-            if last is None and now >= at(LAST_JOB_AT):
-                last = self.jobs.submit("D", end)
+                version = (first["registered"].get(common.MODEL_NAME) or {}).get("version")
+                if first["final_status"] == "succeeded" and version:
+                    self.promote(str(version), "to A's")
+            if "slow_clients" not in self.hostile and now >= at["slow_clients"]:
+                self.in_background("slow_clients", trickling_uploads)
+            if "flood" not in self.hostile and now >= at["flood"]:
+                self.in_background("flood", anonymous_flood)
+            if self.redis_restart is None and now >= at["redis"]:
+                self.redis_restart = self.restart_redis_under_jobs(end)
+            if last is None and now >= at["D"]:
+                last = self.submit("D", end)
             back_at = (
-                max(at(PROMOTE_BACK_AT), self.moves[0].requested_s + MOVE_MARGIN_S)
-                if self.moves
-                else end
+                max(at["back"], self.moves[0]["requested_s"] + MOVE_MARGIN_S) if self.moves else end
             )
             if len(self.moves) == 1 and back_at <= now < end - MOVE_MARGIN_S:
-                self.moves.append(
-                    phases.promote(self.stack, self.clock, original, "back to original")
-                )
+                self.promote(original, "back to original")
             time.sleep(0.2)
 
-    def _in_background(self, phase: str, run: Callable[[str], dict[str, Any]]) -> None:
-        """Run a hostile phase against the gateway beside the traffic; its report lands in
-        `self.hostile[phase]`."""
-        self.hostile[phase] = {"started_s": self.clock.add(f"{phase} started")}
+    def feedback_store(self, answered: set[str], log_dir: Path) -> dict[str, Any]:
+        """How many answered requests the predictor kept in Redis for POST /feedback (best effort
+        by design: a Redis outage drops them), and when the others were answered."""
+        with redis.Redis.from_url(
+            self.stack.redis_url, socket_timeout=30, decode_responses=True
+        ) as client:
+            kept = set(client.zrange(self.keys.predictions_index, 0, -1))
+        not_kept = answered - kept
+        documents = log_documents(log_dir)[0] if not_kept else []
+        times = [
+            datetime.fromisoformat(d["time"]).timestamp()
+            for d in documents
+            if d.get("request_id") in not_kept
+        ]
+        span = [round(t - self.wall_started, 3) for t in (min(times), max(times))] if times else []
+        return {
+            "index": self.keys.predictions_index,
+            "answered": len(answered),
+            "kept": len(answered & kept),
+            "not_kept": len(not_kept),
+            "not_kept_answered_from_s": span[0] if span else None,
+            "not_kept_answered_to_s": span[-1] if span else None,
+        }
 
-        def report() -> None:
-            self.hostile[phase] |= run(self.stack.gateway_url)
-            self.clock.add(f"{phase} over")
 
-        thread = threading.Thread(target=report, name=phase, daemon=True)
-        thread.start()
-        self._hostile_threads.append(thread)
+def trickling_uploads(
+    url: str, connections: int = TRICKLING_CONNECTIONS, within_s: float = 30.0
+) -> dict[str, Any]:
+    """Open `connections` uploads to POST /predict that send one byte every 5 s; the status
+    each was answered with before the server closed it, and how long that took."""
+    host, port = url.removeprefix("http://").split(":")
+
+    async def upload() -> str:
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            return f"connect: {type(exc).__name__}"
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        opened = time.monotonic()
+        try:
+            read = asyncio.ensure_future(reader.read())
+            while not read.done():
+                await asyncio.wait([read], timeout=TRICKLE_EVERY_S)
+                if not read.done() and time.monotonic() - opened < LAST_TRICKLE_S:
+                    writer.write(b" ")
+            answer = read.result()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            return f"transport: {type(exc).__name__}"
+        finally:
+            writer.close()
+        head = answer.split(b"\r\n", 1)[0].split()
+        return head[1].decode() if len(head) > 1 else "closed without an answer"
+
+    async def all_uploads() -> list[str]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(upload() for _ in range(connections))), within_s
+        )
+
+    started = time.monotonic()
+    try:
+        outcomes = Counter(asyncio.run(all_uploads()))
+    except TimeoutError:
+        outcomes = Counter({f"no answer within {within_s:g} s": connections})
+    seen = {"outcomes": dict(outcomes), "answered_408": outcomes["408"]}
+    return {"connections": connections} | seen | {"seconds": round(time.monotonic() - started, 1)}
+
+
+def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
+    """POST `batches` 10,000-row batches, 4 at a time, without any credential."""
+    body = encoded({"instances": [FLOWER] * FLOOD_BATCH_ROWS})
+
+    def send(_: int) -> tuple[str, str | None]:
+        headers = {"Content-Type": "application/json"}
+        try:
+            answer = httpx.post(f"{url}/predict/batch", content=body, headers=headers, timeout=60)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None
+        answered = answer.json()["request_id"] if answer.status_code == 200 else None
+        return str(answer.status_code), answered
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        sent = list(pool.map(send, range(batches)))
+    # Every answered batch is logged like any other request.
+    answered = [request_id for _, request_id in sent if request_id is not None]
+    flood: dict[str, Any] = {"batches": batches, "rows_each": FLOOD_BATCH_ROWS}
+    flood["request_bytes_each"] = len(body)
+    flood |= {"outcomes": dict(Counter(status for status, _ in sent)), "answered_ids": answered}
+    flood |= {"rows_answered": len(answered) * FLOOD_BATCH_ROWS}
+    return flood | {"seconds": round(time.monotonic() - started, 1)}
+
+
+def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
+    """supervisorctl stop: SIGTERM to the predictor's process group, SIGKILL only after
+    stopwaitsecs; whether it came to that is in supervisord's own log."""
+    started = time.monotonic()
+    completed = stack.supervisorctl("stop", "predictor:*")  # replicas: a bare name matches none
+    stopped: dict[str, Any] = {"seconds": round(time.monotonic() - started, 2)}
+    log = stack.state / "logs" / "supervisord.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    mentions = [line for line in lines if "predictor" in line][-4:]
+    stopped |= {"supervisorctl": (completed.stdout + completed.stderr).strip()}
+    return stopped | {"supervisord_log": mentions, "killed": any("SIGKILL" in m for m in mentions)}
+
+
+def log_documents(directory: Path) -> tuple[list[dict[str, Any]], int]:
+    """Every line of the prediction log, parsed; and how many lines were not JSON."""
+    documents, unreadable = [], 0
+    for path in log_files(directory):
+        for raw in filter(bytes.strip, path.read_bytes().splitlines()):
+            try:
+                documents.append(json.loads(raw))
+            except ValueError:
+                unreadable += 1
+    return documents, unreadable
+
+
+def read_prediction_log(directory: Path, answered: set[str]) -> dict[str, Any]:
+    """Lines and rows of the prediction log, checked against the request ids answered 200."""
+    documents, unreadable = log_documents(directory)
+    logged = Counter(str(document.get("request_id")) for document in documents)
+    result = {
+        "directory": str(directory),
+        "files": [{"name": p.name, "bytes": p.stat().st_size} for p in log_files(directory)],
+        "lines": len(documents),
+        "rows": sum(int(document.get("rows", 0)) for document in documents),
+        "unreadable_lines": unreadable,
+    }
+    for key, ids in (
+        ("answered_not_logged", sorted(answered - logged.keys())),
+        ("logged_not_answered", sorted(logged.keys() - answered)),
+        ("logged_twice", sorted(request_id for request_id, n in logged.items() if n > 1)),
+    ):
+        result |= {key: len(ids), f"{key}_examples": ids[:10]}
+    return result
+
+
+def service_log_findings(folders: list[Path]) -> dict[str, Any]:
+    """Warnings, errors and tracebacks in every service's log, where a defect the counts do not
+    show (a retried write, a swallowed error) usually shows; the first errors as time, logger,
+    message and the exception they ended with."""
+    findings: dict[str, Any] = {}
+    for path in sorted(p for folder in folders for p in folder.glob("*.log")):
+        counts: Counter[str] = Counter()
+        examples: list[str] = []
+        for line in path.read_text(errors="replace").splitlines():
+            if (match := LOG_LEVEL.search(line)) is None:
+                continue
+            counts[level := match.group(1) or match.group(2)] += 1
+            if level == "WARNING" or len(examples) >= 5:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                message = str(record.get("message", "")).strip().splitlines()[:1]
+                raised = str(record.get("exc_info") or "").strip().splitlines()[-1:]
+                line = " | ".join(
+                    [str(record.get("time")), str(record.get("logger")), *message, *raised]
+                )
+            examples.append(line[:300])
+        if counts:
+            findings[path.name] = {"counts": dict(counts), "first_errors": examples}
+    return findings
 
 
 def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
-    """The must-holds, each a record: check, target, measured, met."""
+    """The must-holds: no failed prediction and no crashed client; no lost job (404 after its
+    202, or no end within the run and the grace period); every trickling upload answered 408;
+    the kept answers within the store's byte budget after the flood; as many log lines and rows
+    as answered 200 (traffic and flood), none missing, unexpected or twice."""
     traffic, log, hostile = soak["traffic"], soak["prediction_log"], soak["hostile"]
     jobs = [job for job in soak["jobs"] if job["job_id"] is not None]
     lost = [job["label"] for job in jobs if job["lost"]]
@@ -219,17 +714,12 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
     slow, flood, after = (hostile.get(k, {}) for k in ("slow_clients", "flood", "redis_after"))
     answered_200 = traffic["answered_200"] + flood.get("outcomes", {}).get("200", 0)
     rows_answered = traffic["rows_answered"] + flood.get("rows_answered", 0)
-    strays = ("answered_not_logged", "logged_not_answered", "logged_twice")
-    log_matches = (
-        log["lines"] == answered_200
-        and log["rows"] == rows_answered
-        and not any(log[k] for k in strays)
-    )
+    strays = any(log[k] for k in ("answered_not_logged", "logged_not_answered", "logged_twice"))
     kept = after.get("kept_answer_bytes", 0)
     failed = f"{traffic['failed']:,} of {traffic['requests']:,}"
     failed += f"; {len(crashed)} client thread(s) crashed" if crashed else ""
     slow_408 = f"{slow.get('answered_408', 0):,} of {slow.get('connections', 0):,}"
-    flooded = f"{flood.get('batches', 0)} batches of {phases.FLOOD_BATCH_ROWS:,} rows"
+    flooded = f"{flood.get('batches', 0)} batches of {FLOOD_BATCH_ROWS:,} rows"
     lines = f"{log['lines']:,} lines / {answered_200:,} answers"
     rows = f"{log['rows']:,} rows / {rows_answered:,} rows"
     records = [
@@ -238,7 +728,7 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
         (f"Lost retrain jobs (404 after the 202, or no end within the run + {JOB_GRACE_S:g} s)",
          "0", f"{len(lost)} of {len(jobs)}" + (f": {', '.join(lost)}" if lost else ""),
          not lost and bool(jobs)),
-        (f"Trickling uploads ({phases.TRICKLING_CONNECTIONS:,}): each answered 408", "all",
+        (f"Trickling uploads ({TRICKLING_CONNECTIONS:,}): each answered 408", "all",
          f"{slow_408} ({slow.get('outcomes', {})})",
          bool(slow) and slow.get("answered_408") == slow.get("connections")),
         ("Anonymous flood: bytes of kept answers within PREDICTOR_STORE_MAX_BYTES",
@@ -246,7 +736,8 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
          f"{kept:,} after {flooded} ({flood.get('outcomes', {})})",
          bool(flood) and kept <= soak["store_max_bytes"]),
         ("Prediction log: lines = requests answered 200, rows = rows answered (traffic and flood)",
-         "equal", f"{lines}; {rows}", log_matches),
+         "equal", f"{lines}; {rows}",
+         log["lines"] == answered_200 and log["rows"] == rows_answered and not strays),
     ]  # fmt: skip
     return [dict(zip(("check", "target", "measured", "met"), r, strict=True)) for r in records]
 
@@ -254,16 +745,13 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the run (5)")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=DEFAULT_OUTPUT,
-        help="results JSON; the Markdown summary goes beside it (.md)",
-    )
+    parser.add_argument("--output", type=Path, default=common.ROOT / "bench/soak-results.json")
     args = parser.parse_args(argv)
-    os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = LOG_BACKUP_COUNT
+    # Rotation keeps 5 files per process by default; the soak keeps every file so that each line
+    # can be counted, while rotation itself still happens at the usual size.
+    os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = "100000"
     os.environ["PREDICTOR_STORE_MAX_BYTES"] = str(STORE_MAX_BYTES)
-    with Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
+    with common.Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
         say("starting the soak stack (durable Redis, then python -m iris_devstack up)")
         session.stack.start_redis(durable=True)
         session.stack.up()
@@ -272,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         # The state folder (logs) is kept when a must-hold failed.
         session.finished = all(check["met"] for check in verdicts)
     results = session.results | {"output": str(args.output), "soak": soak, "checks": verdicts}
-    write(results | session.closing(), args.output, soak_markdown)
+    common.write(results | session.closing(), args.output, "soak.md")
     say("all held" if session.finished else "A MUST-HOLD FAILED")
     return 0 if session.finished else 1
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench import loads
-from bench.config import BATCH_ROWS
+from bench.common import BATCH_ROWS
 from iris_predictor.inputs import batch_of_flowers, one_flower
 from iris_predictor.routes.mlflow_scoring import rows_from_csv, rows_from_json
 from iris_shared.schemas import FEATURE_NAMES
@@ -32,12 +32,12 @@ BENCH_WRK_RESULT {"requests": 1529, "duration_s": 1.099593, "requests_per_s": 13
 def test_wrk_output_is_read_from_the_lua_scripts_line_and_only_2xx_answers_count() -> None:
     result = loads.parse_wrk_output(WRK_STDOUT, rows_per_request=1000)
     assert result is not None
-    assert result.requests == 1529
-    assert result.latency_ms["p99"] == pytest.approx(10.963)
-    assert result.failed == 9
-    assert result.ok_requests_per_s == pytest.approx((1529 - 9) / 1.099593)
-    assert result.ok_rows_per_s == pytest.approx(result.ok_requests_per_s * 1000)
-    assert result.as_dict()["requests_per_s"] == round((1529 - 9) / 1.099593, 1)
+    assert result["requests"] == 1529
+    assert result["latency_ms"]["p99"] == pytest.approx(10.963)
+    assert result["failed"] == 9
+    assert result["ok_per_s"] == pytest.approx((1529 - 9) / 1.099593)
+    assert result["requests_per_s"] == round((1529 - 9) / 1.099593, 1)
+    assert result["rows_per_s"] == round(result["ok_per_s"] * 1000, 1)
 
 
 def test_wrk_output_without_the_result_line_reads_as_none() -> None:
@@ -45,16 +45,20 @@ def test_wrk_output_without_the_result_line_reads_as_none() -> None:
 
 
 def test_medians_are_taken_over_rounds_and_errors_summed() -> None:
-    def round_(requests: int, p99: float, status: int) -> loads.WrkResult:
+    def round_(requests: int, p99: float, status: int) -> dict:
         errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": status}
         latency = {"p50": p99 / 4, "p90": p99 / 2, "p99": p99, "max": p99 * 2}
-        return loads.WrkResult(requests, 1.0, errors, latency, 1)
+        line = {"requests": requests, "duration_s": 1.0, "errors": errors, "latency_ms": latency}
+        result = loads.parse_wrk_output(loads.RESULT_PREFIX + json.dumps(line), 10)
+        assert result is not None
+        return result
 
-    summary = loads.Summary.of([round_(100, 9.0, 0), round_(300, 1.0, 2), round_(200, 5.0, 1)])
-    assert summary.requests_per_s == 199.0  # the median of 100, 298 and 199 answered
-    assert summary.p99_ms == 5.0
-    assert summary.max_ms == 18.0
-    assert summary.failed == 3
+    summary = loads.medians([round_(100, 9.0, 0), round_(300, 1.0, 2), round_(200, 5.0, 1)])
+    assert summary["requests_per_s"] == 199.0  # the median of 100, 298 and 199 answered
+    assert summary["rows_per_s"] == 1990.0
+    assert summary["p99_ms"] == 5.0
+    assert summary["max_ms"] == 18.0
+    assert summary["failed"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +127,33 @@ def server() -> Iterator[str]:
 def test_real_wrk_sends_the_body_and_headers_and_counts_refusals(
     server: str, tmp_path: Path
 ) -> None:
-    body = loads.Body.write(tmp_path, "body", {"a": 1}, 3)
+    (tmp_path / "body.json").write_text('{"a": 1}')
+    body = loads.Body(tmp_path / "body.json", 3)
+    header = (("Inference-Header-Content-Length", "7"),)
     answered = loads.run_wrk(
-        loads.Target(
-            "ok",
-            server,
-            loads.Body(body.path, 3, headers=(("Inference-Header-Content-Length", "7"),)),
-        ),
-        1,
-        2,
+        loads.Load("ok", server, loads.Body(body.path, 3, headers=header), 2), 1
     )
-    refused = loads.run_wrk(loads.Target("refused", server, body), 1, 2)
-    assert answered.requests > 0
-    assert answered.failed == 0
-    assert answered.ok_rows_per_s == pytest.approx(answered.ok_requests_per_s * 3)
-    assert refused.errors["status"] == refused.requests > 0
-    assert refused.ok_requests_per_s == 0
+    refused = loads.run_wrk(loads.Load("refused", server, body, 2), 1)
+    assert answered["requests"] > 0
+    assert answered["failed"] == 0
+    assert answered["rows_per_s"] == pytest.approx(answered["requests_per_s"] * 3, rel=0.01)
+    assert refused["errors"]["status"] == refused["requests"] > 0
+    assert refused["requests_per_s"] == 0
+
+
+def test_an_optional_load_its_server_refuses_is_not_measured_and_a_required_one_stops(
+    server: str, tmp_path: Path
+) -> None:
+    """The local server refuses every body without the binary header: the peers' loads are
+    reported as not measured, with the server's answer; the predictor's own load stops the run."""
+    bodies = loads.bench_bodies(tmp_path)
+    missing: dict[str, str] = {}
+    shapes = {"one_row": "dataframe_records", "batch": "dataframe_split"}
+    assert loads.bench_loads({"mlserver": server}, bodies, shapes, missing) == []
+    assert missing == {
+        "mlserver": "mlserver answered 400: {}",
+        "mlserver-batch": "mlserver-batch answered 400: {}",
+        "mlserver-binary-batch": "mlserver-binary-batch answered 400: {}",
+    }
+    with pytest.raises(RuntimeError, match="predictor answered 400"):
+        loads.bench_loads({"predictor": server}, bodies, shapes, {})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.config import ROOT
 from bench.profile import PROJECT, aggregate
+from iris_devstack.processes import REPO_ROOT as ROOT
 
 SITE = "/venv/lib/python3.11/site-packages"
 PREDICT = f"predict ({ROOT}/services/predictor/iris_predictor/core.py:10)"

@@ -1,17 +1,16 @@
-"""The one report writer of `make bench`, `make soak` and `make profile`: tables from records,
-the provenance line, the README block, and each command's results JSON rendered again as the
-Markdown it wrote beside it."""
+"""The one report writer of `make bench`, `make soak` and `make profile`: table cells, the
+provenance line, the goals table and the README block, and each command's results JSON
+rendered again as the Markdown it wrote beside it."""
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
 
-from bench import report
-from bench.config import ROOT
+from bench import common
+from bench.common import ROOT
 
 RESULTS = {
     "timestamp": "2026-12-06T04:59:54+00:00",
@@ -27,32 +26,27 @@ RESULTS = {
 }  # fmt: skip
 
 
-def test_a_table_from_records_formats_numbers_and_blanks() -> None:
-    records = [{"name": "predictor", "rps": 8100.84, "rows": None, "n": 1234}, {"name": "x"}]
-    lines = report.columns({"Server": "name", "req/s": "rps", "rows/s": "rows", "N": "n"}, records)
-    assert lines == [
-        "| Server | req/s | rows/s | N |",
-        "|---|---|---|---|",
-        "| predictor | 8,100.8 | - | 1,234 |",
-        "| x | - | - | - |",
-    ]
+def test_a_cell_formats_numbers_with_separators_and_blanks_as_a_dash() -> None:
+    cells = [common.cell(v) for v in (8100.84, None, 1234, "predictor", True)]
+    assert cells == ["8,100.8", "-", "1,234", "predictor", "True"]
+    assert common.cell(0.103, 2) == "0.10"
 
 
 def test_the_provenance_names_time_commit_machine_command_and_duration() -> None:
-    assert report.provenance(RESULTS) == (
+    assert common.provenance(RESULTS) == (
         "Measured 2026-12-06T04:59:54+00:00 on commit 2ec3830d4e with uncommitted changes, "
         "2 cores (Intel(R) Xeon(R) Processor), by `BENCH_ROUNDS=1 make bench` in 10.1 min."
     )
 
 
 def test_goals_render_with_ratio_and_count_and_checks_without_ratio() -> None:
-    goals = report.verdicts(RESULTS)
+    goals = common.verdicts(RESULTS).splitlines()
     assert goals[0] == "| Goal | Target | Measured | Ratio | Met |"
     assert goals[2] == "| Predictor vs mlflow | ≥ 10x | 8,101 vs 584 req/s | 13.9x | ✅ |"
     assert goals[3] == "| Gateway errors | 0 | 2 | - | ❌ |"
     assert goals[-1].startswith("1 of 2 goals met. Measured 2026-12-06")
     checks = [{"check": "Lost jobs", "target": "0", "measured": "0 of 4", "met": True}]
-    lines = report.verdicts(RESULTS | {"checks": checks}, "checks")
+    lines = common.verdicts(RESULTS | {"checks": checks}, "checks").splitlines()
     assert lines[:3] == ["| Check | Target | Measured | Met |", "|---|---|---|---|",
                          "| Lost jobs | 0 | 0 of 4 | ✅ |"]  # fmt: skip
     assert lines[-1].startswith("1 of 1 checks met.")
@@ -60,37 +54,28 @@ def test_goals_render_with_ratio_and_count_and_checks_without_ratio() -> None:
 
 def test_the_readme_block_between_the_markers_is_replaced(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n{report.README_START}\nold table\n{report.README_END}\nafter\n")
-    assert report.update_readme(readme, RESULTS) is True
+    readme.write_text(f"# Title\n{common.README_START}\nold table\n{common.README_END}\nafter\n")
+    assert common.update_readme(readme, RESULTS) is True
     text = readme.read_text()
     assert "old table" not in text
-    assert text.startswith(f"# Title\n{report.README_START}\n| Goal | Target |")
-    assert text.endswith(f"in 10.1 min.\n{report.README_END}\nafter\n")
+    assert text.startswith(f"# Title\n{common.README_START}\n| Goal | Target |")
+    assert text.endswith(f"in 10.1 min.\n{common.README_END}\nafter\n")
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert report.update_readme(plain, RESULTS) is False
+    assert common.update_readme(plain, RESULTS) is False
     assert plain.read_text() == "no markers\n"
 
 
-def results_file(path: str) -> str:
-    """A results file the commands wrote beside their code (committed with it)."""
-    return (ROOT / path).read_text()
-
-
 @pytest.mark.parametrize(
-    ("results", "markdown", "render"),
+    ("results", "template"),
     [
-        ("bench/results.json", "bench/results.md", report.bench_markdown),
-        ("bench/soak-results.json", "bench/soak-results.md", report.soak_markdown),
-        (
-            "bench/profile.json",
-            "bench/profile.md",
-            partial(report.profile_markdown, top=15, project="services/, shared/, bench/"),
-        ),
+        ("bench/results.json", "bench.md"),
+        ("bench/soak-results.json", "soak.md"),
+        ("bench/profile.json", "profile.md"),
     ],
 )
-def test_the_written_results_render_again_as_written(
-    results: str, markdown: str, render: object
-) -> None:
-    assert callable(render)
-    assert render(json.loads(results_file(results))) == results_file(markdown)
+def test_the_written_results_render_again_as_written(results: str, template: str) -> None:
+    """The results files are committed with the code that wrote them: rendered again from their
+    JSON, byte for byte the Markdown beside it."""
+    written = json.loads((ROOT / results).read_text())
+    assert common.render(template, written) == (ROOT / results).with_suffix(".md").read_text()

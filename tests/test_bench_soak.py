@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.config import ROOT
-from bench.soak import checks
+from bench.common import ROOT
+from bench.soak import Soak, Tally, checks
 
 RESULTS = ROOT / "bench" / "soak-results.json"
 
@@ -47,3 +47,36 @@ def test_a_run_without_jobs_or_hostile_phases_holds_nothing_it_could_not_see(
     met = {check["check"].split(" (")[0]: check["met"] for check in checks(empty)}
     assert met["Lost retrain jobs"] is False
     assert met["Trickling uploads"] is False
+
+
+class FakeStack:
+    gateway_url, token = "http://127.0.0.1:1", "t"
+
+    def stack_env(self) -> dict[str, str]:
+        return {}
+
+
+def test_a_move_is_served_once_every_clients_answers_name_its_version() -> None:
+    soak = Soak(FakeStack(), 60)  # type: ignore[arg-type]
+    soak.tallies = [Tally("one_row", 1), Tally("batch", 100)]
+    soak.tallies[0].switches = [(0.0, "1"), (10.4, "2"), (31.0, "1")]
+    soak.tallies[1].switches = [(0.0, "1"), (11.9, "2"), (30.2, "1")]
+    for label, version, sent in (("to A's", "2", 10.0), ("back", "1", 30.0)):
+        soak.moves.append({"label": label, "to_version": version, "requested_s": sent})
+    soak.time_swaps(end_s=40.0)
+    first, back = soak.moves
+    assert (first["first_new_answer_after_s"], first["all_new_answers_after_s"]) == (0.4, 1.9)
+    assert (back["first_new_answer_after_s"], back["all_new_answers_after_s"]) == (0.2, 1.0)
+
+
+def test_the_traffic_counts_answers_rows_and_failures_per_kind() -> None:
+    soak = Soak(FakeStack(), 60)  # type: ignore[arg-type]
+    one, batch = Tally("one_row", 1, requests=5, ok=4), Tally("batch", 100, requests=2, ok=2)
+    one.failures["HTTP 503"] = 1
+    one.latencies_ms, batch.latencies_ms = [1.0, 2.0, 3.0, 4.0], [10.0, 20.0]
+    soak.tallies = [one, batch]
+    traffic = soak.traffic(seconds=2.0)
+    assert (traffic["requests"], traffic["answered_200"], traffic["rows_answered"]) == (7, 6, 204)
+    assert traffic["failures"] == {"HTTP 503": 1}
+    assert traffic["by_kind"]["batch"]["requests_per_s"] == 1.0
+    assert traffic["by_kind"]["one_row"]["latency_ms"] == {"p50": 2.5, "p99": 3.97, "max": 4.0}

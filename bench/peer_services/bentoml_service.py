@@ -2,7 +2,7 @@
 `@bentoml.api` taking a numpy array), with 2 workers like the predictor and
 `mlflow models serve -w 2`.
 
-Runs in the peer's own virtual environment (bench/peers.py), never in the project's: it imports
+Runs in the peer's own virtual environment (bench/servers.py), never in the project's: it imports
 nothing from this repository. IRIS_BENCH_MODEL names the joblib file exported from the
 registry's production version.
 """
