@@ -13,14 +13,18 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/python: pyproject.toml uv.lock shared/pyproject.toml devstack/pyproject.toml services/*/pyproject.toml
+# A stamp of its own: .venv/bin/python is a link to the interpreter uv found, whose file a
+# `touch` through the link would change.
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): pyproject.toml uv.lock shared/pyproject.toml devstack/pyproject.toml services/*/pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --quiet "uv==0.13.8"
 	@# Bytecode now, not in every process that imports MLflow (PYTHONDONTWRITEBYTECODE shells).
 	uv sync --frozen --compile-bytecode --python 3.11
 	@touch $@
 
 .PHONY: install
-install: $(BIN)/python ## Create .venv and install the locked dependencies
+install: $(INSTALLED) ## Create .venv and install the locked dependencies
 
 .PHONY: data
 data: install ## Make data/iris.csv match its DVC pointer (offline bootstrap)
