@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from dotenv import dotenv_values
 
 from iris_devstack.processes import (
     REPO_ROOT,
@@ -759,6 +760,8 @@ def auth_mlflow(logs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ],
         logs_dir,
         env={
+            # The server's ConfigMap (infra/env/mlflow.env), with this test's paths.
+            **{k: v for k, v in dotenv_values(REPO_ROOT / "infra/env/mlflow.env").items() if v},
             "MLFLOW_AUTH_CONFIG_PATH": str(store / "basic_auth.ini"),
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
