@@ -26,6 +26,7 @@ version. Rows are checked as on /predict (`iris_predictor.inputs`).
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -232,8 +233,12 @@ def _rows(document: dict[str, Any], binary: bytes, max_rows: int) -> np.ndarray:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    if list not in set(map(type, data)):
+    kinds = set(map(type, data))
+    if list not in kinds:
         return data
+    if kinds == {list}:
+        # Rows of values, the usual [n, 4]: a level is flattened in C, not a Python loop per row.
+        return _flatten(list(itertools.chain.from_iterable(data)))
     flat: list[Any] = []
     for item in data:
         flat.extend(_flatten(item) if isinstance(item, list) else [item])
