@@ -30,6 +30,13 @@ MISSING_MODEL_ERROR: Final = "RESOURCE_DOES_NOT_EXIST"
 MISSING_MODEL_HTTP_STATUS: Final = 404
 NOT_FOUND_ERRORS: Final = frozenset({MISSING_ALIAS_ERROR, MISSING_MODEL_ERROR})
 
+# MLflow's REST API, as the services call it without MLflow's client: the tracking and registry
+# routes, and the artefact proxy of `mlflow server --serve-artifacts`, which stores files under
+# `mlflow-artifacts:/<path>` URIs.
+MLFLOW_API: Final = "/api/2.0/mlflow"
+MLFLOW_ARTIFACTS_API: Final = "/api/2.0/mlflow-artifacts/artifacts"
+PROXIED_ARTIFACTS_SCHEME: Final = "mlflow-artifacts"
+
 
 class VersionTag(StrEnum):
     """Keys of the tags the trainer writes on each run and model version."""

@@ -19,14 +19,19 @@ import yaml
 
 from iris_gateway.upstream import Upstream, UpstreamUnavailable
 from iris_shared.http import ServiceError
-from iris_shared.registry import CHALLENGER, NOT_FOUND_ERRORS, PRODUCTION
+from iris_shared.registry import (
+    CHALLENGER,
+    MLFLOW_API,
+    MLFLOW_ARTIFACTS_API,
+    NOT_FOUND_ERRORS,
+    PRODUCTION,
+    PROXIED_ARTIFACTS_SCHEME,
+)
 from iris_shared.servable import servability_problems
 
 logger = logging.getLogger(__name__)
 
-API = "/api/2.0/mlflow"
-ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
-PROXIED_ARTIFACTS = "mlflow-artifacts:/"
+PROXIED_ARTIFACTS = f"{PROXIED_ARTIFACTS_SCHEME}:/"
 # Long enough for the few MLflow calls of one promotion; a crashed holder frees it by then.
 LOCK_TIMEOUT_S = 30
 LOCK_WAIT_S = 10
@@ -93,14 +98,14 @@ class Promoter:
             raise self.mlflow.failed(
                 UpstreamUnavailable, "status_5xx", f"MLflow answered {response.status_code}."
             )
-        if path.startswith(ARTIFACTS_API):
+        if path.startswith(MLFLOW_ARTIFACTS_API):
             return response.status_code, response.content
         body = response.json()
         return response.status_code, body if isinstance(body, dict) else {}
 
     async def alias_version(self, name: str, alias: str) -> str | None:
         status, body = await self._call(
-            "GET", f"{API}/registered-models/alias", params={"name": name, "alias": alias}
+            "GET", f"{MLFLOW_API}/registered-models/alias", params={"name": name, "alias": alias}
         )
         if status == 200:
             return str(body["model_version"]["version"])
@@ -127,7 +132,7 @@ class Promoter:
                 # The challenger won; leaving the alias would advertise a contest that is over.
                 status, body = await self._call(
                     "DELETE",
-                    f"{API}/registered-models/alias",
+                    f"{MLFLOW_API}/registered-models/alias",
                     json={"name": name, "alias": CHALLENGER},
                 )
                 if status != 200:
@@ -143,7 +148,7 @@ class Promoter:
     async def _set_alias(self, name: str, alias: str, version: str) -> None:
         status, body = await self._call(
             "POST",
-            f"{API}/registered-models/alias",
+            f"{MLFLOW_API}/registered-models/alias",
             json={"name": name, "alias": alias, "version": version},
         )
         if status != 200:
@@ -151,7 +156,7 @@ class Promoter:
 
     async def _check_servable(self, name: str, version: str) -> None:
         status, body = await self._call(
-            "GET", f"{API}/model-versions/get", params={"name": name, "version": version}
+            "GET", f"{MLFLOW_API}/model-versions/get", params={"name": name, "version": version}
         )
         if status != 200:
             # A name MLflow finds invalid names no model either.
@@ -181,14 +186,14 @@ class Promoter:
         if artifact_uri.startswith("models:/"):
             # MLflow 3: the version points at a logged model, which knows where it lives.
             model_id = artifact_uri.removeprefix("models:/")
-            status, body = await self._call("GET", f"{API}/logged-models/{model_id}")
+            status, body = await self._call("GET", f"{MLFLOW_API}/logged-models/{model_id}")
             if status != 200:
                 return None
             artifact_uri = str(body.get("model", {}).get("info", {}).get("artifact_uri", ""))
         if not artifact_uri.startswith(PROXIED_ARTIFACTS):
             return None
         path = artifact_uri.removeprefix(PROXIED_ARTIFACTS).strip("/")
-        status, content = await self._call("GET", f"{ARTIFACTS_API}/{path}/MLmodel")
+        status, content = await self._call("GET", f"{MLFLOW_ARTIFACTS_API}/{path}/MLmodel")
         if status != 200:
             return None
         try:

@@ -173,5 +173,5 @@ def registry_for(
         name=like.name if like else settings.model_name,
         alias=alias,
         cache_dir=settings.cache_dir,
-        probe_timeout_s=settings.mlflow_probe_timeout_s,
+        connect_timeout_s=settings.mlflow_probe_timeout_s,
     )

@@ -42,8 +42,8 @@ class PredictorSettings(HTTPServiceSettings):
     mlflow_probe_timeout_s: float = Field(
         default=2.0,
         gt=0,
-        description="Timeout of the reachability probe run before each check, so an MLflow "
-        "that is down is noticed at once instead of after MLflow's own retries.",
+        description="How long a call to MLflow waits for its connection: an MLflow that is "
+        "down is noticed at once instead of after retries.",
     )
     cache_dir: Path = Field(
         default=Path(".cache/predictor"),

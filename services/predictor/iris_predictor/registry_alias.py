@@ -1,11 +1,11 @@
 """The MLflow side: what an alias points at, downloading and loading it, and the local copy.
 
-MLflow's client finds and downloads a version, after its listing shows it within the size
-cap; loading it is never MLflow's: `iris_shared.model_files` loads only what meets the serving
-contract (skops with this deployment's trusted types, the four measurements, the three
-species, a model file inside its folder). A version saved with pickle is refused, never
-unpickled. Why a version failed to load is shown in the public GET /model: only the loader's
-fixed reasons are, never an exception's text (that goes to the log).
+MLflow's REST API (`mlflow_rest`) finds and downloads a version, after its listing shows it
+within the size cap; loading it is never MLflow's: `iris_shared.model_files` loads only what
+meets the serving contract (skops with this deployment's trusted types, the four
+measurements, the three species, a model file inside its folder). A version saved with pickle
+is refused, never unpickled. Why a version failed to load is shown in the public GET /model:
+only the loader's fixed reasons are, never an exception's text (that goes to the log).
 
 The local copy (`<cache_dir>/<name>@<alias>/`) holds the last loaded model's directory and
 `served.json` describing it; it lets a predictor that starts while MLflow is down serve the
@@ -19,19 +19,21 @@ import logging
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import mlflow.artifacts
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException, RestException
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from typing import Any
 
 from iris_predictor.inference import IncompatibleModelError, LoadedModel
+from iris_predictor.mlflow_rest import (
+    ArtifactEntry,
+    MlflowRefusedError,
+    MlflowRest,
+    MlflowUnreachableError,
+    download_listed,
+)
 from iris_shared.drift import REFERENCE_PROFILE_ARTIFACT, ReferenceProfile
 from iris_shared.model_files import UnsafeModelError, check_listed_size, load_model_files
 from iris_shared.registry import NOT_FOUND_ERRORS, VersionTag
@@ -40,6 +42,8 @@ from iris_shared.schemas import ServedModel
 logger = logging.getLogger(__name__)
 
 _METADATA_FILE = "served.json"
+# A reference profile is a few kilobytes of numbers per feature; nothing larger is read.
+PROFILE_MAX_BYTES = 1 << 20
 
 
 class RegistryUnavailableError(Exception):
@@ -56,7 +60,7 @@ def _safe_reason(exc: Exception) -> str:
         return exc.reason
     if isinstance(exc, IncompatibleModelError):
         return "it does not take the four measurements in order"
-    if isinstance(exc, MlflowException | OSError):
+    if isinstance(exc, MlflowRefusedError | MlflowUnreachableError | OSError):
         return "its files could not be fetched from MLflow"
     return "it could not be loaded (see the predictor's log)"
 
@@ -69,6 +73,13 @@ def _read_profile(path: Path | None) -> ReferenceProfile | None:
     except (OSError, ValueError):
         logger.warning("Unreadable reference profile; no drift scores", extra={"path": str(path)})
         return None
+
+
+def _kept(listing: list[ArtifactEntry], entries: Iterable[ArtifactEntry]) -> list[ArtifactEntry]:
+    """`entries`, also added to `listing`: the size check's listing is the one downloaded."""
+    entries = list(entries)
+    listing.extend(entries)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -91,114 +102,93 @@ class RegistryAlias:
         name: str,
         alias: str,
         cache_dir: Path,
-        probe_timeout_s: float = 2.0,
+        connect_timeout_s: float = 2.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
-        self.probe_timeout_s = probe_timeout_s
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name}@{alias}")
         self.cache_dir = cache_dir / safe
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # A refused or unanswered connection fails within `connect_timeout_s`: an MLflow that
+        # is down is noticed at once, not after the client's retries.
+        self._mlflow = MlflowRest(tracking_uri, connect_timeout_s=connect_timeout_s)
 
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
 
-    def _probe(self) -> None:
-        """Fail fast when the server is down: MLflow's client retries for minutes by default."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return
-        url = f"{self.tracking_uri.rstrip('/')}/health"
-        try:
-            # The scheme is checked above; the URL comes from settings, never from a client.
-            with urllib.request.urlopen(url, timeout=self.probe_timeout_s):  # noqa: S310
-                pass
-        except urllib.error.HTTPError:
-            return  # it answered: reachable, whatever it thinks of /health
-        except (OSError, ValueError) as exc:
-            raise RegistryUnavailableError(f"MLflow at {self.tracking_uri} is unreachable") from exc
-
     def resolve(self) -> VersionRef | None:
         """The version behind the alias, or None when the alias (or the model) does not exist."""
-        self._probe()
         try:
-            version = self._client.get_model_version_by_alias(self.name, self.alias)
-        except RestException as exc:
+            version = self._mlflow.version_by_alias(self.name, self.alias)
+        except MlflowRefusedError as exc:
             if exc.error_code in NOT_FOUND_ERRORS:
                 return None
             raise RegistryUnavailableError(f"MLflow refused {self.uri}: {exc}") from exc
-        except MlflowException as exc:
+        except (MlflowUnreachableError, KeyError, TypeError) as exc:
             raise RegistryUnavailableError(f"MLflow failed to resolve {self.uri}") from exc
-        tags = dict(version.tags or {})
-        created = version.creation_timestamp
+        tags = {tag["key"]: tag["value"] for tag in version.get("tags") or []}
+        created = version.get("creation_timestamp")
         return VersionRef(
             name=self.name,
             alias=self.alias,
-            version=str(version.version),
-            run_id=version.run_id,
+            version=str(version["version"]),
+            run_id=version.get("run_id") or None,
             data_md5=tags.get(VersionTag.DATA_MD5),
-            created_at=datetime.fromtimestamp(created / 1000, UTC) if created else None,
+            created_at=datetime.fromtimestamp(int(created) / 1000, UTC) if created else None,
         )
 
-    def _profile(self, run_id: str | None, target: Path) -> Path | None:
-        """Download the training data's reference profile; None when the run has none."""
+    def _run(self, run_id: str | None) -> dict[str, Any]:
+        """The run's metrics and artefact folder; empty when unknown or unreadable (versions
+        are served all the same)."""
         if not run_id:
+            return {}
+        try:
+            return self._mlflow.run(run_id)
+        except (MlflowRefusedError, MlflowUnreachableError, KeyError):
+            logger.warning("Unable to read the version's run", extra={"run_id": run_id})
+            return {}
+
+    def _profile(self, run: dict[str, Any], target: Path) -> Path | None:
+        """Download the training data's reference profile; None when the run has none."""
+        artifact_uri = (run.get("info") or {}).get("artifact_uri")
+        if not artifact_uri:
             return None
         try:
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=REFERENCE_PROFILE_ARTIFACT,
-                    dst_path=str(target),
-                    tracking_uri=self.tracking_uri,
-                )
-            )
+            folder = self._mlflow.folder(str(artifact_uri))
+            return folder.download(REFERENCE_PROFILE_ARTIFACT, target, PROFILE_MAX_BYTES)
         except Exception:
             # Versions trained before profiles existed: served all the same, without drift.
-            logger.warning("No reference profile for drift scores", extra={"run_id": run_id})
+            logger.warning("No reference profile for drift scores", exc_info=True)
             return None
-
-    def _metrics(self, run_id: str | None) -> dict[str, float]:
-        if not run_id:
-            return {}
-        try:
-            return {k: float(v) for k, v in self._client.get_run(run_id).data.metrics.items()}
-        except MlflowException:
-            logger.warning("Unable to read run metrics", extra={"run_id": run_id})
-            return {}
 
     def load(self, ref: VersionRef) -> LoadedModel:
         """Download and load `ref` completely, then make it the local copy."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        folder = f"v{ref.version}-{uuid.uuid4().hex[:8]}"
-        target = self.cache_dir / folder
-        uri = f"models:/{ref.name}/{ref.version}"
+        target = self.cache_dir / f"v{ref.version}-{uuid.uuid4().hex[:8]}"
         try:
-            files = get_artifact_repository(
-                uri, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
-            )
-            check_listed_size(files.list_artifacts)
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri,
-                dst_path=str(target),
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri,
-            )
+            files = self._mlflow.folder(self._mlflow.version_files_uri(ref.name, ref.version))
+            listing: list[ArtifactEntry] = []
+            check_listed_size(lambda path: _kept(listing, files.list(path)))
+            local = download_listed(files, listing, target)
+            run = self._run(ref.run_id)
             info = ServedModel(
                 name=ref.name,
                 version=ref.version,
                 alias=ref.alias,
                 run_id=ref.run_id,
-                metrics=self._metrics(ref.run_id),
+                metrics={
+                    str(metric["key"]): float(metric["value"])
+                    for metric in (run.get("data") or {}).get("metrics") or []
+                },
                 data_md5=ref.data_md5,
                 created_at=ref.created_at,
                 loaded_at=datetime.now(UTC),
                 source="registry",
             )
-            profile_path = self._profile(ref.run_id, target)
+            profile_path = self._profile(run, target)
             loaded = LoadedModel(
-                model=load_model_files(Path(local)),
+                model=load_model_files(local),
                 info=info,
                 profile=_read_profile(profile_path),
             )
@@ -211,7 +201,7 @@ class RegistryAlias:
             ) from exc
         self._remember(
             info,
-            Path(local).relative_to(self.cache_dir),
+            local.relative_to(self.cache_dir),
             profile_path.relative_to(self.cache_dir) if profile_path is not None else None,
         )
         return loaded
