@@ -54,9 +54,10 @@ train: install ## Train, register and gate both models against MLFLOW_TRACKING_U
 repro: install ## Run the DVC pipeline (validate -> train)
 	$(BIN)/dvc repro
 
-# Three pytest-xdist workers on two cores: the integration tests spend much of their time
-# waiting on processes (start-up, polls, redelivery). Each worker has its own session services.
-TEST_WORKERS ?= 3
+# One pytest-xdist worker per core. Each worker has its own session services (MLflow, a trained
+# registry, a predictor, a gateway, a Celery worker), and the suite is mostly CPU: a third
+# worker's services and the contention cost more than its overlap of the waits gains.
+TEST_WORKERS ?= 2
 .PHONY: test
 test: install ## Run the whole test suite against real processes (installs missing system tools)
 	bash scripts/ensure_tools.sh
