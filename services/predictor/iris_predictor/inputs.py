@@ -154,6 +154,17 @@ def checked_rows(values: Any, max_rows: int) -> np.ndarray:
 
 def rows_from_columns(columns: list[Any], data: list[Any], max_rows: int) -> np.ndarray:
     """Rows given with their column names, in any order, as FEATURE_NAMES-ordered rows."""
+    order = _feature_order(columns)
+    return _ordered_rows(_numbers(data), order, max_rows)
+
+
+def rows_from_table(columns: list[str], table: np.ndarray, max_rows: int) -> np.ndarray:
+    """`rows_from_columns` for values already decoded as float64 numbers."""
+    return _ordered_rows(table, _feature_order(columns), max_rows)
+
+
+def _feature_order(columns: list[Any]) -> list[int]:
+    """Where each of FEATURE_NAMES is among `columns`, which must name each exactly once."""
     names = [str(name) for name in columns]
     missing = [name for name in FEATURE_NAMES if name not in names]
     unknown = [name for name in names if name not in FEATURE_NAMES]
@@ -164,10 +175,12 @@ def rows_from_columns(columns: list[Any], data: list[Any], max_rows: int) -> np.
             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
             + "."
         )
-    order = [names.index(name) for name in FEATURE_NAMES]
-    table = _numbers(data)
-    if table.ndim != 2 or table.shape[1] != len(names):
-        raise InvalidRows(f"Each row must have {len(names)} values, one per column.")
+    return [names.index(name) for name in FEATURE_NAMES]
+
+
+def _ordered_rows(table: np.ndarray, order: list[int], max_rows: int) -> np.ndarray:
+    if table.ndim != 2 or table.shape[1] != len(order):
+        raise InvalidRows(f"Each row must have {len(order)} values, one per column.")
     return checked_rows(table[:, order], max_rows)
 
 
