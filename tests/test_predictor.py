@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from iris_devstack.processes import free_port, wait_until
+from iris_devstack.processes import child_pids, free_port, wait_until
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
@@ -283,9 +284,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def worker_pids(service: PredictorService) -> list[int]:
     """The server's worker processes (multiprocessing also starts a resource tracker)."""
-    children = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
-    pids = [int(pid) for pid in children.read_text().split()]
-    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = []
+    for pid in child_pids(service.process.pid):
+        with suppress(FileNotFoundError, ProcessLookupError):  # gone since it was listed
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+    return sorted(workers)
 
 
 def test_metrics_are_merged_across_the_worker_processes(

@@ -20,7 +20,16 @@ import pytest
 import redis
 from dotenv import dotenv_values
 
-from iris_devstack.processes import REPO_ROOT, VENV_BIN, free_port, http_ok, tcp_open, wait_until
+from iris_devstack.processes import (
+    REPO_ROOT,
+    VENV_BIN,
+    alive,
+    child_pids,
+    free_port,
+    http_ok,
+    tcp_open,
+    wait_until,
+)
 from tests.support.core import cli_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
@@ -230,32 +239,10 @@ def test_the_cli_finds_the_running_stacks_log_redis_and_namespace(clone: Path) -
     assert "No labelled rows are waiting" in pending.stdout
 
 
-def proc_stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat's fields from the state on (the name before them may hold spaces)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def alive(pid: int) -> bool:
-    """Running or sleeping; a zombie (dead, waiting to be reaped) is not alive."""
-    try:
-        return proc_stat(pid)[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def live_pids() -> Iterator[int]:
     for entry in Path("/proc").glob("[0-9]*"):
         if alive(int(entry.name)):
             yield int(entry.name)
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for child in live_pids():
-        with suppress(FileNotFoundError, ProcessLookupError):
-            if int(proc_stat(child)[1]) == pid:
-                found.add(child)
-    return found
 
 
 def stack_processes(clone: Path) -> dict[int, str]:
@@ -288,7 +275,7 @@ def test_a_killed_server_master_is_replaced_and_its_workers_stop(
     """The OOM killer or a crash SIGKILLs a multi-process server's master: its workers stop
     within seconds and free the port, and supervisord's next master serves on it."""
     master = int(pids(stack(clone, "status").stdout)[program])
-    old = children(master)
+    old = child_pids(master)
     assert len(old) >= 2, "not a multi-process server"
     log = clone / ".state" / "logs" / f"{program.rsplit(':', 1)[-1]}.log"
     seen = len(log.read_bytes())
@@ -307,7 +294,7 @@ def test_a_killed_server_master_is_replaced_and_its_workers_stop(
 
     wait_until(replaced, 30, f"supervisord's {program} running again")
     new = int(pids(stack(clone, "status").stdout)[program])
-    assert len(children(new)) >= 2
+    assert len(child_pids(new)) >= 2
     restarts = log.read_bytes()[seen:].decode(errors="replace")
     assert "address already in use" not in restarts.lower(), restarts
 

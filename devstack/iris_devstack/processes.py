@@ -31,6 +31,34 @@ class StartupError(RuntimeError):
     """A process exited before it was ready."""
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields from the state on (the name before them may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (dead, waiting to be reaped) is not alive."""
+    try:
+        return proc_stat(pid)[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`, whichever of its threads started them.
+
+    Read from each process's parent id: `/proc/<pid>/task/<tid>/children` lists the children
+    of one thread only, and its kernel documentation calls it unreliable.
+    """
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            state, parent = proc_stat(int(entry.name))[:2]
+            if int(parent) == pid and state != "Z":
+                found.add(int(entry.name))
+    return found
+
+
 def child_env(**env: str) -> dict[str, str]:
     """The environment of a child process: this one's, the venv first on PATH, no tracking URI
     unless `env` gives one, then `env`."""

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from iris_devstack.processes import (
     ManagedProcess,
     StartupError,
     child_env,
+    child_pids,
     free_port,
     wait_until,
 )
@@ -163,3 +165,21 @@ def test_the_stack_on_a_state_folder_where_nothing_runs(
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"[stack] {said}\n"
     assert not (tmp_path / "state").exists()
+
+
+def test_child_pids_are_the_live_children_of_every_thread() -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    thread = threading.Thread(target=lambda: started.append(subprocess.Popen(["sleep", "30"])))
+    thread.start()
+    thread.join()
+    started.append(subprocess.Popen(["sleep", "30"]))
+    try:
+        assert {process.pid for process in started} <= child_pids(os.getpid())
+        started[1].kill()
+        started[1].wait()
+        assert started[1].pid not in child_pids(os.getpid())
+        assert started[0].pid in child_pids(os.getpid())
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()

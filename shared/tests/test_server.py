@@ -21,41 +21,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from iris_devstack.processes import free_port
+from iris_devstack.processes import alive, child_pids, free_port
 
 pytestmark = [pytest.mark.integration]
 
 SERVICE = Path(__file__).with_name("tiny_service.py")
 
 
-def proc_stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat's fields from the state on (the name before them may hold spaces)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def alive(pid: int) -> bool:
-    """Running or sleeping; a zombie (dead, waiting to be reaped) is not alive."""
-    try:
-        return proc_stat(pid)[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def children(pid: int) -> set[int]:
-    """The live processes whose parent is `pid`."""
-    found = set()
-    for entry in Path("/proc").glob("[0-9]*"):
-        with suppress(FileNotFoundError, ProcessLookupError):
-            fields = proc_stat(int(entry.name))
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry.name))
-    return found
-
-
 def workers_of(master: int) -> set[int]:
     """The master's uvicorn workers (its other child is multiprocessing's resource tracker)."""
     found = set()
-    for pid in children(master):
+    for pid in child_pids(master):
         with suppress(FileNotFoundError, ProcessLookupError):
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.add(pid)
@@ -173,7 +149,7 @@ def test_workers_stop_gracefully_and_free_the_port_when_their_master_is_killed(
 ) -> None:
     with tiny_server(tmp_path) as server:
         master = server.master.pid
-        old = children(master)
+        old = child_pids(master)
         workers = workers_of(master)
         thread, statuses = slow_request(server, 2)
 
@@ -212,7 +188,7 @@ def test_a_worker_that_cannot_stop_after_its_master_died_is_ended(tmp_path: Path
     """A shutdown that hangs (a log that cannot be flushed, say) does not keep an orphan alive:
     it gets as long again as the grace period for in-flight requests, then ends."""
     with tiny_server(tmp_path, TINY_HANG_ON_SHUTDOWN="1", TINY_GRACEFUL_SHUTDOWN_S="1") as server:
-        old = children(server.master.pid)
+        old = child_pids(server.master.pid)
 
         server.master.send_signal(signal.SIGKILL)
         server.master.wait(5)
