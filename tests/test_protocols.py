@@ -188,6 +188,9 @@ def test_tritonclient_is_told_what_is_wrong_with_bad_rows(
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}',
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}',
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": ["a", 2, 3, 4]}]}',
+        # An integer no float can hold (found by a property test).
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1%s, 2, 3, 4]}]}'
+        % (b"0" * 400),
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}],'
         b' "outputs": [{"name": "nope"}]}',
     ],
@@ -313,6 +316,13 @@ def test_invocations_take_every_body_mlflow_serve_takes(
         ("application/json", b'{"instances": [[5.1, 3.5, 1.4]]}'),
         ("application/json", b'{"instances": [[5.1, 3.5, 1.4, "0.2"]]}'),
         ("application/json", b'{"instances": [], "inputs": []}'),
+        # An integer no float can hold (found by a property test).
+        ("application/json", b'{"instances": [[1%s, 3.5, 1.4, 0.2]]}' % (b"0" * 400)),
+        (
+            "application/json",
+            b'{"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", '
+            b'"petal_width"], "data": [[1%s, 3.5, 1.4, 0.2]]}}' % (b"0" * 400),
+        ),
         ("text/csv", b"sepal_length,sepal_width\n1,2\n"),
         ("text/csv", b"sepal_length,sepal_width,petal_length,petal_width\n1,2,x,4\n"),
         ("text/csv", b"\xff\xfe"),

@@ -121,6 +121,13 @@ class InvalidRows(ServiceError):
     error = "validation_error"
 
 
+# An integer too large for a float (JSON has no limit) cannot even be compared with the bounds.
+TOO_LARGE: Final = (
+    f"A value is too large to be read as a number; every measurement is at most "
+    f"{MAX_MEASUREMENT_CM:g} cm."
+)
+
+
 def checked_rows(values: Any, max_rows: int) -> np.ndarray:
     """`values` as an (n, 4) float64 array of measurements the contract accepts: n from 1 to
     `max_rows` (413 beyond), every value finite, greater than 0 and at most MAX_MEASUREMENT_CM
@@ -129,6 +136,8 @@ def checked_rows(values: Any, max_rows: int) -> np.ndarray:
         # C order: columns picked out of a table by name come as a strided view, and the answers
         # kept for feedback are serialised straight from this buffer (orjson takes C order only).
         rows = np.ascontiguousarray(values, dtype=np.float64)
+    except OverflowError:
+        raise InvalidRows(TOO_LARGE) from None
     except (TypeError, ValueError):
         raise InvalidRows("The rows must be numbers only.") from None
     if rows.ndim == 1 and rows.size == len(FEATURE_NAMES):
@@ -200,6 +209,8 @@ def _numbers(data: Any) -> np.ndarray:
         raise InvalidRows("The data must be rows of numbers.")
     try:
         return np.asarray(data, dtype=np.float64)
+    except OverflowError:
+        raise InvalidRows(TOO_LARGE) from None
     except ValueError:
         raise InvalidRows("Every row must have the same number of values.") from None
 

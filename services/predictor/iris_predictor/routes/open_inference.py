@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 
 from iris_predictor.core import OPEN_INFERENCE, Answer
 from iris_predictor.inference import LoadedModel
-from iris_predictor.inputs import InvalidRows, are_numbers, checked_rows
+from iris_predictor.inputs import TOO_LARGE, InvalidRows, are_numbers, checked_rows
 from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
 from iris_predictor.state import PredictorState
 from iris_shared.http import ServiceError, json_body
@@ -228,7 +228,10 @@ def _rows(document: dict[str, Any], binary: bytes, max_rows: int) -> np.ndarray:
             )
         if not are_numbers(flat):
             raise V2Error(400, "The input's data must be numbers.")
-        values = np.asarray(flat, dtype=_DTYPES[datatype]).reshape(shape)
+        try:
+            values = np.asarray(flat, dtype=_DTYPES[datatype]).reshape(shape)
+        except OverflowError:
+            raise V2Error(400, TOO_LARGE) from None
     return checked_rows(values, max_rows)
 
 
