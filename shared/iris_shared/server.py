@@ -220,6 +220,20 @@ def freeze_long_lived_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    release_free_heap()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc's `malloc_trim`).
+
+    Start-up (imports, settings validation, loading a model) frees much of what it allocates,
+    and glibc keeps freed memory for reuse: in the master, which then only watches its
+    workers, it would stay resident for nothing. Elsewhere than glibc this does nothing.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return
 
 
 def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
@@ -239,6 +253,7 @@ def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
         # compose's stop grace period.
         os.environ[ORPHAN_DEADLINE_ENV] = str(2 * settings.graceful_shutdown_s)
         factory = f"{__name__}:{create_worker_app.__name__}"
+    release_free_heap()
     uvicorn.run(
         factory,
         factory=True,

@@ -225,7 +225,7 @@ class ModelWatcher:
 
     def _install(self, new: LoadedModel, previous: LoadedModel | None) -> None:
         if previous is None:
-            # Loading the first model imports most of MLflow: freeze that too, before serving.
+            # Loading the first model imports scikit-learn's model modules: freeze those too.
             freeze_long_lived_objects()
         self.holder.swap(new)
         self.metrics.model_served(new.info.name, new.version, new.info.alias, answers=self.answers)
