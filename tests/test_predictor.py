@@ -331,14 +331,23 @@ def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
 
     os.kill(doomed, signal.SIGKILL)
 
-    wait_until(
-        lambda: (
-            doomed not in worker_pids(predictor_service)
-            and len(worker_pids(predictor_service)) == 2
-        ),
-        60,
-        "a replacement worker",
-    )
+    seen: list[list[int]] = []
+
+    def replaced() -> bool:
+        seen.append(worker_pids(predictor_service))
+        return doomed not in seen[-1] and len(seen[-1]) == 2
+
+    try:
+        wait_until(replaced, 60, "a replacement worker")
+    except TimeoutError:
+        master = predictor_service.process.pid
+        children = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in child_pids(master)
+        }
+        raise AssertionError(
+            f"no replacement for worker {doomed}: workers seen {seen[:3]}...{seen[-3:]}, "
+            f"children of the master {master} now {children}"
+        ) from None
     wait_ready(predictor_service.process, url)
     text = httpx.get(f"{url}/metrics").text
     # Counters of the dead process stay in the totals; its live gauges are gone.
