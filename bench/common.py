@@ -1,10 +1,8 @@
 """What `make bench`, `make soak` and `make profile` share: the loads' constants, progress
-lines, a run on a second local stack (Session), memory of process trees, and the writer of the
-results: JSON with every figure, and Markdown from bench/templates/ (Jinja)."""
+lines, memory of process trees, and a run on a second local stack (Session)."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -14,26 +12,19 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jinja2
-
 from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import child_pids
 from iris_predictor.config import PredictorSettings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
-MODEL_NAME = "Iris-LogisticRegression"
-# The goals are stated for these loads; changing them changes what the goals mean.
-CONNECTIONS, BATCH_CONNECTIONS, BATCH_ROWS = 32, 4, 1000
-MLFLOW_SERVE_WORKERS = 2
-WRK_THREADS, WRK_TIMEOUT = 2, "10s"
+MODEL_NAME, MLFLOW_SERVE_WORKERS = "Iris-LogisticRegression", 2
 # The serving path and its baseline; the services' own declared dependencies are added.
 LIBRARIES = (
     *("mlflow", "scikit-learn", "fastapi", "uvicorn", "starlette", "pydantic", "numpy", "pandas"),
@@ -82,14 +73,7 @@ def timed(phase: str, seconds: dict[str, float]) -> Iterator[None]:
 
 
 def process_tree(pid: int) -> list[int]:
-    tree = [pid]
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            for child in children.read_text().split():
-                tree.extend(process_tree(int(child)))
-        except OSError:
-            continue  # the thread or child ended while we looked
-    return tree
+    return [pid, *(member for child in sorted(child_pids(pid)) for member in process_tree(child))]
 
 
 def tree_memory(pid: int | None) -> dict[str, Any] | None:
@@ -97,22 +81,20 @@ def tree_memory(pid: int | None) -> dict[str, Any] | None:
     RSS counts pages shared between forked workers once per process; PSS splits them."""
     if pid is None:
         return None
-    per_process = []
-    for member in process_tree(pid):
-        try:
+    per_process, members = [], process_tree(pid)
+    for member in members:
+        kib = {"Rss": 0, "Pss": 0}
+        with suppress(OSError):  # ended meanwhile
             text = Path(f"/proc/{member}/smaps_rollup").read_text()
-        except OSError:  # ended meanwhile
-            text = ""
-        kib = dict(re.findall(r"^(Rss|Pss):\s+(\d+)", text, re.MULTILINE))
-        per_process.append((int(kib.get("Rss", 0)), int(kib.get("Pss", 0))))
-    rss, pss = (sum(column) for column in zip(*per_process, strict=True))
-    largest = max(per_process)
+            kib |= {k: int(v) for k, v in re.findall(r"^(Rss|Pss):\s+(\d+)", text, re.M)}
+        per_process.append((kib["Rss"] / 1024, kib["Pss"] / 1024))
+    (rss, pss), largest = map(sum, zip(*per_process, strict=True)), max(per_process)
     return {
         "processes": len(per_process),
-        **{"rss_mib": round(rss / 1024, 1), "pss_mib": round(pss / 1024, 1)},
-        "largest_rss_mib": round(largest[0] / 1024, 1),
-        "largest_pss_mib": round(largest[1] / 1024, 1),
-        "per_process_rss_mib": [round(kib / 1024, 1) for kib, _ in per_process],
+        **{"rss_mib": round(rss, 1), "pss_mib": round(pss, 1)},
+        **{"largest_rss_mib": round(largest[0], 1), "largest_pss_mib": round(largest[1], 1)},
+        "per_process_rss_mib": [round(rss, 1) for rss, _ in per_process],
+        "pids": members,
     }
 
 
@@ -120,21 +102,15 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
 
 
-def _first_match(path: str, pattern: str) -> str | None:
-    found = (
-        re.search(pattern, Path(path).read_text(), re.MULTILINE) if Path(path).exists() else None
-    )
-    return found.group(1).strip() if found else None
-
-
 def _machine() -> dict[str, Any]:
-    mem_kib = _first_match("/proc/meminfo", r"^MemTotal:\s+(\d+)")
+    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
-        "cpu": _first_match("/proc/cpuinfo", r"^model name\s*:\s*(.+)$") or platform.processor(),
+        "cpu": cpu[1].strip() if cpu else platform.processor(),
         "cores": os.cpu_count(),
-        "memory_gib": round(int(mem_kib) / 1024 / 1024, 1) if mem_kib else None,
+        "memory_gib": round(memory / 1024**3, 1),
         "kernel": platform.release(),
-        "os": _first_match("/etc/os-release", r'^PRETTY_NAME="?([^"\n]+)"?'),
+        "os": platform.freedesktop_os_release().get("PRETTY_NAME"),
         "python": platform.python_version(),
     }
 
@@ -142,18 +118,12 @@ def _machine() -> dict[str, Any]:
 def _library_versions() -> dict[str, str]:
     names = set(LIBRARIES)
     for package in SERVICE_PACKAGES:
-        try:
-            declared = metadata.requires(package) or []
-        except metadata.PackageNotFoundError:
-            continue
+        declared = metadata.requires(package) or []
         names |= {re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0] for req in declared}
     versions = {}
-    for name in sorted(names, key=str.lower):
-        try:
-            if not name.startswith("iris-"):
-                versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    for name in sorted(names - {n for n in names if n.startswith("iris-")}, key=str.lower):
+        with suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
     return versions
 
 
@@ -166,8 +136,9 @@ class Session:
     own. On exit the stack stops; the folder (logs included) goes only when the run finished
     and BENCH_KEEP_STATE is unset."""
 
-    def __init__(self, name: str, command: str, phases: dict[str, float] | None = None) -> None:
-        self.started, self.phases = time.monotonic(), phases
+    def __init__(self, name: str, command: str) -> None:
+        self.started, self.finished = time.monotonic(), False
+        self.phases: dict[str, float] = {}  # seconds each step took, the stack's start and stop too
         # Not stripped: that would eat the first line's leading status column.
         changed = [line[3:] for line in _git("status", "--porcelain").splitlines() if line.strip()]
         self.results: dict[str, Any] = {
@@ -182,19 +153,24 @@ class Session:
         self.work = Path(tempfile.mkdtemp(prefix=f"iris-{name}-"))
         say(f"state and logs in {self.work}")
         self.stack = PrivateStack.prepare(self.work)
-        self.finished = False
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         say("stopping the stack")
-        with timed("stack_down", self.phases if self.phases is not None else {}):
+        with timed("stack_down", self.phases):
             self.stack.down()
         if self.finished and not os.environ.get("BENCH_KEEP_STATE"):
             shutil.rmtree(self.work, ignore_errors=True)
         else:
             say(f"kept {self.work} (logs in {self.work / 'logs'} and {self.work / 'state/logs'})")
+
+    def up(self, durable_redis: bool = False) -> None:
+        say("starting the stack (a private Redis, then python -m iris_devstack up)")
+        with timed("stack_up", self.phases):
+            self.stack.start_redis(durable=durable_redis)
+            self.stack.up()
 
     def closing(self) -> dict[str, Any]:
         """What the results say of the run once it is over: time, load, machine, libraries."""
@@ -214,76 +190,3 @@ def command_line(target: str) -> str:
         if v and k.startswith(("BENCH_", "PROFILE_")) and k != "BENCH_NOTE"
     ]
     return " ".join([*overrides, f"make {target}"])
-
-
-# --- the report -------------------------------------------------------------------------------
-
-
-def cell(value: Any, digits: int = 1) -> str:
-    """A table cell: numbers with thousands separators, None as `-`."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def provenance(results: dict[str, Any]) -> str:
-    git, host = results["git"], results["machine"]
-    commit = git["commit"][:10] + (" with uncommitted changes" if git["dirty"] else "")
-    return (
-        f"Measured {results['timestamp']} on commit {commit}, {host['cores']} cores "
-        f"({host['cpu']}), by `{results['command']}` in {results['elapsed_s'] / 60:.1f} min."
-    )
-
-
-def verdicts(results: dict[str, Any], key: str = "goals") -> str:
-    """The goals (or the soak's checks) as a table, how many were met, and the provenance."""
-    records, ratio = results[key], key == "goals"
-    lines = [
-        f"| {key[:-1].capitalize()} | Target | Measured |{' Ratio |' * ratio} Met |",
-        "|---|---|---|---|" + "---|" * ratio,
-    ]
-    for r in records:
-        shown = "-" if r.get("ratio") is None else f"{r['ratio']:.3g}x"
-        cells = [r.get("goal") or r.get("check"), r["target"], r["measured"], *[shown] * ratio]
-        lines.append("| " + " | ".join([*cells, "✅" if r["met"] else "❌"]) + " |")
-    met = sum(1 for r in records if r["met"])
-    return "\n".join(lines) + f"\n\n{met} of {len(records)} {key} met. {provenance(results)}"
-
-
-# Markdown, not HTML: nothing to escape.
-TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,  # noqa: S701
-)
-TEMPLATES.filters.update(n=cell, f=format, pct=lambda share: f"{share * 100:.1f}%")
-TEMPLATES.globals.update(verdicts=verdicts, provenance=provenance)
-
-
-def render(template: str, results: dict[str, Any]) -> str:
-    return TEMPLATES.get_template(template).render(results, run=results)
-
-
-def write(results: dict[str, Any], json_path: Path, template: str) -> None:
-    """The results as JSON, and as Markdown beside it (same name, `.md`), printed too."""
-    md_path = json_path.with_suffix(".md")
-    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    md_path.write_text(render(template, results))
-    print(md_path.read_text())
-    say(f"wrote {json_path} and {md_path}")
-
-
-def update_readme(readme: Path, results: dict[str, Any]) -> bool:
-    """Replace the goals table between the bench markers; False when the markers are missing."""
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
-    block = f"{README_START}\n{verdicts(results)}\n{README_END}"
-    readme.write_text(pattern.sub(lambda _: block, text, count=1))
-    return pattern.search(text) is not None

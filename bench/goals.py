@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bench.common import BATCH_CONNECTIONS, BATCH_ROWS, CONNECTIONS, MLFLOW_SERVE_WORKERS
+from bench.common import MLFLOW_SERVE_WORKERS
+from bench.loads import BATCH_CONNECTIONS, BATCH_ROWS, CONNECTIONS
 
 MLFLOW = f"`mlflow models serve -w {MLFLOW_SERVE_WORKERS}`"
 ONE = f"one row, {CONNECTIONS} connections"
@@ -158,11 +159,8 @@ def evaluate(
         value = ours.get(field)
         text = record.unmeasured if value is None else record.measured.format(a=value, ours=ours)
         return verdict | {"measured": text, "ratio": None, "met": record.holds(value)}
-    if record.pick == "first":
-        name, theirs = measured[0]
-    else:
-        chooser = min if record.pick == "lowest" else max
-        name, theirs = chooser(measured, key=lambda entry: float(entry[1][field]))
+    chooser = {"highest": max, "lowest": min}.get(record.pick)
+    name, theirs = chooser(measured, key=lambda m: float(m[1][field])) if chooser else measured[0]
     ratios = [ours[f] / theirs[f] if theirs[f] else None for f in record.fields]
     ratio = None if None in ratios else max(r for r in ratios if r is not None)
     text = record.measured.format(a=ours[field], b=theirs[field], ours=ours, theirs=theirs)

@@ -20,21 +20,16 @@ import httpx
 import numpy as np
 from sklearn.datasets import load_iris
 
-from bench.common import (
-    BATCH_CONNECTIONS,
-    BATCH_ROWS,
-    CONNECTIONS,
-    MODEL_NAME,
-    WRK_THREADS,
-    WRK_TIMEOUT,
-    say,
-)
+from bench.common import MODEL_NAME, say
 from iris_shared.schemas import FEATURE_NAMES
 
+# The goals are stated for these loads; changing them changes what the goals mean.
+CONNECTIONS, BATCH_CONNECTIONS, BATCH_ROWS = 32, 4, 1000
+WRK_THREADS, WRK_TIMEOUT = 2, "10s"
 FLOWER: dict[str, float] = dict(zip(FEATURE_NAMES, (5.1, 3.5, 1.4, 0.2), strict=True))
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records")
-LUA_SCRIPT = Path(__file__).with_name("wrk_report.lua")
 RESULT_PREFIX = "BENCH_WRK_RESULT "
+JSON = {"Content-Type": "application/json"}
 
 
 def iris_flowers(count: int) -> list[dict[str, float]]:
@@ -74,9 +69,8 @@ def v2_binary_body(flowers: list[dict[str, float]]) -> tuple[bytes, int]:
     (the Inference-Header-Content-Length value)."""
     tensor = np.asarray(_matrix(flowers), dtype="<f4")
     size = {"binary_data_size": tensor.nbytes}
-    inputs = [
-        {"name": "input-0", "shape": list(tensor.shape), "datatype": "FP32"} | {"parameters": size}
-    ]
+    tensor_header = {"name": "input-0", "shape": list(tensor.shape), "datatype": "FP32"}
+    inputs = [tensor_header | {"parameters": size}]
     header = encoded({"inputs": inputs, "parameters": {"binary_data_output": True}})
     return header + tensor.tobytes(), len(header)
 
@@ -98,7 +92,6 @@ class Body:
 
 def bench_bodies(folder: Path) -> dict[str, Body]:
     """Every body the loads send, by name: one row and BATCH_ROWS rows in each shape."""
-    flowers = iris_flowers(BATCH_ROWS)
     bodies: dict[str, Body] = {}
     folder.mkdir(exist_ok=True)
 
@@ -107,7 +100,7 @@ def bench_bodies(folder: Path) -> dict[str, Body]:
         path.write_bytes(content if isinstance(content, bytes) else encoded(content))
         bodies[name] = Body(path, rows, *extra)
 
-    for size, rows in (("one", [FLOWER]), ("batch", flowers)):
+    for size, rows in (("one", [FLOWER]), ("batch", flowers := iris_flowers(BATCH_ROWS))):
         add(size, rows[0] if size == "one" else {"instances": rows}, len(rows))
         for shape in MLFLOW_FORMATS:
             add(f"mlflow-{size}-{shape}", mlflow_body(rows, shape), len(rows))
@@ -136,19 +129,19 @@ class Load:
 def parse_wrk_output(stdout: str, rows_per_request: int) -> dict[str, Any] | None:
     """The result line wrk_report.lua prints when wrk ends, with the rates of 2xx answers only
     (a server that answers errors fast must not look fast); None when there is no such line."""
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            raw = json.loads(line.removeprefix(RESULT_PREFIX))
-            ok_per_s = (raw["requests"] - raw["errors"]["status"]) / raw["duration_s"]
-            return {
-                **{k: raw[k] for k in ("requests", "duration_s", "errors", "latency_ms")},
-                "rows_per_request": rows_per_request,
-                "requests_per_s": round(ok_per_s, 1),
-                "rows_per_s": round(ok_per_s * rows_per_request, 1),
-                "failed": sum(raw["errors"].values()),
-                "ok_per_s": ok_per_s,
-            }
-    return None
+    line = next((ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)), None)
+    if line is None:
+        return None
+    raw = json.loads(line.removeprefix(RESULT_PREFIX))
+    ok_per_s = (raw["requests"] - raw["errors"]["status"]) / raw["duration_s"]
+    return {
+        **{k: raw[k] for k in ("requests", "duration_s", "errors", "latency_ms")},
+        "rows_per_request": rows_per_request,
+        "requests_per_s": round(ok_per_s, 1),
+        "rows_per_s": round(ok_per_s * rows_per_request, 1),
+        "failed": sum(raw["errors"].values()),
+        "ok_per_s": ok_per_s,
+    }
 
 
 def wrk_version() -> str:
@@ -157,19 +150,17 @@ def wrk_version() -> str:
     if wrk is None:
         raise RuntimeError("wrk is not installed; `make bench` installs it (bench/ensure_wrk.sh)")
     completed = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-    first_line = (completed.stdout or completed.stderr).splitlines()[:1]
-    return first_line[0].split("Copyright")[0].strip() if first_line else "unknown"
+    first_line = (completed.stdout or completed.stderr or "unknown").splitlines()[0]
+    return first_line.split("Copyright")[0].strip()
 
 
 def run_wrk(load: Load, seconds: float) -> dict[str, Any]:
-    threads, connections = min(WRK_THREADS, load.connections), load.connections
     command = [
         shutil.which("wrk") or "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        "-s",
-        str(LUA_SCRIPT),
+        f"-t{min(WRK_THREADS, load.connections)}",
+        f"-c{load.connections}",
     ]
+    command += ["-s", str(Path(__file__).with_name("wrk_report.lua"))]
     command += [f"-d{max(1, round(seconds))}s", "--timeout", WRK_TIMEOUT, load.url]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -178,14 +169,12 @@ def run_wrk(load: Load, seconds: float) -> dict[str, Any]:
         "BENCH_WRK_CONTENT_TYPE": load.body.content_type,
         "BENCH_WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in load.body.headers),
     }
-    completed = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=seconds + 60
-    )
-    result = parse_wrk_output(completed.stdout, load.body.rows)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    result = parse_wrk_output(done.stdout, load.body.rows)
     if result is None:
         raise RuntimeError(
-            f"wrk gave no result for {load.name} (exit {completed.returncode}):\n"
-            f"{completed.stdout}\n{completed.stderr}"
+            f"wrk gave no result for {load.name} (exit {done.returncode}):\n"
+            f"{done.stdout}\n{done.stderr}"
         )
     return result
 
@@ -245,16 +234,6 @@ def run_rounds(loads: list[Load], rounds: int, seconds: int, warmup: int) -> dic
     return results
 
 
-def check_answers(load: Load) -> None:
-    """One request before any load: a refusal stops here with the server's own words."""
-    headers = {"Content-Type": load.body.content_type, **dict(load.body.headers)}
-    response = httpx.post(
-        load.url, content=load.body.path.read_bytes(), headers=headers, timeout=30
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"{load.name} answered {response.status_code}: {response.text[:300]}")
-
-
 V2 = f"/v2/models/{MODEL_NAME}/infer"
 V2_REQUEST = "MLServer: POST /v2/models/{{name}}/infer"
 # Every load of `make bench`, in the order the rounds alternate them: name, server, path, body
@@ -306,7 +285,8 @@ def bench_loads(
     only: tuple[str, ...] = (),
 ) -> list[Load]:
     """The loads (all, or `only` these) on the servers that run (`urls` by server), each checked
-    with one request; an optional load its server refuses goes to `missing` with why."""
+    with one request (a refusal stops here with the server's own words); an optional load its
+    server refuses goes to `missing` with why."""
     loads = []
     for name, server, path, body_name, request in LOADS:
         if server not in urls or (only and name not in only):
@@ -315,15 +295,15 @@ def bench_loads(
             continue
         body = bodies[body_name.format(**shapes)]
         batch = body.rows > 1
-        load = Load(
-            name,
-            urls[server] + path,
-            body,
-            BATCH_CONNECTIONS if batch else CONNECTIONS,
-            request.format(**shapes) + (f", {body.rows:,} rows" if batch else ""),
-        )
+        request = request.format(**shapes) + (f", {body.rows:,} rows" if batch else "")
+        connections = BATCH_CONNECTIONS if batch else CONNECTIONS
+        load = Load(name, urls[server] + path, body, connections, request)
+        headers = {"Content-Type": body.content_type, **dict(body.headers)}
         try:
-            check_answers(load)
+            content = body.path.read_bytes()
+            answer = httpx.post(load.url, content=content, headers=headers, timeout=30)
+            if answer.status_code != 200:
+                raise RuntimeError(f"{name} answered {answer.status_code}: {answer.text[:300]}")
         except (RuntimeError, httpx.HTTPError) as exc:
             if name in REQUIRED:
                 raise

@@ -24,13 +24,15 @@ import sysconfig
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench import loads
-from bench.common import ROOT, Session, command_line, say, setting, write
+from bench.common import ROOT, Session, command_line, say, setting
+from bench.report import write
 from iris_devstack.private_stack import PrivateStack
-from iris_devstack.processes import REPO_ROOT
+from iris_devstack.processes import REPO_ROOT, child_pids, proc_stat
 
 SAMPLE_RATE, TOP_FRAMES = 200, 15
 # wrk starts this long before py-spy and stops this long after it, so every sample is under load.
@@ -43,13 +45,11 @@ PROJECT, PROJECT_FOLDERS = "this project", ("services/", "shared/", "bench/")
 CHECKOUTS = {f"{ROOT}/", f"{REPO_ROOT}/"}
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve().as_posix() + "/"
 # Packages that make one layer of the serving path are read as one; others keep their name.
-BUCKETS = {"uvicorn": "uvicorn/httptools", "httptools": "uvicorn/httptools"}
-BUCKETS |= {"uvloop": "uvicorn/httptools", "starlette": "starlette/fastapi"}
-BUCKETS |= {"fastapi": "starlette/fastapi", "sklearn": "scikit-learn", "orjson": "orjson/msgspec"}
-BUCKETS |= {
-    "msgspec": "orjson/msgspec",
-    "pydantic_core": "pydantic",
-    "concurrent": "concurrent.futures",
+BUCKETS = {
+    **dict.fromkeys(("uvicorn", "httptools", "uvloop"), "uvicorn/httptools"),
+    **dict.fromkeys(("starlette", "fastapi"), "starlette/fastapi"),
+    **dict.fromkeys(("orjson", "msgspec"), "orjson/msgspec"),
+    **{"sklearn": "scikit-learn", "pydantic_core": "pydantic", "concurrent": "concurrent.futures"},
 }
 # multiprocessing's spawn bootstrap lies under every stack of a worker's main thread: its
 # inclusive share only repeats that thread's, so it is left out of the library table.
@@ -60,9 +60,8 @@ PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
 
 def cpu_seconds(pid: int) -> float:
-    # utime and stime: fields 14 and 15 of stat, counted from the `)` that ends the name.
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    utime, stime = proc_stat(pid)[11:13]  # fields 14 and 15 of /proc/<pid>/stat
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
 def locate(path: str) -> tuple[str, str]:
@@ -133,8 +132,7 @@ def profile_load(
     # resource tracker is a child too, and is left out).
     workers = sorted(
         pid
-        for children in Path(f"/proc/{server}/task").glob("*/children")
-        for pid in map(int, children.read_text().split())
+        for pid in child_pids(server or 0)
         if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     )
     if not workers:
@@ -160,12 +158,8 @@ def profile_load(
     say(f"{load.name}: {loads.describe(result)}")
     profile = aggregate(raw)
     return {
-        "name": load.name,
-        "request": load.request,
-        "url": load.url,
-        "connections": load.connections,
-        "worker_pid": worker,
-        "worker_pids": workers,
+        **{"name": load.name, "request": load.request, "url": load.url},
+        **{"connections": load.connections, "worker_pid": worker, "worker_pids": workers},
         "wrk": result,
         "worker_cpu_cores": round(worker_cores, 2),
         "gil_held_share": round(profile["samples"] / (SAMPLE_RATE * seconds), 3),
@@ -179,9 +173,7 @@ def main() -> int:
     py_spy = subprocess.run([PY_SPY, "--version"], capture_output=True, text=True, check=True)
     with Session("profile", command_line("profile")) as session:
         stack = session.stack
-        say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
-        stack.start_redis()
-        stack.up()
+        session.up()
         bodies = loads.bench_bodies(session.work / "bodies")
         urls = {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
         found = {
@@ -190,24 +182,13 @@ def main() -> int:
         profiled = []
         for name, program in PROFILED.items():
             load = found[name]
-            load = loads.Load(
-                name,
-                load.url,
-                load.body,
-                load.connections,
-                load.request + ("" if load.body.rows > 1 else ", one row"),
-            )
+            load = replace(load, request=load.request + ("" if load.body.rows > 1 else ", one row"))
             profiled.append(profile_load(program, load, stack, session.work, seconds, warmup))
         session.finished = True
     results = session.results | {
-        "seconds": seconds,
-        "warmup_seconds": warmup,
-        "sample_rate": SAMPLE_RATE,
-        "py_spy": py_spy.stdout.strip(),
-        "wrk": wrk,
-        "loads": profiled,
-        "top_frames": TOP_FRAMES,
-        "project_folders": ", ".join(PROJECT_FOLDERS),
+        **{"seconds": seconds, "warmup_seconds": warmup, "sample_rate": SAMPLE_RATE},
+        **{"py_spy": py_spy.stdout.strip(), "wrk": wrk, "loads": profiled},
+        **{"top_frames": TOP_FRAMES, "project_folders": ", ".join(PROJECT_FOLDERS)},
     }
     write(results | session.closing(), ROOT / "bench" / "profile.json", "profile.md")
     return 0

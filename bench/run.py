@@ -38,14 +38,8 @@ import httpx
 
 from bench import loads, servers
 from bench.common import (
-    BATCH_CONNECTIONS,
-    BATCH_ROWS,
-    CONNECTIONS,
-    README,
     ROOT,
     SERVICES,
-    WRK_THREADS,
-    WRK_TIMEOUT,
     Session,
     attempt,
     command_line,
@@ -54,34 +48,23 @@ from bench.common import (
     setting,
     timed,
     tree_memory,
-    update_readme,
-    write,
 )
 from bench.goals import evaluate_all
+from bench.report import update_readme, write
 from iris_devstack.private_stack import PrivateStack
 from iris_devstack.processes import REPO_ROOT, answers_post, http_ok, wait_until
 from iris_shared.jobs import TrainingStage
 
 T = TypeVar("T")
-
+PEERS = {"mlserver": "MLServer", "bentoml": "BentoML"}
 # The other servers: their name in the report, and what their cold start is timed to.
 FIRST_ANSWER = "process start → first 200 to a one-row prediction request"
 SERVERS = {
     "mlflow": ("mlflow models serve -w 2", "process start → first 200 to a one-row POST "
                "/invocations (the CLI downloads the model first)"),
-    "mlserver": ("MLServer", FIRST_ANSWER),
-    "bentoml": ("BentoML", FIRST_ANSWER),
+    **{name: (label, FIRST_ANSWER) for name, label in PEERS.items()},
     "constant": ("constant endpoint", "process start → GET /readyz 200"),
 }  # fmt: skip
-# results.json's ratios: ours over theirs in one field.
-RATIOS = {
-    "predictor_over_mlflow_requests_per_s": ("predictor", "mlflow", "requests_per_s"),
-    "predictor_over_mlflow_p99": ("predictor", "mlflow", "p99_ms"),
-    "gateway_over_mlflow_requests_per_s": ("gateway", "mlflow", "requests_per_s"),
-    "gateway_over_predictor_requests_per_s": ("gateway", "predictor", "requests_per_s"),
-    "batch_predictor_over_mlflow_rows_per_s": ("predictor-batch", "mlflow-batch", "rows_per_s"),
-    "predictor_over_constant_requests_per_s": ("predictor", "constant", "requests_per_s"),
-}
 # What the predictor says of its own recording (iris_predictor.recorder, .feedback).
 RECORDING_SERIES = (
     "iris_prediction_log_waits_total",
@@ -112,10 +95,9 @@ def start_servers(
         started["mlflow"] = running.enter_context(servers.start_mlflow_serve(stack, version))
         start("constant", partial(servers.start_constant_server, stack))
     with timed("start_peers", phases):
-        model, error = attempt(
-            "exporting the model", partial(servers.export_joblib, version, stack.work)
-        )
-        for name in ("mlserver", "bentoml"):
+        export = partial(servers.export_joblib, version, stack.work)
+        model, error = attempt("exporting the model", export)
+        for name in PEERS:
             if model is None:
                 errors[name] = f"model export failed: {error}"
             else:
@@ -134,65 +116,49 @@ def compare_servers(stack: PrivateStack, phases: dict[str, float]) -> dict[str, 
         started, errors = start_servers(stack, version, running, phases)
         bodies = loads.bench_bodies(stack.work / "bodies")
         with timed("probe_mlflow_shapes", phases):
-            shapes = loads.probe_mlflow_shapes(
-                started["mlflow"].url, bodies, settings["probe_seconds"]
-            )
+            mlflow = started["mlflow"].url
+            shapes = loads.probe_mlflow_shapes(mlflow, bodies, settings["probe_seconds"])
             # Peers that did not start are not measured, with why.
-            peer_errors = {name: why for name, why in errors.items() if name != "constant"}
-            missing = {
-                f"{name}{end}": why for name, why in peer_errors.items() for end in ("", "-batch")
-            }
+            down = [name for name in PEERS if name in errors]
+            missing = {f"{name}{end}": errors[name] for name in down for end in ("", "-batch")}
             urls = {name: server.url for name, server in started.items()}
             urls |= {"predictor": stack.predictor_url, "gateway": stack.gateway_url}
-            load_list = loads.bench_loads(urls, bodies, shapes, missing)
-        count, seconds, warmup = (
-            settings["rounds"],
-            settings["round_seconds"],
-            settings["warmup_seconds"],
-        )
-        say(f"load: {count} rounds of {seconds} s per server, {len(load_list)} servers alternated")
+            measured = loads.bench_loads(urls, bodies, shapes, missing)
+        count, seconds = settings["rounds"], settings["round_seconds"]
+        say(f"load: {count} rounds of {seconds} s per server, {len(measured)} servers alternated")
         with timed("load_rounds", phases):
-            rounds = loads.run_rounds(load_list, count, seconds, warmup)
+            rounds = loads.run_rounds(measured, count, seconds, settings["warmup_seconds"])
         memory = {label: tree_memory(stack.pid(program)) for label, program in SERVICES.items()}
-        for name in ("mlflow", "mlserver", "bentoml"):
-            memory[SERVERS[name][0]] = tree_memory(
-                started[name].process.pid if name in started else None
-            )
+        for name in ("mlflow", *PEERS):
+            server = started.get(name)
+            memory[SERVERS[name][0]] = tree_memory(server.process.pid if server else None)
         recording = recording_counts(stack)
     medians = {name: loads.medians(rounds_of) for name, rounds_of in rounds.items()}
-    # The named figures the goals read: each load's medians and each process tree's memory.
-    figures = medians | {f"memory:{name}": tree for name, tree in memory.items() if tree}
     constant = started.get("constant")
     peers: dict[str, dict[str, Any]] = {}
-    for name in ("mlserver", "bentoml"):
-        peers[SERVERS[name][0]] = {"error": errors.get(name)}
-    for name, peer in started.items():
-        if name in ("mlserver", "bentoml"):
-            peers[SERVERS[name][0]] = {"command": peer.command, "versions": peer.versions}
-            peers[SERVERS[name][0]]["settings"] = peer.settings
-    load: dict[str, Any] = settings | {"connections": CONNECTIONS}
-    load["batch_connections"] = BATCH_CONNECTIONS
-    load |= {"batch_rows": BATCH_ROWS, "wrk_threads": WRK_THREADS, "wrk_timeout": WRK_TIMEOUT}
-    load |= {"order": [each.name for each in load_list], "mlflow_shape": shapes}
-    load |= {"not_measured": missing, "servers": {}}
-    for each in load_list:
-        measured = {"median": medians[each.name], "rounds": rounds[each.name]}
-        load["servers"][each.name] = {"url": each.url, "request": each.request} | measured
-        load["servers"][each.name] |= {
-            "connections": each.connections,
-            "rows_per_request": each.body.rows,
-        }
+    for name, label in PEERS.items():
+        peer = started.get(name)
+        peers[label] = {"error": errors.get(name)} if peer is None else {"command": peer.command}
+        peers[label] |= {"versions": peer.versions, "settings": peer.settings} if peer else {}
+    constants: dict[str, Any] = {"connections": loads.CONNECTIONS, "batch_rows": loads.BATCH_ROWS}
+    constants |= {"batch_connections": loads.BATCH_CONNECTIONS, "wrk_threads": loads.WRK_THREADS}
+    constants |= {"wrk_timeout": loads.WRK_TIMEOUT}
     return {
-        "figures": figures,
-        "missing": missing | ({"constant": errors["constant"]} if "constant" in errors else {}),
+        # The named figures the goals read: each load's medians and each process tree's memory.
+        "figures": medians | {f"memory:{name}": tree for name, tree in memory.items() if tree},
+        "missing": missing | {name: errors[name] for name in ("constant",) if name in errors},
         "model_version": version,
-        "ratios": {
-            key: round(medians[a][field] / medians[b][field], 3)
-            if a in medians and b in medians and medians[b][field]
-            else None
-            for key, (a, b, field) in RATIOS.items()
+        "load": settings
+        | constants
+        | {"mlflow_shape": shapes, "not_measured": missing}
+        | {
+            "servers": {
+                each.name: {"url": each.url, "request": each.request, "median": medians[each.name]}
+                | {"rounds": rounds[each.name], "connections": each.connections}
+                | {"rows_per_request": each.body.rows}
+                for each in measured
+            }
         },
-        "load": load,
         "cold_start": {
             label: {"seconds": round(started[name].startup_s, 2), "how": how}
             if name in started
@@ -271,9 +237,7 @@ def hot_swap_under_load(stack: PrivateStack, to_version: str, interval: float) -
         "predictor_poll_interval_s": interval,
         "first_new_answer_s": first_new,
         "all_new_answers_s": streak_start if streak >= CONSECUTIVE_NEW_ANSWERS else None,
-        "polls": polls,
-        "failed_polls": failed_polls,
-        "failed_requests": result["failed"],
+        **{"polls": polls, "failed_polls": failed_polls, "failed_requests": result["failed"]},
         "alias_moved_after_load_start_s": MOVE_AFTER_S,
         "consecutive_answers_required": CONSECUTIVE_NEW_ANSWERS,
     }
@@ -288,28 +252,24 @@ def retrain_breakdown(stack: PrivateStack) -> dict[str, Any]:
     phases: list[tuple[float, tuple[str, str | None]]] = []
     with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=10) as client:
         submitted = time.monotonic()
-        accepted = client.post("/retrain")
-        accepted.raise_for_status()
-        job_id = accepted.json()["job_id"]
+        job_id = client.post("/retrain").raise_for_status().json()["job_id"]
         job: dict[str, Any] = {}
         while time.monotonic() - submitted < RETRAIN_TIMEOUT_S:
             job = client.get(f"/jobs/{job_id}").json()
-            progress = job.get("progress") or {}
-            phase = (str(job.get("status")), None)
-            if job.get("status") == "running" and progress.get("stage"):
+            progress, status = job.get("progress") or {}, str(job.get("status"))
+            phase = (status, None)
+            if status == "running" and progress.get("stage"):
                 phase = (str(progress["stage"]), progress.get("model_name"))
             if not phases or phases[-1][1] != phase:
                 phases.append((time.monotonic() - submitted, phase))
-            if job.get("status") in ("succeeded", "failed"):
+            if status in ("succeeded", "failed"):
                 break
             time.sleep(RETRAIN_POLL_EVERY_S)
     durations = [(name, model, round(b - a, 3)) for (a, (name, model)), (b, _) in pairwise(phases)]
-    steps = [{"phase": name, "model": model, "seconds": s} for name, model, s in durations]
     polled: dict[str, float] = defaultdict(float)
     for name, _, seconds in durations:
         polled[name] += seconds
-    reported = (job.get("result") or {}).get("stage_seconds") or None
-    polled_stages = {stage.value: round(polled[stage.value], 3) for stage in TrainingStage}
+    steps = [{"phase": name, "model": model, "seconds": s} for name, model, s in durations]
     return {
         "job_id": job_id,
         "status": job.get("status"),
@@ -318,10 +278,8 @@ def retrain_breakdown(stack: PrivateStack) -> dict[str, Any]:
         "queued_s": round(polled["queued"], 3),
         # Running with no stage reported: before the first stage, or between attempts.
         "no_stage_s": round(polled["running"], 3),
-        "stage_seconds": reported or polled_stages,
-        "stage_seconds_source": "job result" if reported else "polling",
-        "reported_stage_seconds": reported,
-        "polled_stage_seconds": polled_stages,
+        "reported_stage_seconds": (job.get("result") or {}).get("stage_seconds") or None,
+        "polled_stage_seconds": {s.value: round(polled[s.value], 3) for s in TrainingStage},
         "poll_interval_s": RETRAIN_POLL_EVERY_S,
         "steps": steps,
         "job": job,
@@ -333,7 +291,7 @@ def predictor_cold_start(stack: PrivateStack) -> dict[str, Any]:
     one-row `POST /predict`, timed as the peers' are, and when /readyz said it was ready."""
     stack.supervisorctl("stop", "predictor:*")
     url = stack.predictor_url
-    predict = answers_post(f"{url}/predict", json.dumps(loads.FLOWER).encode(), servers.JSON)
+    predict = answers_post(f"{url}/predict", json.dumps(loads.FLOWER).encode(), loads.JSON)
     # `supervisorctl start` returns only after the program's startsecs: timed from the start
     # request instead, polling meanwhile.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -370,51 +328,47 @@ def train_next_version(stack: PrivateStack) -> tuple[str, float]:
 
 def main() -> int:
     wrk = loads.wrk_version()  # fails at once when wrk is missing
-    phases: dict[str, float] = {}
+    with Session("bench", command_line("bench")) as session:
+        stack, phases = session.stack, session.phases
 
-    def step(phase: str, what: str, run: Callable[[], T]) -> tuple[T | None, str | None]:
-        say(what)
-        with timed(phase, phases):
-            return attempt(phase, run)
+        def step(phase: str, what: str, run: Callable[[], T]) -> tuple[T | None, str | None]:
+            say(what)
+            with timed(phase, phases):
+                return attempt(phase, run)
 
-    with Session("bench", command_line("bench"), phases) as session:
-        stack = session.stack
-        say("starting the bench stack (python -m iris_devstack up; trains the baseline)")
-        with timed("stack_up", phases):
-            stack.start_redis()
-            stack.up()
+        session.up()
         interval = poll_interval_s(stack)
         compared = compare_servers(stack, phases)
         what = "training the next version with the CLI for the hot swap"
         trained, swap_error = step("train_next_version", what, partial(train_next_version, stack))
         swap, new_version = None, "the next" if trained is None else trained[0]
         if trained is not None:
-            what = (
-                f"hot swap to version {new_version} under load ({interval:g} s alias poll interval)"
-            )
+            what = f"hot swap to version {new_version} under load ({interval:g} s poll interval)"
             run = partial(hot_swap_under_load, stack, new_version, interval)
             swap, swap_error = step("hot_swap", what, run)
         what = "retrain through the gateway, timed by stage"
         retrain, retrain_error = step("retrain", what, partial(retrain_breakdown, stack))
-        cold, cold_error = step(
-            "cold_start", "predictor cold start", partial(predictor_cold_start, stack)
-        )
+        cold_start = partial(predictor_cold_start, stack)
+        cold, cold_error = step("cold_start", "predictor cold start", cold_start)
         session.finished = True
     figures, missing = compared.pop("figures"), compared.pop("missing")
     if swap is not None:
         figures["swap"] = swap["load"] | {"all_new_answers_s": swap["all_new_answers_s"]}
     missing |= {"swap": swap_error} if swap_error else {}
-    predictor = cold or {"seconds": None, "error": cold_error}
-    reports: dict[str, Any] = {"cold_start": {"predictor": predictor}}
-    reports["cold_start"] |= compared.pop("cold_start")
-    reports |= {"memory": compared.pop("memory"), "recording": compared.pop("recording")}
-    reports |= {"retrain": retrain or {"error": retrain_error}}
-    reports["hot_swap_training_s"] = trained[1] if trained is not None else None
+    reports: dict[str, Any] = {
+        "cold_start": {"predictor": cold or {"seconds": None, "error": cold_error}}
+        | compared.pop("cold_start"),
+        "memory": compared.pop("memory"),
+        "recording": compared.pop("recording"),
+        "retrain": retrain or {"error": retrain_error},
+        "hot_swap_training_s": trained[1] if trained is not None else None,
+    }
     results = session.results | {"goals": evaluate_all(figures, missing, interval, new_version)}
     results |= compared | {"hot_swap": swap or {"error": swap_error}, "reports": reports}
     results |= session.closing() | {"phase_seconds": phases, "wrk": wrk}
     write(results, ROOT / "bench" / "results.json", "bench.md")
-    say("README updated" if update_readme(README, results) else "README has no bench markers")
+    updated = update_readme(ROOT / "README.md", results)
+    say("README updated" if updated else "README has no bench markers")
     return 0
 
 

@@ -1,8 +1,8 @@
 """The servers the predictor is compared with, on the same model version: `mlflow models serve`,
 a constant-answer endpoint launched exactly as supervisord launches the predictor (same command
 line and worker count, only the app swapped), and the frameworks users would pick instead,
-MLServer 1.7 and BentoML 1.4, each in a virtual environment of its own outside the project's
-lock (made on demand with uv under .state/bench/venvs/), each on its own protocol.
+MLServer and BentoML, each in a virtual environment of its own outside the project's lock
+(made on demand with uv under .state/bench/venvs/), each on its own protocol.
 
 The peers' model is the registry's version loaded with the predictor's own loader (skops,
 checked) and written with joblib, the format both load; scikit-learn is pinned in each
@@ -33,7 +33,7 @@ import mlflow.artifacts
 from supervisor.datatypes import dict_of_key_value_pairs
 
 from bench.common import MLFLOW_SERVE_WORKERS, MODEL_NAME, ROOT, say
-from bench.loads import FLOWER, V2, bentoml_body, encoded, mlflow_body, v2_json_body
+from bench.loads import FLOWER, JSON, V2, bentoml_body, encoded, mlflow_body, v2_json_body
 from iris_devstack.private_stack import PrivateStack
 from iris_devstack.processes import (
     ManagedProcess,
@@ -48,7 +48,6 @@ from iris_shared.model_files import load_model_files
 
 PEER_VENVS = ROOT / ".state" / "bench" / "venvs"
 MLSERVER_VERSION, BENTOML_VERSION, BENTOML_WORKERS = "1.7.1", "1.4.40", 2
-JSON = {"Content-Type": "application/json"}
 # `python -m iris_predictor`, alone or inside a shell command (`sh -c '... exec ... -m ...'`).
 PREDICTOR_MODULE = re.compile(r"(-m\s+)iris_predictor(?=\s|$)")
 
@@ -95,11 +94,9 @@ def predictor_launch(stack: PrivateStack, port: int) -> tuple[list[str], dict[st
     expansions = {f"ENV_{key}": value for key, value in env.items()} | {
         "ENV_STACK_PREDICTOR_PORT": str(port),
         "here": str(SUPERVISORD_CONF.parent),
-        "program_name": "predictor",
-        "group_name": "predictor",
+        **dict.fromkeys(("program_name", "group_name"), "predictor"),
         # Numbers: supervisord formats them with %d (replicas' ports and names).
-        "process_num": 0,
-        "numprocs": 1,
+        **{"process_num": 0, "numprocs": 1},
     }
     predictor = shlex.split(section["command"] % expansions)
     command = [PREDICTOR_MODULE.sub(r"\g<1>bench.constant_app", token) for token in predictor]
@@ -128,41 +125,36 @@ def start_constant_server(stack: PrivateStack) -> Server:
     return Server(process, url, wait_for_http(process, f"{url}/readyz", 120), command, workers)
 
 
-# --- the peers --------------------------------------------------------------------------------
-
-
 def ensure_venv(name: str, requirements: list[str]) -> Path:
-    """The peer's venv (its bin folder), made unless one with exactly these requirements exists."""
-    venv = PEER_VENVS / name
-    marker, wanted = venv / "bench-requirements.txt", "\n".join(requirements) + "\n"
-    if (venv / "bin/python").exists() and marker.exists() and marker.read_text() == wanted:
-        return venv / "bin"
+    """The peer's venv, made unless one with exactly these requirements exists."""
+    venv, wanted = PEER_VENVS / name, "\n".join(requirements) + "\n"
+    marker, log = venv / "bench-requirements.txt", PEER_VENVS / f"{name}-install.log"
+    if marker.exists() and marker.read_text() == wanted:
+        return venv
     uv = shutil.which("uv")
     if uv is None:
         raise RuntimeError("uv is not on PATH; the peers' environments are made with it")
     say(f"creating {venv.relative_to(ROOT)}: {' '.join(requirements)}")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    log = PEER_VENVS / f"{name}-install.log"
     PEER_VENVS.mkdir(parents=True, exist_ok=True)
-    steps = [[uv, "venv", "--clear", "--python", python, str(venv)]]
-    steps += [[uv, "pip", "install", "--python", str(venv / "bin/python"), *requirements]]
     with log.open("wb") as out:
-        for step in steps:
+        for step in (
+            [uv, "venv", "--clear", "--python", python, str(venv)],
+            [uv, "pip", "install", "--python", str(venv / "bin/python"), *requirements],
+        ):
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
                 raise RuntimeError(f"{' '.join(step[:3])} failed:\n{tail}")
     marker.write_text(wanted)
-    return venv / "bin"
+    return venv
 
 
 def start_peer(name: str, model: Path, work: Path, logs: Path) -> Server:
     """MLServer or BentoML on the joblib `model`, timed to its first 200 to a one-row body."""
-    sklearn = f"scikit-learn=={metadata.version('scikit-learn')}"
-    port = free_port()
+    port, folder = free_port(), work / name
+    folder.mkdir(parents=True, exist_ok=True)
     if name == "mlserver":
         requirements = [f"mlserver=={MLSERVER_VERSION}", f"mlserver-sklearn=={MLSERVER_VERSION}"]
-        folder = work / "mlserver"
-        folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model, folder / "model.joblib")
         settings: dict[str, Any] = {
             "settings.json": {"parallel_workers": 0, "debug": False, "host": "127.0.0.1"}
@@ -176,42 +168,36 @@ def start_peer(name: str, model: Path, work: Path, logs: Path) -> Server:
         for file, content in settings.items():
             (folder / file).write_text(json.dumps(content, indent=2))
         arguments, extra, workers = ["start", str(folder)], {}, 1
-        first = (V2, encoded(v2_json_body([FLOWER])))
+        first, cwd = (V2, encoded(v2_json_body([FLOWER]))), folder
     else:
         requirements = [f"bentoml=={BENTOML_VERSION}"]
-        folder = Path(__file__).with_name("peer_services")
-        config = work / "bentoml-config.yaml"
-        access = "    logging:\n      access:\n        enabled: false\n"
-        config.write_text(f"services:\n  IrisClassifier:\n{access}")
+        config = folder / "config.yaml"
+        access_off = {"logging": {"access": {"enabled": False}}}  # JSON is YAML too
+        config.write_text(json.dumps({"services": {"IrisClassifier": access_off}}))
         settings, workers = {"workers": BENTOML_WORKERS, "access_log": False}, BENTOML_WORKERS
         arguments = ["serve", "bentoml_service:IrisClassifier", "--host", "127.0.0.1"]
         arguments += ["--port", str(port)]
-        extra = {"IRIS_BENCH_MODEL": str(model), "BENTOML_HOME": str(work / "bentoml-home")}
+        extra = {"IRIS_BENCH_MODEL": str(model), "BENTOML_HOME": str(folder / "home")}
         extra |= {"BENTOML_CONFIG": str(config), "BENTOML_DO_NOT_TRACK": "true"}
         first = ("/classify", encoded(bentoml_body([FLOWER])))
-    requirements.append(sklearn)
-    bin_ = ensure_venv(name, requirements)
+        cwd = Path(__file__).with_name("peer_services")
+    requirements.append(f"scikit-learn=={metadata.version('scikit-learn')}")
+    venv = ensure_venv(name, requirements)
     # A clean environment: nothing of the project's (.env, MLflow URIs) leaks into a peer.
-    env = {"PATH": f"{bin_}{os.pathsep}/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    env |= {"HOME": os.environ.get("HOME", str(bin_.parent)), "VIRTUAL_ENV": str(bin_.parent)}
-    command = [str(bin_ / name), *arguments]
-    process = start_process(name, command, env | extra, logs, cwd=folder)
+    env = {"PATH": f"{venv}/bin{os.pathsep}/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env |= {"HOME": os.environ.get("HOME", str(venv)), "VIRTUAL_ENV": str(venv)}
+    command = [str(venv / "bin" / name), *arguments]
+    process = start_process(name, command, env | extra, logs, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         startup_s = wait_for_answer(process, url + first[0], first[1], JSON, timeout=180)
     except Exception:
         process.stop()
         raise
-    names = [requirement.split("==")[0] for requirement in requirements]
-    script = "import json,sys;from importlib import metadata as m;"
-    script += "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
-    answer = subprocess.run(
-        [str(bin_ / "python"), "-c", script, *names, "numpy"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Server(process, url, startup_s, command, workers, json.loads(answer.stdout), settings)
+    site = [str(next(venv.glob("lib/python*/site-packages")))]
+    names = [*(requirement.split("==")[0] for requirement in requirements), "numpy"]
+    versions = {n: next(iter(metadata.distributions(name=n, path=site))).version for n in names}
+    return Server(process, url, startup_s, command, workers, versions, settings)
 
 
 def export_joblib(version: str, work: Path) -> Path:

@@ -33,10 +33,11 @@ import httpx
 import numpy as np
 import redis
 
-from bench import common
-from bench.common import SERVICES, say
-from bench.loads import FLOWER, encoded, iris_flowers
+from bench.common import MODEL_NAME, ROOT, SERVICES, Session, poll_interval_s, say, tree_memory
+from bench.loads import FLOWER, JSON, encoded, iris_flowers
+from bench.report import write
 from iris_devstack.private_stack import PrivateStack
+from iris_devstack.processes import alive
 from iris_predictor.prediction_log import log_files
 from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
@@ -91,6 +92,20 @@ def read_answer(response: httpx.Response, rows: int) -> tuple[str, str]:
     return str(answer["model_version"]), str(answer["request_id"])
 
 
+def thread(target: Callable[..., Any], *args: Any) -> threading.Thread:
+    started = threading.Thread(target=target, args=args, daemon=True)
+    started.start()
+    return started
+
+
+def every(seconds: float, until: threading.Event, tick: Callable[[], Any]) -> threading.Thread:
+    def loop() -> None:
+        while not until.wait(seconds):
+            tick()
+
+    return thread(loop)
+
+
 class Soak:
     """Everything of one run on one clock that starts with the traffic; `run()` returns every
     figure."""
@@ -123,21 +138,6 @@ class Soak:
         say(f"t={now:.1f}s {what}")
         return now
 
-    @staticmethod
-    def thread(target: Callable[..., Any], *args: Any) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        return thread
-
-    def every(
-        self, seconds: float, until: threading.Event, tick: Callable[[], Any]
-    ) -> threading.Thread:
-        def loop() -> None:
-            while not until.wait(seconds):
-                tick()
-
-        return self.thread(loop)
-
     # --- traffic ----------------------------------------------------------------------------
 
     def client(self, path: str, number: int, tally: Tally) -> None:
@@ -152,19 +152,15 @@ class Soak:
                 tally.samples.append(sample | {"request_id": request_id, "detail": detail[:300]})
             time.sleep(pause)
 
-        headers = {"Content-Type": "application/json"}
         try:
-            with httpx.Client(
-                base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_S
-            ) as http:
+            with httpx.Client(base_url=self.url, headers=JSON, timeout=REQUEST_TIMEOUT_S) as http:
                 while not self.traffic_over.is_set():
                     tally.requests += 1
                     request_id = f"soak-{tally.kind}-{number}-{tally.requests}"
                     sent = time.perf_counter()
                     try:
-                        response = http.post(
-                            path, content=body, headers={"X-Request-ID": request_id}
-                        )
+                        headers = {"X-Request-ID": request_id}
+                        response = http.post(path, content=body, headers=headers)
                     except httpx.HTTPError as exc:
                         fail(type(exc).__name__, request_id, str(exc))
                         continue
@@ -192,32 +188,34 @@ class Soak:
     def traffic(self, seconds: float) -> dict[str, Any]:
         def counts(tallies: list[Tally]) -> dict[str, Any]:
             failures: Counter[str] = sum((t.failures for t in tallies), Counter())
-            answered = {"answered_200": sum(t.ok for t in tallies)}
-            answered |= {"rows_answered": sum(t.ok * t.rows for t in tallies)}
-            failed = {"failed": sum(failures.values()), "failures": dict(failures)}
-            return {"requests": sum(t.requests for t in tallies)} | answered | failed
+            return {
+                "requests": sum(t.requests for t in tallies),
+                "answered_200": sum(t.ok for t in tallies),
+                "rows_answered": sum(t.ok * t.rows for t in tallies),
+                "failed": sum(failures.values()),
+                "failures": dict(failures),
+            }
 
         by_kind = {}
         for kind, path, rows, clients in KINDS:
             tallies = [t for t in self.tallies if t.kind == kind]
             latencies = np.array([ms for t in tallies for ms in t.latencies_ms])
-            percentiles = (("p50", 50), ("p99", 99), ("max", 100))
             by_kind[kind] = {
                 "request": f"POST {path}",
                 "rows_per_request": rows,
                 "clients": clients,
             }
-            by_kind[kind] |= counts(tallies)
-            by_kind[kind] |= {"requests_per_s": round(sum(t.ok for t in tallies) / seconds, 1)}
-            by_kind[kind]["latency_ms"] = {
-                name: round(float(np.percentile(latencies, q)), 2) if latencies.size else None
-                for name, q in percentiles
+            by_kind[kind] |= counts(tallies) | {
+                "requests_per_s": round(sum(t.ok for t in tallies) / seconds, 1),
+                "latency_ms": {
+                    name: round(float(np.percentile(latencies, q)), 2) if latencies.size else None
+                    for name, q in (("p50", 50), ("p99", 99), ("max", 100))
+                },
             }
         samples = sorted((s for t in self.tallies for s in t.samples), key=lambda s: s["t"])
-        versions = sum((t.versions for t in self.tallies), Counter[str]())
         return {"seconds": round(seconds, 1), "by_kind": by_kind, **counts(self.tallies)} | {
             "failure_samples": samples[:20],
-            "answers_per_model_version": dict(versions),
+            "answers_per_model_version": dict(sum((t.versions for t in self.tallies), Counter())),
             "answers_with_another_request_id": sum(t.other_ids for t in self.tallies),
             "crashed_clients": [t.crashed for t in self.tallies if t.crashed],
         }
@@ -237,17 +235,11 @@ class Soak:
         return str(response.status_code), str(body["job_id"]), str(body["status"])
 
     def track(self, label: str, key: str, job_id: str | None = None) -> dict[str, Any]:
-        job = {
-            "label": label,
-            "idempotency_key": key,
-            "submitted_s": self.clock(),
-            "job_id": job_id,
-        }
-        job |= {"submit_answers": [], "replays": [], "history": [], "not_found_at_s": []}
-        job |= {"not_found_answers": 0, "unavailable_answers": 0, "poll_errors": Counter()}
-        job |= dict.fromkeys(("final_status", "ended_s", "error", "deliveries")) | {
-            "registered": {}
-        }
+        job = {"label": label, "idempotency_key": key, "submitted_s": self.clock()}
+        job |= {"job_id": job_id, "submit_answers": [], "replays": [], "history": []}
+        job |= {"not_found_at_s": [], "not_found_answers": 0, "unavailable_answers": 0}
+        job |= {"poll_errors": Counter[str](), "registered": {}}
+        job |= dict.fromkeys(("final_status", "ended_s", "error", "deliveries"))
         with self.lock:
             self.jobs.append(job)
         return job
@@ -266,16 +258,16 @@ class Soak:
                 return job
             time.sleep(3.0)
 
-    def replay(self, job: dict[str, Any]) -> dict[str, Any]:
+    def replay(self, job: dict[str, Any]) -> None:
         """Send the job's Idempotency-Key again: the answer must be 200 and the same job."""
         answer, job_id, _ = self.post_retrain(job["idempotency_key"])
         same_job = job_id == job["job_id"] and answer == "200"
-        replay = {"t": self.clock(), "answer": answer, "job_id": job_id, "same_job": same_job}
-        job["replays"].append(replay)
+        job["replays"].append(
+            {"t": self.clock(), "answer": answer, "job_id": job_id} | {"same_job": same_job}
+        )
         if answer == "202" and job_id is not None:
             # The key was forgotten and a second job started: follow it as well.
             self.track(f"{job['label']} again", job["idempotency_key"], job_id)
-        return replay
 
     def open_jobs(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -320,24 +312,18 @@ class Soak:
 
     def promote(self, version: str, label: str) -> None:
         move: dict[str, Any] = {"label": label, "to_version": version, "requested_s": self.clock()}
-        previous = None
+        answer, previous = "", None
         try:
-            answered = httpx.post(
-                f"{self.url}/promote",
-                headers=self.auth,
-                json={"model_version": version},
-                timeout=30,
-            )
+            body = {"model_version": version}
+            answered = httpx.post(f"{self.url}/promote", headers=self.auth, json=body, timeout=30)
             answer = str(answered.status_code)
-            if answered.status_code == 200:
-                previous = answered.json().get("previous_version")
+            previous = answered.json().get("previous_version") if answer == "200" else None
         except httpx.HTTPError as exc:
             answer = type(exc).__name__
         move |= {"promote_seconds": round(self.clock() - move["requested_s"], 3)}
         move |= {"promote_answer": answer, "previous_version": previous}
-        self.moves.append(
-            move | dict.fromkeys(("first_new_answer_after_s", "all_new_answers_after_s"))
-        )
+        swap = dict.fromkeys(("first_new_answer_after_s", "all_new_answers_after_s"))
+        self.moves.append(move | swap)
         self.event(f"POST /promote {label} (version {version}): {answer}")
 
     def time_swaps(self, end_s: float) -> None:
@@ -375,10 +361,18 @@ class Soak:
         self.event(f"Redis answering again after {timings['down_s']} s")
         with redis.Redis.from_url(self.stack.redis_url, socket_timeout=5) as client:
             appendonly = client.config_get("appendonly").get("appendonly")
-        replays = [self.replay(job) for job in (running, waiting) if job["job_id"]]
-        jobs = {"job_status_at_stop": states, "running_job": running["label"]}
-        jobs |= {"queued_job": waiting["label"], "key_replays_after": replays}
-        return timings | {"stopped_at_s": stopped_at, "appendonly": appendonly} | jobs
+        for job in (running, waiting):
+            if job["job_id"]:
+                self.replay(job)
+        return (
+            timings
+            | {"stopped_at_s": stopped_at, "appendonly": appendonly}
+            | {
+                "job_status_at_stop": states,
+                "running_job": running["label"],
+                "queued_job": waiting["label"],
+            }
+        )
 
     def in_background(self, phase: str, run: Callable[[str], dict[str, Any]]) -> None:
         """A hostile phase against the gateway beside the traffic, into `self.hostile[phase]`."""
@@ -388,30 +382,25 @@ class Soak:
             self.hostile[phase] |= run(self.url)
             self.event(f"{phase} over")
 
-        self.hostile_threads.append(self.thread(report))
+        self.hostile_threads.append(thread(report))
 
     def redis_memory(self) -> dict[str, Any]:
         """Redis's memory, its cap, and the bytes the predictor counts for the answers it keeps."""
         with redis.Redis.from_url(self.stack.redis_url, socket_timeout=10) as client:
             memory, kept = client.info("memory"), client.get(self.keys.prediction_bytes)
-        used = {key: memory.get(key, 0) for key in ("used_memory", "maxmemory")}
-        return (
-            used
-            | {"maxmemory_policy": memory.get("maxmemory_policy")}
-            | {"kept_answer_bytes": int(kept or 0)}
-        )
+        figures = ("used_memory", "maxmemory", "maxmemory_policy")
+        return {key: memory.get(key, 0) for key in figures} | {"kept_answer_bytes": int(kept or 0)}
 
     def memory_sample(self) -> dict[str, Any]:
         sample: dict[str, Any] = {"t": self.clock()}
         for name, program in SERVICES.items():
             pid = self.pids.get(name)
-            if pid is None or not Path(f"/proc/{pid}").exists():
+            if pid is None or not alive(pid):
                 # supervisorctl only when the program's pid is unknown or gone (a Python start).
                 fresh = self.stack.pid(program)
                 self.restarts[name] += pid is not None and fresh != pid
                 pid = self.pids[name] = fresh
-            memory = common.tree_memory(pid)
-            sample[name] = memory and memory | {"pids": sorted(common.process_tree(pid or 0))}
+            sample[name] = tree_memory(pid)
         return sample
 
     def memory_report(self, start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
@@ -444,32 +433,30 @@ class Soak:
         for kind, path, rows, count in KINDS:
             for number in range(count):
                 self.tallies.append(tally := Tally(kind, rows))
-                clients.append(self.thread(self.client, path, number, tally))
+                clients.append(thread(self.client, path, number, tally))
         self.event(f"traffic started; warm-up {WARMUP_S:g} s, then {self.window_s:g} s")
         time.sleep(WARMUP_S)
         memory_start = self.memory_sample()
-        sampling = self.every(
-            5.0, self.traffic_over, lambda: self.memory_series.append(self.memory_sample())
-        )
+        sample = lambda: self.memory_series.append(self.memory_sample())  # noqa: E731
+        sampling = every(5.0, self.traffic_over, sample)
         jobs_http = httpx.Client(base_url=self.url, headers=self.auth, timeout=10)
-        polling = self.every(0.5, self.polling_over, lambda: self.poll_jobs(jobs_http))
+        polling = every(0.5, self.polling_over, lambda: self.poll_jobs(jobs_http))
         window_start = self.event("warm-up over: memory sampled, schedule started")
         try:
             self.schedule(original, window_start, window_start + self.window_s)
         finally:
             self.traffic_over.set()
-            for thread in clients:
-                thread.join(REQUEST_TIMEOUT_S + 30)
+            for client in clients:
+                client.join(REQUEST_TIMEOUT_S + 30)
             traffic_end = self.event("traffic stopped")
             memory_end = self.memory_sample()
             sampling.join(30)
-        for thread in self.hostile_threads:
-            thread.join()
+        for hostile in self.hostile_threads:
+            hostile.join()
         self.hostile["redis_after"] = self.redis_memory()
         if self.open_jobs():
-            self.event(
-                f"waiting up to {traffic_end + JOB_GRACE_S - self.clock():.0f} s for the jobs"
-            )
+            grace = traffic_end + JOB_GRACE_S - self.clock()
+            self.event(f"waiting up to {grace:.0f} s for the jobs")
         while self.open_jobs() and self.clock() < traffic_end + JOB_GRACE_S:
             time.sleep(1.0)
         self.polling_over.set()
@@ -493,7 +480,7 @@ class Soak:
             "traffic": self.traffic(traffic_end),
             "jobs": self.jobs,
             "alias_moves": self.moves,
-            "predictor_poll_interval_s": common.poll_interval_s(self.stack),
+            "predictor_poll_interval_s": poll_interval_s(self.stack),
             "redis_restart": self.redis_restart,
             "hostile": self.hostile,
             "store_max_bytes": STORE_MAX_BYTES,
@@ -514,7 +501,7 @@ class Soak:
                 first = self.submit("A", end)
                 self.replay(first)
             if first is not None and not self.moves and now < end - MOVE_MARGIN_S:
-                version = (first["registered"].get(common.MODEL_NAME) or {}).get("version")
+                version = (first["registered"].get(MODEL_NAME) or {}).get("version")
                 if first["final_status"] == "succeeded" and version:
                     self.promote(str(version), "to A's")
             if "slow_clients" not in self.hostile and now >= at["slow_clients"]:
@@ -525,9 +512,8 @@ class Soak:
                 self.redis_restart = self.restart_redis_under_jobs(end)
             if last is None and now >= at["D"]:
                 last = self.submit("D", end)
-            back_at = (
-                max(at["back"], self.moves[0]["requested_s"] + MOVE_MARGIN_S) if self.moves else end
-            )
+            first_move = self.moves[0]["requested_s"] if self.moves else end
+            back_at = max(at["back"], first_move + MOVE_MARGIN_S)
             if len(self.moves) == 1 and back_at <= now < end - MOVE_MARGIN_S:
                 self.promote(original, "back to original")
             time.sleep(0.2)
@@ -535,25 +521,23 @@ class Soak:
     def feedback_store(self, answered: set[str], log_dir: Path) -> dict[str, Any]:
         """How many answered requests the predictor kept in Redis for POST /feedback (best effort
         by design: a Redis outage drops them), and when the others were answered."""
-        with redis.Redis.from_url(
-            self.stack.redis_url, socket_timeout=30, decode_responses=True
-        ) as client:
-            kept = set(client.zrange(self.keys.predictions_index, 0, -1))
+        with redis.Redis.from_url(self.stack.redis_url, socket_timeout=30) as client:
+            kept = {key.decode() for key in client.zrange(self.keys.predictions_index, 0, -1)}
         not_kept = answered - kept
         documents = log_documents(log_dir)[0] if not_kept else []
         times = [
-            datetime.fromisoformat(d["time"]).timestamp()
+            datetime.fromisoformat(d["time"]).timestamp() - self.wall_started
             for d in documents
             if d.get("request_id") in not_kept
         ]
-        span = [round(t - self.wall_started, 3) for t in (min(times), max(times))] if times else []
+        span = [round(min(times), 3), round(max(times), 3)] if times else [None, None]
         return {
             "index": self.keys.predictions_index,
             "answered": len(answered),
             "kept": len(answered & kept),
             "not_kept": len(not_kept),
-            "not_kept_answered_from_s": span[0] if span else None,
-            "not_kept_answered_to_s": span[-1] if span else None,
+            "not_kept_answered_from_s": span[0],
+            "not_kept_answered_to_s": span[1],
         }
 
 
@@ -589,9 +573,8 @@ def trickling_uploads(
         return head[1].decode() if len(head) > 1 else "closed without an answer"
 
     async def all_uploads() -> list[str]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(upload() for _ in range(connections))), within_s
-        )
+        uploads = asyncio.gather(*(upload() for _ in range(connections)))
+        return await asyncio.wait_for(uploads, within_s)
 
     started = time.monotonic()
     try:
@@ -607,9 +590,8 @@ def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
     body = encoded({"instances": [FLOWER] * FLOOD_BATCH_ROWS})
 
     def send(_: int) -> tuple[str, str | None]:
-        headers = {"Content-Type": "application/json"}
         try:
-            answer = httpx.post(f"{url}/predict/batch", content=body, headers=headers, timeout=60)
+            answer = httpx.post(f"{url}/predict/batch", content=body, headers=JSON, timeout=60)
         except httpx.HTTPError as exc:
             return type(exc).__name__, None
         answered = answer.json()["request_id"] if answer.status_code == 200 else None
@@ -620,11 +602,15 @@ def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
         sent = list(pool.map(send, range(batches)))
     # Every answered batch is logged like any other request.
     answered = [request_id for _, request_id in sent if request_id is not None]
-    flood: dict[str, Any] = {"batches": batches, "rows_each": FLOOD_BATCH_ROWS}
-    flood["request_bytes_each"] = len(body)
-    flood |= {"outcomes": dict(Counter(status for status, _ in sent)), "answered_ids": answered}
-    flood |= {"rows_answered": len(answered) * FLOOD_BATCH_ROWS}
-    return flood | {"seconds": round(time.monotonic() - started, 1)}
+    return {
+        "batches": batches,
+        "rows_each": FLOOD_BATCH_ROWS,
+        "request_bytes_each": len(body),
+        "outcomes": dict(Counter(status for status, _ in sent)),
+        "answered_ids": answered,
+        "rows_answered": len(answered) * FLOOD_BATCH_ROWS,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
@@ -632,12 +618,16 @@ def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
     stopwaitsecs; whether it came to that is in supervisord's own log."""
     started = time.monotonic()
     completed = stack.supervisorctl("stop", "predictor:*")  # replicas: a bare name matches none
-    stopped: dict[str, Any] = {"seconds": round(time.monotonic() - started, 2)}
+    seconds = round(time.monotonic() - started, 2)
     log = stack.state / "logs" / "supervisord.log"
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     mentions = [line for line in lines if "predictor" in line][-4:]
-    stopped |= {"supervisorctl": (completed.stdout + completed.stderr).strip()}
-    return stopped | {"supervisord_log": mentions, "killed": any("SIGKILL" in m for m in mentions)}
+    return {
+        "seconds": seconds,
+        "supervisorctl": (completed.stdout + completed.stderr).strip(),
+        "supervisord_log": mentions,
+        "killed": any("SIGKILL" in m for m in mentions),
+    }
 
 
 def log_documents(directory: Path) -> tuple[list[dict[str, Any]], int]:
@@ -693,9 +683,8 @@ def service_log_findings(folders: list[Path]) -> dict[str, Any]:
             if isinstance(record, dict):
                 message = str(record.get("message", "")).strip().splitlines()[:1]
                 raised = str(record.get("exc_info") or "").strip().splitlines()[-1:]
-                line = " | ".join(
-                    [str(record.get("time")), str(record.get("logger")), *message, *raised]
-                )
+                named = [str(record.get("time")), str(record.get("logger"))]
+                line = " | ".join([*named, *message, *raised])
             examples.append(line[:300])
         if counts:
             findings[path.name] = {"counts": dict(counts), "first_errors": examples}
@@ -745,22 +734,20 @@ def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the run (5)")
-    parser.add_argument("--output", type=Path, default=common.ROOT / "bench/soak-results.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench/soak-results.json")
     args = parser.parse_args(argv)
     # Rotation keeps 5 files per process by default; the soak keeps every file so that each line
     # can be counted, while rotation itself still happens at the usual size.
     os.environ["PREDICTOR_PREDICTION_LOG_BACKUP_COUNT"] = "100000"
     os.environ["PREDICTOR_STORE_MAX_BYTES"] = str(STORE_MAX_BYTES)
-    with common.Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
-        say("starting the soak stack (durable Redis, then python -m iris_devstack up)")
-        session.stack.start_redis(durable=True)
-        session.stack.up()
+    with Session("soak", f"python -m bench.soak --minutes {args.minutes:g}") as session:
+        session.up(durable_redis=True)
         soak = Soak(session.stack, args.minutes * 60).run()
         verdicts = checks(soak)
         # The state folder (logs) is kept when a must-hold failed.
         session.finished = all(check["met"] for check in verdicts)
     results = session.results | {"output": str(args.output), "soak": soak, "checks": verdicts}
-    common.write(results | session.closing(), args.output, "soak.md")
+    write(results | session.closing(), args.output, "soak.md")
     say("all held" if session.finished else "A MUST-HOLD FAILED")
     return 0 if session.finished else 1
 

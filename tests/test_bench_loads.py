@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench import loads
-from bench.common import BATCH_ROWS
+from bench.loads import BATCH_ROWS
 from iris_predictor.inputs import batch_of_flowers, one_flower
 from iris_predictor.routes.mlflow_scoring import rows_from_csv, rows_from_json
 from iris_shared.schemas import FEATURE_NAMES

@@ -13,8 +13,9 @@ import numpy as np
 
 from bench import loads as payloads
 from bench import servers
-from bench.common import ROOT, render
+from bench.common import ROOT
 from bench.goals import evaluate_all
+from bench.report import render
 
 
 def summary(requests_per_s: float, p99_ms: float, rows_per_request: int = 1) -> dict[str, Any]:

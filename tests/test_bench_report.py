@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common
+from bench import report as common
 from bench.common import ROOT
 
 RESULTS = {
