@@ -44,12 +44,6 @@ async def readyz(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
-ROUTES = [
-    PlainRoute("/predict", predict),
-    PlainRoute("/readyz", readyz, methods=["GET"]),
-]
-
-
 def create_app() -> FastAPI:
     # This must mirror iris_predictor.app.create_app: the same builder, settings (body limit,
     # concurrency limit) and metrics class, only the routes differ. Otherwise the comparison
@@ -63,7 +57,10 @@ def create_app() -> FastAPI:
         settings=settings,
         metrics=PredictorMetrics(),
         routers=[],
-        plain_routes=ROUTES,
+        plain_routes=[
+            PlainRoute("/predict", predict),
+            PlainRoute("/readyz", readyz, methods=["GET"]),
+        ],
     )
 
 

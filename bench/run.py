@@ -1,16 +1,8 @@
 """`make bench`: the serving path against `mlflow models serve`, MLServer and BentoML, side by
-side, in one run. In order:
-  1. a private Redis and a second local stack (iris_devstack.private_stack), which trains the
-     baseline: version 1, alias `production`;
-  2. `mlflow models serve -w 2` on that version, a constant-answer endpoint on the predictor's
-     own command line, and the peers MLServer and BentoML (bench/servers.py);
-  3. wrk rounds that alternate every server and protocol (bench/loads.py), medians per server;
-     a predictor protocol this build does not serve is reported as not measured;
-  4. memory of every service's process tree, right after the load;
-  5. a hot swap under load: version 2 trained with the CLI, `production` moved to it while wrk
-     drives the gateway;
-  6. a retrain through the gateway, timed stage by stage; the predictor's cold start;
-  7. the goals (bench/goals.py), bench/results.json, bench/results.md, the README's table.
+side, on a second local stack (iris_devstack.private_stack), in the order of `main`: the other
+servers started, wrk rounds alternating every server and protocol, memory right after them, a
+hot swap under load, a retrain timed stage by stage, the predictor's cold start; then the
+goals (bench/goals.py), bench/results.{json,md} and the README's table.
 
 The run exits non-zero only when it cannot measure (the stack, mlflow or a required load
 fails); a missed goal is reported, not an error.

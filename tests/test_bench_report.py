@@ -5,12 +5,14 @@ rendered again as the Markdown it wrote beside it."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import report as common
-from bench.common import ROOT
+from bench.common import ROOT, tree_memory
+from iris_devstack.processes import child_pids, wait_until
 
 RESULTS = {
     "timestamp": "2026-12-06T04:59:54+00:00",
@@ -79,3 +81,28 @@ def test_the_written_results_render_again_as_written(results: str, template: str
     JSON, byte for byte the Markdown beside it."""
     written = json.loads((ROOT / results).read_text())
     assert common.render(template, written) == (ROOT / results).with_suffix(".md").read_text()
+
+
+@pytest.mark.integration
+def test_a_process_trees_memory_sums_every_process_in_it() -> None:
+    """A shell and its two children: three processes, the largest no more than the sum."""
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        wait_until(lambda: len(child_pids(shell.pid)) == 2, timeout=10)
+        memory = tree_memory(shell.pid)
+    finally:
+        shell.kill()
+        shell.wait()
+    assert memory is not None
+    assert memory["processes"] == len(memory["pids"]) == 3
+    assert memory["pids"][0] == shell.pid
+    assert 0 < memory["largest_rss_mib"] <= memory["rss_mib"]
+    assert memory["pss_mib"] <= memory["rss_mib"]
+    assert tree_memory(None) is None
+
+
+def test_the_results_are_written_as_json_and_markdown_side_by_side(tmp_path: Path) -> None:
+    results = json.loads((ROOT / "bench" / "profile.json").read_text())
+    common.write(results, tmp_path / "profile.json", "profile.md")
+    assert json.loads((tmp_path / "profile.json").read_text()) == results
+    assert (tmp_path / "profile.md").read_text() == (ROOT / "bench" / "profile.md").read_text()

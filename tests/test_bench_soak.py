@@ -80,3 +80,23 @@ def test_the_traffic_counts_answers_rows_and_failures_per_kind() -> None:
     assert traffic["failures"] == {"HTTP 503": 1}
     assert traffic["by_kind"]["batch"]["requests_per_s"] == 1.0
     assert traffic["by_kind"]["one_row"]["latency_ms"] == {"p50": 2.5, "p99": 3.97, "max": 4.0}
+
+
+def test_memory_growth_peak_and_replaced_processes_per_service() -> None:
+    soak = Soak(FakeStack(), 60)  # type: ignore[arg-type]
+
+    def tree(rss: float, pss: float, pids: list[int]) -> dict[str, Any]:
+        return {"rss_mib": rss, "pss_mib": pss, "pids": pids}
+
+    start = {"t": 15.0, "predictor": tree(400.0, 300.0, [1, 2, 3]), "gateway": None}
+    soak.memory_series = [{"t": 20.0, "predictor": tree(520.0, 390.0, [1, 2, 3])}]
+    end = {"t": 80.0, "predictor": tree(500.0, 380.0, [1, 2, 4]), "gateway": None}
+    soak.restarts["gateway"] = 1
+    report = soak.memory_report(start, end)
+    predictor, gateway = report["services"]["predictor"], report["services"]["gateway"]
+    assert (predictor["rss_growth_mib"], predictor["rss_growth_pct"]) == (100.0, 25.0)
+    assert (predictor["pss_growth_mib"], predictor["processes_replaced"]) == (80.0, 1)
+    assert predictor["peak_rss_mib"] == 520.0
+    assert gateway == {"start": None, "end": None, "peak_rss_mib": None, "program_restarts": 1}
+    assert report["rss_mib_series"][0]["predictor"] == 520.0
+    assert (report["start_s"], report["end_s"]) == (15.0, 80.0)

@@ -1,10 +1,6 @@
 """The BentoML peer of `make bench`: BentoML's own iris example (a joblib model behind one
-`@bentoml.api` taking a numpy array), with 2 workers like the predictor and
-`mlflow models serve -w 2`.
-
-Runs in the peer's own virtual environment (bench/servers.py), never in the project's: it imports
-nothing from this repository. IRIS_BENCH_MODEL names the joblib file exported from the
-registry's production version.
+`@bentoml.api` taking a numpy array), 2 workers. It runs in the peer's own venv
+(bench/servers.py) and imports nothing of this repository; IRIS_BENCH_MODEL names the model.
 """
 
 from __future__ import annotations
