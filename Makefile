@@ -56,12 +56,13 @@ repro: install ## Run the DVC pipeline (validate -> train)
 
 # One pytest-xdist worker per core. Each worker has its own session services (MLflow, a trained
 # registry, a predictor, a gateway, a Celery worker), and the suite is mostly CPU: a third
-# worker's services and the contention cost more than its overlap of the waits gains.
+# worker's services and the contention cost more than its overlap of the waits gains. Files run
+# in the order the root conftest.py sets (slow files first), not xdist's largest-file-first.
 TEST_WORKERS ?= 2
 .PHONY: test
 test: install ## Run the whole test suite against real processes (installs missing system tools)
 	bash scripts/ensure_tools.sh
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 .PHONY: test-unit
 test-unit: install ## Run the code, data and model tests that start no process (seconds)

@@ -319,6 +319,7 @@ def test_metrics_are_merged_across_the_worker_processes(
         assert metric(text, "process_resident_memory_bytes") > 0
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
     predictor_service: PredictorService,
 ) -> None:
@@ -365,6 +366,7 @@ def metrics_dir(worker_pid: int) -> Path:
     return Path(value.split(b"=", 1)[1].decode())
 
 
+@pytest.mark.slow
 def test_no_production_model_yet(trained_registry: str, logs_dir: Path) -> None:
     process, url = start_predictor(logs_dir, trained_registry, PREDICTOR_MODEL_NAME="Iris-Nothing")
     try:
@@ -396,6 +398,7 @@ def own_model(trained_registry: str) -> tuple[str, str]:
     return trained_registry, name
 
 
+@pytest.mark.slow
 def test_hot_swap_without_a_failed_request(own_model: tuple[str, str], logs_dir: Path) -> None:
     uri, name = own_model
     process, url = start_predictor(logs_dir, uri, wait=False, PREDICTOR_MODEL_NAME=name)
@@ -449,6 +452,7 @@ def alias_lookups(mlflow_log: Path, name: str) -> int:
     return mlflow_log.read_text().count(f"/registered-models/alias?name={name}&")
 
 
+@pytest.mark.slow
 def test_one_worker_asks_mlflow_and_every_worker_follows_the_alias(
     own_model: tuple[str, str], logs_dir: Path
 ) -> None:
@@ -492,6 +496,7 @@ def test_one_worker_asks_mlflow_and_every_worker_follows_the_alias(
         process.stop()
 
 
+@pytest.mark.slow
 def test_webhook_triggers_an_immediate_check(own_model: tuple[str, str], logs_dir: Path) -> None:
     """With a 2-minute poll, only the webhook delivery can make the swap this quick."""
     uri, name = own_model
@@ -528,6 +533,7 @@ def test_webhook_triggers_an_immediate_check(own_model: tuple[str, str], logs_di
         process.stop()
 
 
+@pytest.mark.slow
 def test_restart_with_mlflow_down_serves_the_local_copy(
     own_model: tuple[str, str], logs_dir: Path
 ) -> None:
@@ -564,6 +570,7 @@ def test_restart_with_mlflow_down_serves_the_local_copy(
         process.stop()
 
 
+@pytest.mark.slow
 def test_a_pickled_version_is_refused_and_the_served_one_stays(
     own_model: tuple[str, str], logs_dir: Path
 ) -> None:
@@ -616,6 +623,7 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
         process.stop()
 
 
+@pytest.mark.slow
 def test_a_graceful_stop_writes_a_log_line_for_every_answer(
     trained_registry: str, logs_dir: Path
 ) -> None:

@@ -250,6 +250,7 @@ def test_one_worker_leads_a_role_and_another_takes_over_when_it_dies(
         leader.wait(10)
 
 
+@pytest.mark.slow
 def test_workers_slower_to_start_than_uvicorns_health_check_are_not_restarted(
     tmp_path: Path,
 ) -> None:
