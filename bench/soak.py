@@ -45,6 +45,8 @@ from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
 # Each kind of request: name, path, rows, client threads.
 KINDS = (("one_row", "/predict", 1, 4), ("batch", "/predict/batch", 100, 2))
 WARMUP_S, JOB_GRACE_S, REQUEST_TIMEOUT_S = 15.0, 300.0, 30.0
+# How long a replayed Idempotency-Key is tried again while the gateway answers "not now".
+REPLAY_FOR_S = 30.0
 # When, as a share of the run, each step starts (the first promotion waits for the first job).
 SCHEDULE = {"A": 0.05, "slow_clients": 0.2, "redis": 0.45, "flood": 0.55, "D": 0.65, "back": 0.75}
 # A move needs this long before the run ends, or its swap could not be seen.
@@ -259,12 +261,20 @@ class Soak:
             time.sleep(3.0)
 
     def replay(self, job: dict[str, Any]) -> None:
-        """Send the job's Idempotency-Key again: the answer must be 200 and the same job."""
-        answer, job_id, _ = self.post_retrain(job["idempotency_key"])
-        same_job = job_id == job["job_id"] and answer == "200"
-        job["replays"].append(
-            {"t": self.clock(), "answer": answer, "job_id": job_id} | {"same_job": same_job}
-        )
+        """Send the job's Idempotency-Key again, as a client would: an answer that says "not
+        now" (503, or no answer at all) is tried again every second for up to REPLAY_FOR_S,
+        each attempt recorded. The last answer must be 200 and the same job."""
+        give_up = self.clock() + REPLAY_FOR_S
+        while True:
+            answer, job_id, _ = self.post_retrain(job["idempotency_key"])
+            same_job = job_id == job["job_id"] and answer == "200"
+            job["replays"].append(
+                {"t": self.clock(), "answer": answer, "job_id": job_id} | {"same_job": same_job}
+            )
+            try_again = answer == "503" or not answer.isdigit()
+            if not try_again or self.clock() > give_up:
+                break
+            time.sleep(1.0)
         if answer == "202" and job_id is not None:
             # The key was forgotten and a second job started: follow it as well.
             self.track(f"{job['label']} again", job["idempotency_key"], job_id)
