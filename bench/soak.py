@@ -72,7 +72,9 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     samples: list[dict[str, Any]] = field(default_factory=list)
     answered_ids: list[str] = field(default_factory=list)
-    other_ids: int = 0  # answers whose request_id is not the X-Request-ID sent
+    # Answers whose X-Request-ID header is not the one sent: the client's id is echoed for
+    # tracing, while the body's request_id is the server's own (the feedback key).
+    unechoed_ids: int = 0
     versions: Counter[str] = field(default_factory=Counter)
     # (time, version) each time the answers of this client changed model version.
     switches: list[tuple[float, str]] = field(default_factory=list)
@@ -178,7 +180,7 @@ class Soak:
                     tally.ok += 1
                     tally.latencies_ms.append(latency_ms)
                     tally.answered_ids.append(answered_id)
-                    tally.other_ids += answered_id != request_id
+                    tally.unechoed_ids += response.headers.get("X-Request-ID") != request_id
                     tally.versions[version] += 1
                     if not tally.switches or tally.switches[-1][1] != version:
                         tally.switches.append((self.clock(), version))
@@ -218,7 +220,7 @@ class Soak:
         return {"seconds": round(seconds, 1), "by_kind": by_kind, **counts(self.tallies)} | {
             "failure_samples": samples[:20],
             "answers_per_model_version": dict(sum((t.versions for t in self.tallies), Counter())),
-            "answers_with_another_request_id": sum(t.other_ids for t in self.tallies),
+            "answers_not_echoing_the_x_request_id": sum(t.unechoed_ids for t in self.tallies),
             "crashed_clients": [t.crashed for t in self.tallies if t.crashed],
         }
 
