@@ -44,7 +44,7 @@ from bench.common import (
 from bench.goals import evaluate_all
 from bench.report import update_readme, write
 from iris_devstack.private_stack import PrivateStack
-from iris_devstack.processes import REPO_ROOT, answers_post, http_ok, wait_until
+from iris_devstack.processes import REPO_ROOT, answers_post, http_ok, tls_context, wait_until
 from iris_shared.jobs import TrainingStage
 
 T = TypeVar("T")
@@ -188,7 +188,7 @@ def recording_counts(stack: PrivateStack) -> dict[str, float] | None:
 def served_version(url: str) -> str | None:
     try:
         # A new connection per poll (no shared client), so polls reach every worker process.
-        response = httpx.get(url, timeout=2)
+        response = httpx.get(url, timeout=2, verify=tls_context())
         return str(response.json()["version"]) if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError):
         return None

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from iris_devstack.processes import ManagedProcess
+from iris_devstack.processes import ManagedProcess, tls_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,7 +38,9 @@ def served_version(gateway_url: str) -> str | None:
     Each process follows the alias on its own; ten answers in a row reach all of them.
     """
     versions = {
-        httpx.post(f"{gateway_url}/predict", json=SETOSA).json().get("model_version")
+        httpx.post(f"{gateway_url}/predict", json=SETOSA, verify=tls_context())
+        .json()
+        .get("model_version")
         for _ in range(10)
     }
     return versions.pop() if len(versions) == 1 else None

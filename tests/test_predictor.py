@@ -25,7 +25,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from iris_devstack.processes import child_pids, free_port, wait_until
+from iris_devstack.processes import child_pids, free_port, tls_context, wait_until
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
@@ -302,7 +302,7 @@ def test_metrics_are_merged_across_the_worker_processes(
 
     # Separate connections from several threads, so both processes take requests.
     def post() -> int:
-        return httpx.post(f"{url}/predict", json=SETOSA).status_code
+        return httpx.post(f"{url}/predict", json=SETOSA, verify=tls_context()).status_code
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(lambda _: post(), range(60))) == {200}

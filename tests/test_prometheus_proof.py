@@ -33,7 +33,14 @@ from infra.checks.check_promql import (
     fill_grafana_variables,
     rule_expressions,
 )
-from iris_devstack.processes import REPO_ROOT, ManagedProcess, free_port, http_ok, wait_until
+from iris_devstack.processes import (
+    REPO_ROOT,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    tls_context,
+    wait_until,
+)
 from iris_shared.jobs import JobKeys
 from iris_shared.registry import CHALLENGER
 from tests.support.core import JOBS_NAMESPACE
@@ -197,7 +204,9 @@ def prometheus(
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    response = httpx.get(
+        f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10, verify=tls_context()
+    )
     body = response.json()
     assert body.get("status") == "success", f"{expr}: {body}"
     result: list[dict[str, Any]] = body["data"]["result"]
@@ -243,10 +252,11 @@ def drive_traffic(
     ]
 
     def ended() -> bool:
-        statuses = [
-            httpx.get(f"{gateway_url}/jobs/{job}", headers=headers).json()["status"] for job in jobs
+        records = [
+            httpx.get(f"{gateway_url}/jobs/{job}", headers=headers, verify=tls_context())
+            for job in jobs
         ]
-        return all(status in ("succeeded", "failed") for status in statuses)
+        return all(record.json()["status"] in ("succeeded", "failed") for record in records)
 
     wait_until(ended, 300, "both retrain jobs ended")
     # The retrain's version is the challenger if it passed the gate; else make it so.

@@ -25,6 +25,7 @@ from iris_devstack.processes import (
     free_port,
     http_ok,
     tcp_open,
+    tls_context,
     wait_until,
 )
 from iris_devstack.redis import redis_server_args
@@ -163,7 +164,8 @@ def test_every_service_does_its_whole_job_on_its_own_user(
     job = httpx.post(f"{stack.gateway_url}/retrain", headers=auth).json()
 
     def finished() -> bool:
-        record = httpx.get(f"{stack.gateway_url}/jobs/{job['job_id']}", headers=auth).json()
+        url = f"{stack.gateway_url}/jobs/{job['job_id']}"
+        record = httpx.get(url, headers=auth, verify=tls_context()).json()
         return record["status"] in ("succeeded", "failed")
 
     wait_until(finished, 120, "the retrain job")

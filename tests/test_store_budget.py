@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis
 
-from iris_devstack.processes import wait_until
+from iris_devstack.processes import tls_context, wait_until
 from iris_devstack.redis import start_redis
 from iris_shared.feedback import FeedbackKeys
 from tests.support.core import JOBS_NAMESPACE
@@ -73,7 +73,9 @@ def flood(url: str) -> list[httpx.Response]:
     headers = {"Content-Type": "application/json"}
 
     def send(_: int) -> httpx.Response:
-        return httpx.post(f"{url}/predict/batch", content=body, headers=headers, timeout=60)
+        return httpx.post(
+            f"{url}/predict/batch", content=body, headers=headers, timeout=60, verify=tls_context()
+        )
 
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(send, range(FLOOD_BATCHES)))

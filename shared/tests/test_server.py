@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from iris_devstack.processes import alive, child_pids, free_port
+from iris_devstack.processes import alive, child_pids, free_port, tls_context
 
 pytestmark = [pytest.mark.integration]
 
@@ -71,7 +71,7 @@ class TinyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def answering_pid(self) -> int:
-        return int(httpx.get(f"{self.url}/pid", timeout=2).text)
+        return int(httpx.get(f"{self.url}/pid", timeout=2, verify=tls_context()).text)
 
     def wait_serving(self, workers: set[int]) -> None:
         """Wait until each of `workers` has answered a request."""
