@@ -25,7 +25,13 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from iris_devstack.processes import child_pids, free_port, tls_context, wait_until
+from iris_devstack.processes import (
+    child_pids,
+    free_port,
+    proc_stat,
+    tls_context,
+    wait_until,
+)
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
@@ -345,9 +351,17 @@ def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
         children = {
             pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in child_pids(master)
         }
+        # Every spawned worker on the machine with its parent: a replacement the master logged
+        # but that is not its child shows up here.
+        spawned: dict[int, list[str]] = {}
+        for entry in Path("/proc").glob("[0-9]*"):
+            with suppress(FileNotFoundError, ProcessLookupError):
+                if b"spawn_main" in (entry / "cmdline").read_bytes():
+                    spawned[int(entry.name)] = proc_stat(int(entry.name))[:2]
         raise AssertionError(
             f"no replacement for worker {doomed}: workers seen {seen[:3]}...{seen[-3:]}, "
-            f"children of the master {master} now {children}"
+            f"children of the master {master} now {children}, spawned workers (state, parent) "
+            f"{spawned}, master's log:\n{predictor_service.process.tail(15)}"
         ) from None
     wait_ready(predictor_service.process, url)
     text = httpx.get(f"{url}/metrics").text

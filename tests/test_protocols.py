@@ -323,6 +323,13 @@ def test_invocations_take_every_body_mlflow_serve_takes(
             b'{"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", '
             b'"petal_width"], "data": [[1%s, 3.5, 1.4, 0.2]]}}' % (b"0" * 400),
         ),
+        # A key that is not UTF-8: msgspec lets UnicodeDecodeError through for one.
+        ("application/json", b'{"dataframe_records": [{"\xff": 1}]}'),
+        (
+            "application/json",
+            b'{"dataframe_records": [{"sepal_length": 5.1, "sepal_width": 3.5, '
+            b'"petal_length": 1.4, "petal_width": 0.2}], "dataframe_split": null}',
+        ),
         ("text/csv", b"sepal_length,sepal_width\n1,2\n"),
         ("text/csv", b"sepal_length,sepal_width,petal_length,petal_width\n1,2,x,4\n"),
         ("text/csv", b"\xff\xfe"),

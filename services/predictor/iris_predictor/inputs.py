@@ -35,25 +35,25 @@ from iris_shared.schemas import (
 # Untracked by the garbage collector (gc=False): they hold floats and a list of them, so they can
 # never be part of a cycle, and a batch's thousand tracked objects would each count towards a
 # collection.
-_Flower: Any = msgspec.defstruct(
+Flower: Any = msgspec.defstruct(
     "Flower", [(name, float) for name in FEATURE_NAMES], forbid_unknown_fields=True, gc=False
 )
 _Batch: Any = msgspec.defstruct(
     "Batch",
-    [("instances", Annotated[list[_Flower], msgspec.Meta(min_length=1)])],
+    [("instances", Annotated[list[Flower], msgspec.Meta(min_length=1)])],
     forbid_unknown_fields=True,
     gc=False,
 )
 # A batch's rows are filled a column at a time: `map` of an attrgetter runs in C, where a loop
 # over each flower's tuple would run in Python.
 _COLUMNS = tuple(attrgetter(name) for name in FEATURE_NAMES)
-_decode_flower = msgspec.json.Decoder(_Flower).decode
+_decode_flower = msgspec.json.Decoder(Flower).decode
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 # What the fast path may raise on a body it cannot take. msgspec lets UnicodeDecodeError
 # through for bytes that are not UTF-8 inside a key (msgspec/msgspec#714); the contract then
 # reports the body as malformed JSON.
-_NOT_DECODED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+NOT_DECODED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 
 _flower_contract = TypeAdapter(PredictionRequest)
 _batch_contract = TypeAdapter(BatchPredictionRequest)
@@ -68,7 +68,7 @@ def one_flower(body: bytes) -> np.ndarray:
     """The one row of a `PredictionRequest` body, shape (1, 4)."""
     try:
         values = astuple(_decode_flower(body))
-    except _NOT_DECODED:
+    except NOT_DECODED:
         values = None
     # Four comparisons in Python cost less than one numpy call on four values. False for NaN.
     if values is None or not all(0 < value <= MAX_MEASUREMENT_CM for value in values):
@@ -83,16 +83,29 @@ def batch_of_flowers(body: bytes, max_rows: int) -> np.ndarray:
     if objects > max_rows:
         raise TooManyRows(f"The batch has {objects} rows; the limit is {max_rows}.")
     try:
-        instances = _decode_batch(body).instances
-    except _NOT_DECODED:
+        rows = rows_of_flowers(_decode_batch(body).instances)
+    except NOT_DECODED:
         rows = None
-    else:
-        rows = np.empty((len(instances), len(_COLUMNS)), dtype=np.float64)
-        for column, value_of in enumerate(_COLUMNS):
-            rows[:, column] = np.fromiter(map(value_of, instances), np.float64, len(instances))
-    if rows is None or not _within_bounds(rows):
+    if rows is None:
         rows = _rows(*_contract(_batch_contract, body).instances)
     return rows
+
+
+def rows_of_flowers(flowers: list[Any]) -> np.ndarray | None:
+    """The (n, 4) rows of decoded `Flower`s, or None if a value is out of bounds (or NaN): the
+    caller's general way then words the refusal (or the emptiness)."""
+    if not flowers:
+        return None
+    if len(flowers) == 1:
+        values = astuple(flowers[0])
+        # Four comparisons in Python cost less than one numpy call on four values.
+        if not all(0 < value <= MAX_MEASUREMENT_CM for value in values):
+            return None
+        return np.array([values], dtype=np.float64)
+    rows = np.empty((len(flowers), len(_COLUMNS)), dtype=np.float64)
+    for column, value_of in enumerate(_COLUMNS):
+        rows[:, column] = np.fromiter(map(value_of, flowers), np.float64, len(flowers))
+    return rows if _within_bounds(rows) else None
 
 
 def _within_bounds(rows: np.ndarray) -> bool:

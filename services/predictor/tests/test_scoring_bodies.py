@@ -17,6 +17,7 @@ from iris_predictor.inputs import InvalidRows
 from iris_predictor.routes.mlflow_scoring import (
     BadRequest,
     plain_csv,
+    plain_records,
     plain_split,
     rows_from_any_csv,
     rows_from_any_json,
@@ -145,3 +146,58 @@ def test_what_mlflows_client_sends_for_a_frame_is_plain() -> None:
     body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
     assert plain_split(body) is not None
     np.testing.assert_array_equal(rows_from_json(body, 1000), frame.to_numpy())
+
+
+in_bounds = st.one_of(st.floats(min_value=0.001, max_value=50), st.integers(1, 50))
+record_keys = st.one_of(
+    st.permutations(FEATURE_NAMES).map(list),
+    st.sampled_from([list(FEATURE_NAMES[:3]), [*FEATURE_NAMES, "extra"], ["a", "b", "c", "d"]]),
+)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> list[Any]:
+    plain = draw(st.booleans())
+    keys = draw(st.permutations(FEATURE_NAMES) if plain else record_keys)
+    values = in_bounds if plain else json_values
+    rows = draw(st.lists(st.lists(values, min_size=4, max_size=5), max_size=6))
+    return [dict(zip(keys, row, strict=False)) for row in rows]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    key=st.sampled_from(["dataframe_records", "instances", "inputs"]),
+    data=st.one_of(records(), split_rows),
+    extra=st.sampled_from([None, None, None, "dataframe_split", "instances", "dataframe_records"]),
+    extra_value=st.sampled_from([None, [], {"columns": FEATURE_NAMES, "data": [[1, 2, 3, 4]]}]),
+)
+def test_both_ways_read_every_body_of_records_alike(
+    key: str, data: list[Any], extra: str | None, extra_value: Any
+) -> None:
+    document: dict[str, Any] = {key: data}
+    if extra and extra != key:
+        document[extra] = extra_value
+    body = json.dumps(document).encode()
+    event("plain" if plain_records(body, MAX_ROWS) is not None else "general")
+    assert outcome(rows_from_json, body) == outcome(rows_from_any_json, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"\xff": 1}',
+        b'{"dataframe_records": [{"\xff": 1}]}',
+        b'{"dataframe_split": {"columns": ["\xff"], "data": [[1]]}}',
+    ],
+)
+def test_bytes_that_are_not_utf8_in_a_key_are_a_bad_request(body: bytes) -> None:
+    assert outcome(rows_from_json, body) == (
+        "BadRequest: Ensure that input is a valid JSON formatted string."
+    )
+
+
+def test_one_record_by_name_in_any_order_is_plain() -> None:
+    record = dict(zip(reversed(FEATURE_NAMES), [0.2, 1.4, 3.5, 5.1], strict=True))
+    body = json.dumps({"dataframe_records": [record]}).encode()
+    assert plain_records(body, MAX_ROWS) is not None
+    np.testing.assert_array_equal(rows_from_json(body, MAX_ROWS), [[5.1, 3.5, 1.4, 0.2]])

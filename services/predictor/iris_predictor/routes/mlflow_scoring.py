@@ -23,11 +23,14 @@ from typing import Any
 import msgspec
 import numpy as np
 import orjson
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
 from iris_predictor.core import MLFLOW
 from iris_predictor.inputs import (
+    NOT_DECODED,
+    Flower,
     InvalidRows,
     are_numbers,
     are_rows_of_numbers,
@@ -35,6 +38,7 @@ from iris_predictor.inputs import (
     rows_from_columns,
     rows_from_records,
     rows_from_table,
+    rows_of_flowers,
 )
 from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
 from iris_predictor.state import PredictorState
@@ -50,12 +54,21 @@ class _SplitFrame(msgspec.Struct):
     data: list[list[float]]
 
 
-class _SplitDocument(msgspec.Struct, forbid_unknown_fields=True):
-    dataframe_split: _SplitFrame
+class _PlainDocument(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The bodies most clients send, decoded with their types checked in C: a `dataframe_split`
+    of names and numbers only (what pandas and MLflow's client send), or records of the four
+    measurements by name (`dataframe_records`, or `instances`/`inputs` as records)."""
+
+    # UNSET, not None, for a key the body lacks: an explicit `null` must not decode (the
+    # general way counts that key as given, and refuses).
+    dataframe_split: _SplitFrame | UnsetType = UNSET
+    dataframe_records: list[Flower] | UnsetType = UNSET
+    instances: list[Flower] | UnsetType = UNSET
+    inputs: list[Flower] | UnsetType = UNSET
 
 
-# A `dataframe_split` body of names and numbers only, the shape pandas and MLflow's client send.
-_decode_split = msgspec.json.Decoder(_SplitDocument).decode
+_decode_plain = msgspec.json.Decoder(_PlainDocument).decode
+_RECORD_FORMATS = ("dataframe_records", "instances", "inputs")
 # The values of a plain CSV, as the JSON array its rows make once joined by commas.
 _decode_plain_values = msgspec.json.Decoder(list[float]).decode
 # Every byte a plain CSV's rows may hold: numbers as JSON writes them, commas, spaces, newlines.
@@ -93,10 +106,13 @@ def plain_split(body: bytes) -> tuple[list[str], np.ndarray] | None:
     to tell numbers from booleans or strings; any other body goes the general way, which
     reads it or says why not.
     """
-    try:
-        frame = _decode_split(body).dataframe_split
-    except msgspec.DecodeError:
+    document = _plain_document(body)
+    if document is None or isinstance(document.dataframe_split, UnsetType):
         return None
+    return _split_table(document.dataframe_split)
+
+
+def _split_table(frame: _SplitFrame) -> tuple[list[str], np.ndarray] | None:
     width = len(frame.columns)
     if not frame.data or set(map(len, frame.data)) != {width}:
         return None
@@ -105,9 +121,41 @@ def plain_split(body: bytes) -> tuple[list[str], np.ndarray] | None:
     return frame.columns, table.reshape(len(frame.data), width)
 
 
+def _plain_document(body: bytes) -> _PlainDocument | None:
+    """`body` as a `_PlainDocument` with exactly one of the formats, or None."""
+    try:
+        document = _decode_plain(body)
+    except NOT_DECODED:
+        return None
+    given = [key for key in FORMATS if getattr(document, key) is not UNSET]
+    return document if len(given) == 1 else None
+
+
+def plain_records(body: bytes, max_rows: int) -> np.ndarray | None:
+    """The rows of a body of records holding the four measurements by name and nothing else,
+    all in bounds and at most `max_rows` of them; None for any other body."""
+    document = _plain_document(body)
+    return _record_rows(document, max_rows) if document is not None else None
+
+
+def _record_rows(document: _PlainDocument, max_rows: int) -> np.ndarray | None:
+    for key in _RECORD_FORMATS:
+        records = getattr(document, key)
+        if records is not UNSET:
+            return rows_of_flowers(records) if len(records) <= max_rows else None
+    return None
+
+
 def rows_from_json(body: bytes, max_rows: int) -> np.ndarray:
-    if (plain := plain_split(body)) is not None:
-        return rows_from_table(*plain, max_rows)
+    """The rows of a JSON body: the plain shapes the fast way, any other the general way,
+    which reads it or says why not (tests/test_scoring_bodies.py checks both agree)."""
+    document = _plain_document(body)
+    if document is not None:
+        if not isinstance(document.dataframe_split, UnsetType):
+            if (table := _split_table(document.dataframe_split)) is not None:
+                return rows_from_table(*table, max_rows)
+        elif (rows := _record_rows(document, max_rows)) is not None:
+            return rows
     return rows_from_any_json(body, max_rows)
 
 
