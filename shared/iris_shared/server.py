@@ -9,8 +9,9 @@ With more than one worker, uvicorn's supervisor (the master) starts the workers,
 that dies and forwards SIGTERM for a graceful stop. A master that dies without doing so (the
 OOM killer, a crash) would leave its workers serving on the port with nobody watching them, and
 its own supervisor's next master could not listen there: so each worker stops by itself when
-its master is gone (`stop_with_master`). The workers of one server share a runtime folder, made
-empty here before any of them starts:
+its master is gone (`stop_with_master`). The master is a fresh interpreter that imports uvicorn
+and this module only (`run()` replaces the service's process with it). The workers of one
+server share a runtime folder, made empty by the master before any of them starts:
 
     <runtime>/metrics/   prometheus_client's files (PROMETHEUS_MULTIPROC_DIR), merged on every
                          scrape by `iris_shared.metrics`
@@ -26,6 +27,7 @@ import atexit
 import ctypes
 import fcntl
 import gc
+import json
 import logging
 import os
 import shutil
@@ -35,7 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.importer import import_from_string
@@ -46,7 +48,10 @@ from iris_shared.http_protocol import (
     GuardedHttpToolsProtocol,
 )
 from iris_shared.logging import configure_logging
-from iris_shared.settings import HTTPServiceSettings
+
+if TYPE_CHECKING:
+    # Not at run time: the master (`python -m iris_shared.server`) must not import pydantic.
+    from iris_shared.settings import HTTPServiceSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUNTIME_ENV = "IRIS_SERVER_RUNTIME_DIR"
@@ -54,6 +59,10 @@ RUNTIME_ENV = "IRIS_SERVER_RUNTIME_DIR"
 APP_FACTORY_ENV = "IRIS_SERVER_APP_FACTORY"
 MASTER_PID_ENV = "IRIS_SERVER_MASTER_PID"
 ORPHAN_DEADLINE_ENV = "IRIS_SERVER_ORPHAN_DEADLINE_S"
+# What the master of a multi-process server is told by the process it replaces (see run()).
+MASTER_CONFIG_ENV = "IRIS_SERVER_MASTER_CONFIG"
+MASTER_MODULE = "iris_shared.server"
+WORKER_FACTORY = f"{MASTER_MODULE}:create_worker_app"
 
 # From <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
@@ -237,29 +246,66 @@ def release_free_heap() -> None:
 
 
 def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
-    """Serve `factory` ("module:function" returning the ASGI app) until SIGTERM or SIGINT."""
+    """Serve `factory` ("module:function" returning the ASGI app) until SIGTERM or SIGINT.
+
+    With more than one worker this process becomes the master: once the settings are read, it
+    replaces itself (`exec`, same pid, so supervisord, compose and Kubernetes keep watching it)
+    with `python -m iris_shared.server`, which imports uvicorn and this module only. The
+    master only watches its workers; the service's own imports (pydantic and its settings,
+    the shared schemas) would otherwise stay resident in it for nothing.
+    """
     configure_logging(service, settings.log_level)
     # Read by each worker's protocol objects (GuardedHttpToolsProtocol), wherever it runs.
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_read_timeout_s)
     os.environ[MAX_HEADER_BYTES_ENV] = str(settings.max_header_bytes)
-    if settings.workers > 1:
-        # Before uvicorn spawns the workers: each reads the variables when it imports
-        # prometheus_client.
-        prepare_runtime_dir(service)
-        os.environ[APP_FACTORY_ENV] = factory
-        os.environ[MASTER_PID_ENV] = str(os.getpid())
-        # An orphan gets the grace period for its in-flight requests, then as long again for
-        # its lifespan shutdown (the predictor flushing its log), within supervisord's and
-        # compose's stop grace period.
-        os.environ[ORPHAN_DEADLINE_ENV] = str(2 * settings.graceful_shutdown_s)
-        factory = f"{__name__}:{create_worker_app.__name__}"
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "timeout_worker_healthcheck": settings.worker_healthcheck_timeout_s,
+    }
+    if settings.workers == 1:
+        release_free_heap()
+        _serve(factory, options)
+        return
+    os.environ[APP_FACTORY_ENV] = factory
+    # An orphan gets the grace period for its in-flight requests, then as long again for its
+    # lifespan shutdown (the predictor flushing its log), within supervisord's and compose's
+    # stop grace period.
+    os.environ[ORPHAN_DEADLINE_ENV] = str(2 * settings.graceful_shutdown_s)
+    os.environ[MASTER_CONFIG_ENV] = json.dumps(
+        {
+            "service": service,
+            "log_level": settings.log_level,
+            "options": options,
+            # Where the factory was importable from (a script's folder, say): the workers
+            # get the master's sys.path from multiprocessing.
+            "sys_path": sys.path,
+        }
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", MASTER_MODULE])
+
+
+def serve_as_master() -> None:
+    """The master of a multi-process server, as `run()` set it up."""
+    config = json.loads(os.environ.pop(MASTER_CONFIG_ENV))
+    sys.path[:] = config["sys_path"]
+    configure_logging(config["service"], config["log_level"])
+    # Before uvicorn spawns the workers: each reads the variables when it imports
+    # prometheus_client.
+    prepare_runtime_dir(config["service"])
+    os.environ[MASTER_PID_ENV] = str(os.getpid())
     release_free_heap()
+    _serve(WORKER_FACTORY, config["options"])
+
+
+def _serve(factory: str, options: dict[str, Any]) -> None:
     uvicorn.run(
         factory,
         factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
         loop="uvloop",
         http=GuardedHttpToolsProtocol,
         # Logging is ours (JSON lines, set up by the factory); no access log on the hot path.
@@ -268,6 +314,9 @@ def run(service: str, factory: str, settings: HTTPServiceSettings) -> None:
         # No proxy in front that sets X-Forwarded-*; the middleware costs a few % per request.
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        timeout_worker_healthcheck=settings.worker_healthcheck_timeout_s,
+        **options,
     )
+
+
+if __name__ == "__main__":
+    serve_as_master()

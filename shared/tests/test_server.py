@@ -212,6 +212,17 @@ def test_sigterm_to_the_master_still_stops_every_worker_gracefully(tmp_path: Pat
         assert not any(alive(pid) for pid in workers)
 
 
+def test_the_master_keeps_none_of_what_the_service_imported(tmp_path: Path) -> None:
+    """The process that read the settings (with pydantic) becomes the master under the same
+    pid, as supervisord and compose watch it, but as a fresh interpreter: the master only
+    watches its workers, and every server's memory counts it."""
+    with tiny_server(tmp_path) as server:
+        master = server.master.pid
+        assert b"iris_shared.server" in Path(f"/proc/{master}/cmdline").read_bytes()
+        assert "pydantic_core" not in Path(f"/proc/{master}/maps").read_text()
+        assert server.answering_pid() in workers_of(master)
+
+
 LEADER = """
 import time
 from iris_shared.server import WorkerPeers
