@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextvars import ContextVar
 
@@ -38,11 +39,17 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # uvicorn installs its own plain-text handlers; route them through ours instead.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
+    # MLflow gives its loggers a plain-text handler of its own when it is imported, unless
+    # MLFLOW_CONFIGURE_LOGGING says not to: set for an import still to come (and the processes
+    # started from here), and the handler is taken off below for one that already happened.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    # uvicorn, Celery and MLflow install their own plain-text handlers; route them through ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "mlflow"):
         logger = logging.getLogger(name)
         if not logger.handlers and not logger.propagate:
             # Switched off on purpose (`uvicorn --no-access-log`): keep it off.
             continue
         logger.handlers[:] = []
         logger.propagate = True
+    # MLflow also set its level (INFO) itself; the service's level is the one that counts.
+    logging.getLogger("mlflow").setLevel(logging.NOTSET)

@@ -26,6 +26,7 @@ two deployments sharing one Redis never run each other's jobs. Reliability choic
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -94,6 +95,8 @@ def _configure_json_logging(loglevel: int | str | None = None, **_: Any) -> None
     else:
         level = loglevel or get_worker_settings().log_level
     configure_logging("trainer", level)
+    # MLflow writes each run's links to stdout as plain text; the worker's output is JSON lines.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 # The celery CLI (`-A iris_trainer.celery_app`) needs a module-level app; settings are read

@@ -13,7 +13,8 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,42 @@ def validated_split(dataset: Dataset, params: TrainingParams) -> tuple[Split, Va
     return split(features, labels, params.split), validation
 
 
+# Warnings MLflow's log_model gives on every run that cannot apply here: the logger, and what
+# its message says.
+_INAPPLICABLE_WARNINGS = {
+    # Its check of the input example loads the model back with MLflow's own loader, which every
+    # service process switches off (iris_shared.servable.forbid_unpickling); the predictor
+    # checks each version with its own loader when it loads it.
+    "mlflow.models.model": "Deserializing this model is disallowed",
+    # The environments are made by uv, without pip; the model's requirements are given in full
+    # (`pip_requirements`), and nothing here reads the conda.yaml the warning is about.
+    "mlflow.utils.environment": "Failed to resolve installed pip version",
+}
+
+
+class _Drop(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _without_inapplicable_warnings() -> Iterator[None]:
+    filters = [
+        (logging.getLogger(name), _Drop(text)) for name, text in _INAPPLICABLE_WARNINGS.items()
+    ]
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
+
+
 def _log_and_register(
     client: MlflowClient,
     candidate: Candidate,
@@ -300,7 +337,7 @@ def _log_and_register(
         profile = ReferenceProfile.of(data.x_train[list(FEATURE_NAMES)].to_numpy(dtype=float))
         mlflow.log_dict(profile.model_dump(), REFERENCE_PROFILE_ARTIFACT)
         signature = infer_signature(data.x_train, model.predict(data.x_train))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _without_inapplicable_warnings():
             # MLflow's own input-example code trips pandas' deprecation warnings.
             warnings.simplefilter("ignore")
             info = mlflow.sklearn.log_model(
