@@ -39,6 +39,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (a library's deprecation, Celery's about running as root) as records.
+    logging.captureWarnings(True)
     # MLflow gives its loggers a plain-text handler of its own when it is imported, unless
     # MLFLOW_CONFIGURE_LOGGING says not to: set for an import still to come (and the processes
     # started from here), and the handler is taken off below for one that already happened.

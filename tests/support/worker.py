@@ -58,6 +58,8 @@ def start_worker(
             str(VENV_BIN / "celery"),
             "-A",
             "iris_trainer.celery_app",
+            # No start-up banner: the worker writes JSON lines only (as supervisord runs it).
+            "--quiet",
             "worker",
             "--concurrency",
             "1",

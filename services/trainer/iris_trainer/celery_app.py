@@ -30,7 +30,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import import_modules, setup_logging
+from celery.signals import celeryd_after_setup, celeryd_init, import_modules, setup_logging
 
 from iris_shared.jobs import JobKeys
 from iris_shared.logging import configure_logging
@@ -97,6 +97,23 @@ def _configure_json_logging(loglevel: int | str | None = None, **_: Any) -> None
     configure_logging("trainer", level)
     # MLflow writes each run's links to stdout as plain text; the worker's output is JSON lines.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+@celeryd_init.connect
+def _json_logging_from_the_start(options: dict[str, Any] | None = None, **_: Any) -> None:
+    # Sent before the worker checks its privileges: the warning about running as root comes
+    # before setup_logging, and would be plain text.
+    _configure_json_logging((options or {}).get("loglevel"))
+
+
+@celeryd_after_setup.connect
+def _log_start(sender: str, instance: Any, **_: Any) -> None:
+    # What Celery's start-up banner says that matters, as a record: the worker runs with
+    # --quiet, since the banner is plain text and its output is JSON lines.
+    queues = ", ".join(sorted(instance.app.amqp.queues))
+    logging.getLogger(__name__).info(
+        "worker %s consumes %s with %s process(es)", sender, queues, instance.concurrency
+    )
 
 
 # The celery CLI (`-A iris_trainer.celery_app`) needs a module-level app; settings are read
