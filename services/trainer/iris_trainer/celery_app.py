@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from billiard.common import terminate_handler_fired
 from celery import Celery
 from celery.signals import celeryd_after_setup, celeryd_init, import_modules, setup_logging
 
@@ -97,6 +100,24 @@ def _configure_json_logging(loglevel: int | str | None = None, **_: Any) -> None
     configure_logging("trainer", level)
     # MLflow writes each run's links to stdout as plain text; the worker's output is JSON lines.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+@contextmanager
+def stop_as_system_exit() -> Iterator[None]:
+    """Let the worker's stop reach a job's bookkeeping as SystemExit, whatever it became.
+
+    A stopping worker ends its pool processes with SIGTERM, which billiard's handler turns into
+    SystemExit wherever the job is. Raised inside a C extension, it can come out as another
+    exception: matplotlib's pybind11 functions report an exception raised while converting
+    their arguments as a TypeError ("incompatible function arguments"). Recorded as a failure,
+    that ends a job that should go back to the queue; billiard says whether its handler ran.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if terminate_handler_fired():
+            raise SystemExit(1) from exc
+        raise
 
 
 @celeryd_init.connect

@@ -28,7 +28,7 @@ from redis.retry import Retry
 
 from iris_shared.jobs import RETRAIN_TASK, JobKeys, RetrainRequest, TrainingResult
 from iris_shared.logging import request_id_var
-from iris_trainer.celery_app import app
+from iris_trainer.celery_app import app, stop_as_system_exit
 from iris_trainer.config import get_settings, get_worker_settings
 from iris_trainer.job_record import JobRecorder, Verdict
 from iris_trainer.pipeline.params import describe_errors
@@ -110,8 +110,9 @@ def _retrain(task: Task, *, data_rev: str | None, params: dict[str, Any] | None)
     delivery_tag = (task.request.properties or {}).get("delivery_tag")
     with record.heartbeat(job_id, delivery_tag):
         try:
-            result = _run(task, data_rev, params, record)
-            record.succeeded(job_id, result)
+            with stop_as_system_exit():
+                result = _run(task, data_rev, params, record)
+                record.succeeded(job_id, result)
         except TrainingJobFailed as exc:
             logger.warning("Retrain job refused", extra={**job, "reason": str(exc)})
             record.failed(job_id, str(exc))
@@ -130,7 +131,8 @@ def _retrain(task: Task, *, data_rev: str | None, params: dict[str, Any] | None)
             raise
         except SystemExit:
             # A stopping worker ends its pool processes with SIGTERM, which billiard turns
-            # into SystemExit: the job goes back to the queue (acks_late), and the mark keeps
+            # into SystemExit (stop_as_system_exit): the job goes back to the queue (acks_late,
+            # billiard reports no result once its handler ran), and the mark keeps
             # its next delivery from counting as lost to a crash (SIGKILL leaves none).
             logger.info("Retrain job handed back: the worker is stopping", extra=job)
             record.handed_back(job_id)

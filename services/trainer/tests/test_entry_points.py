@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +122,39 @@ def test_the_local_cli_prints_the_full_report_with_values(
     assert "line 153" in result.stderr
     # Local and trusted: the CLI quotes the offending values, a job never does.
     assert "'Iris-martian'" in result.stderr
+
+
+# A pool process as billiard makes one (its terminate handler installed), whose job is inside
+# a C extension when the worker stops it: the SystemExit the handler raises comes out of the
+# extension as a TypeError, as matplotlib's pybind11 functions report it.
+STOPPED_INSIDE_AN_EXTENSION = """
+import os, signal, time
+from billiard.common import reset_signals
+from iris_trainer.celery_app import stop_as_system_exit
+
+reset_signals()
+
+def extension_call():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except SystemExit:
+        raise TypeError("incompatible function arguments") from None
+
+try:
+    with stop_as_system_exit():
+        extension_call()
+except BaseException as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.integration
+def test_a_stop_that_an_extension_turned_into_another_error_is_still_a_stop() -> None:
+    ended = subprocess.run(
+        [sys.executable, "-c", STOPPED_INSIDE_AN_EXTENSION],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ended.stdout.strip() == "SystemExit", ended.stderr
