@@ -300,8 +300,15 @@ def test_a_killed_server_master_is_replaced_and_its_workers_stop(
 
 
 def test_down_frees_the_ports_and_leaves_nothing_behind(clone: Path, ports: dict[str, int]) -> None:
+    log = clone / ".state" / "logs" / "supervisord.log"
+    seen = log.stat().st_size
     result = stack(clone, "down")
     assert result.returncode == 0, result.stderr
+    # Each program stopped on its own, Redis and MLflow after everything that talks to them.
+    stopping = log.read_bytes()[seen:].decode(errors="replace")
+    assert "SIGKILL" not in stopping, stopping
+    stopped = re.findall(r"stopped: ([\w-]+)", stopping)
+    assert stopped[-2:] == ["mlflow", "redis"], stopping
     for name in ("mlflow", "predictor", "gateway", "prometheus", "redis"):
         with pytest.raises(ConnectionRefusedError):
             tcp_open(ports[name])()
