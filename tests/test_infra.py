@@ -535,8 +535,9 @@ def test_flower_and_alertmanager_have_no_auth_so_they_listen_on_loopback_only() 
     }
     flower = supervisord_command("flower", **env)
     assert "--address=127.0.0.1" in flower
-    # The worker's app, so Flower reads the events under the deployment's key prefix.
-    assert flower[1:4] == ["-A", "iris_trainer.celery_app", "flower"]
+    # The worker's app, so Flower reads the events under the deployment's key prefix; its log
+    # as JSON lines.
+    assert flower[1:6] == ["-A", "iris_trainer.flower_app", "--quiet", "flower", "--logging=none"]
     assert "--web.listen-address=127.0.0.1:9093" in supervisord_command("alertmanager", **env)
 
 
@@ -576,7 +577,7 @@ def failed_jobs_counted(metrics: str) -> float:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
-    flower: str, trainer_worker: ManagedProcess, redis_url: str
+    flower: str, trainer_worker: ManagedProcess, redis_url: str, logs_dir: Path
 ) -> None:
     """Flower as supervisord runs it (the session's: see `flower`), beside a real worker."""
 
@@ -612,6 +613,10 @@ def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
     listed = known_metrics()
     expected = listed.FLOWER | {name for name in listed.HISTOGRAMS if name.startswith("flower_")}
     assert expected <= exported, f"Flower does not export {sorted(expected - exported)}"
+    # Its log is JSON lines, as every service's.
+    logged = [line for line in (logs_dir / "flower.log").read_text().splitlines() if line.strip()]
+    assert [json.loads(line)["service"] for line in logged] == ["flower"] * len(logged), logged
+    assert any("Connected to" in json.loads(line)["message"] for line in logged), logged
 
 
 @pytest.mark.integration

@@ -239,7 +239,7 @@ trainer() {
     -v "$PWD/data:/workspace/data:ro" -v "$PWD/.git:/workspace/.git:ro" \
     iris-mlops/trainer:latest "$@"
 }
-for command in "celery --version" "iris-mlops --help" "dvc --version" "celery -A iris_trainer.celery_app flower --help"; do
+for command in "celery --version" "iris-mlops --help" "dvc --version" "celery -A iris_trainer.flower_app flower --help"; do
   # shellcheck disable=SC2086 # each command is a list of words
   if trainer $command >/dev/null 2>&1; then ok "trainer: $command"; else fail "trainer: $command"; fi
 done
