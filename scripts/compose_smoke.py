@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import yaml
 from compose_stack import (
+    KILLED,
     ROOT,
     Compose,
     say,
@@ -225,7 +226,9 @@ class Smoke:
     def restart(self) -> None:
         replicas = self.compose.containers("predictor")
         lines_before = self._log_lines(replicas[-1])
-        self.compose.run("down")
+        exits = self.compose.down()
+        killed = sorted(name for name, code in exits.items() if code == KILLED)
+        check(not killed, f"SIGKILLed after their grace period on down: {killed}")
         start(self.compose, PREDICTORS, WORKERS)
         served = httpx.get(f"{self.gateway}/model", timeout=10).json()["version"]
         check(served == self.facts["new_version"], f"served v{served} after the restart")

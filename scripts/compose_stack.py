@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -27,8 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 from dotenv import dotenv_values, set_key
 
 from iris_shared.redis_acl import USERS as REDIS_USERS
@@ -131,6 +135,36 @@ def write_secrets(folder: Path, people: Mapping[str, str]) -> None:
 
 # --- the engine --------------------------------------------------------------------------------
 
+# SIGKILL's exit status: the engine gave up waiting for a container to stop.
+KILLED = 137
+# compose's stop_grace_period when a service sets none.
+DEFAULT_GRACE_S = 10
+
+
+def grace_seconds(spec: Mapping[str, Any]) -> int:
+    """A service's stop_grace_period in whole seconds (compose durations: 30s, 1m30s, 500ms)."""
+    period = str(spec.get("stop_grace_period", f"{DEFAULT_GRACE_S}s"))
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", period)
+    if not parts or "".join(number + unit for number, unit in parts) != period:
+        raise ValueError(f"not a compose duration: {period!r}")
+    return math.ceil(sum(float(number) * units[unit] for number, unit in parts))
+
+
+def stop_order(services: Mapping[str, Any]) -> list[list[str]]:
+    """compose.yaml's services in the order to stop them, a layer at a time: each layer is the
+    services none of those left depends on (the gateway before the predictor, every user of
+    Redis, MLflow and PostgreSQL before them)."""
+    needs = {name: set(spec.get("depends_on") or ()) for name, spec in services.items()}
+    layers, left = [], set(needs)
+    while left:
+        layer = sorted(left - set().union(*(needs[name] for name in left)))
+        if not layer:
+            raise ValueError(f"compose.yaml's depends_on has a cycle among {sorted(left)}")
+        layers.append(layer)
+        left -= set(layer)
+    return layers
+
 
 class Compose:
     """compose and the engine, as `make images` chose them, for one compose project."""
@@ -187,12 +221,55 @@ class Compose:
         ).stdout.split()
         return int(state[1]) if state and state[0] == "exited" else None
 
+    def stop_in_order(self) -> dict[str, int | None]:
+        """Stop the project's containers a layer of `stop_order` at a time, a layer's together,
+        each with its own grace period (stop_grace_period); how each exited.
+
+        docker compose does both itself. podman-compose 1.0.3 stops one container at a time in
+        no such order, and without stop_grace_period (podman's default, 10 s, is the worker's
+        whole soft shutdown): a worker stopped after Redis spends its grace period resolving a
+        name that is gone, and one stopped in time is SIGKILLed as it hands its job back.
+        """
+        services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+        exits: dict[str, int | None] = {}
+        for layer in stop_order(services):
+            by_grace: dict[int, list[str]] = {}
+            for service in layer:
+                grace = grace_seconds(services[service])
+                by_grace.setdefault(grace, []).extend(self.containers(service))
+            # Each grace period's containers in one `stop`, every stop of the layer at once.
+            stops = [
+                subprocess.Popen(
+                    [self.engine, "stop", "--time", str(grace), *names],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for grace, names in by_grace.items()
+                if names
+            ]
+            for stop in stops:
+                stop.communicate()
+            stopped = [name for names in by_grace.values() for name in names]
+            exits |= {name: self.exit_code(name) for name in stopped}
+        return exits
+
+    def down(self) -> dict[str, int | None]:
+        """Stop in dependency order (`stop_in_order`), then remove the containers; the volumes
+        stay."""
+        exits = self.stop_in_order()
+        self.run("down")
+        return exits
+
     def exec(self, container: str, *command: str) -> str:
         return self.engine_run("exec", container, *command).stdout
 
     def remove_everything(self) -> None:
         """`down --volumes`, then whatever an engine's compose left of the project behind it
         (podman-compose's pod, a container a failed `up` never attached, volumes, networks)."""
+        self.stop_in_order()
         self.run("down", "--volumes", "--remove-orphans", check=False, capture=True)
         label = f"label=com.docker.compose.project={self.project}"
         for kind in ("container", "volume", "network"):
@@ -304,7 +381,7 @@ The stack is up in containers: {compose.engine}, {predictors} predictor(s), {wor
 
 
 def down() -> None:
-    Compose(PROJECT, {"COMPOSE_SECRETS_DIR": str(SECRETS_DIR)}).run("down")
+    Compose(PROJECT, {"COMPOSE_SECRETS_DIR": str(SECRETS_DIR)}).down()
     say("stopped; the volumes (registry, jobs, prediction logs) are kept")
 
 

@@ -34,6 +34,7 @@ from iris_devstack.processes import (
 )
 from iris_devstack.stack import DEFAULTS
 from iris_devstack.supervisor import supervisord_command
+from iris_trainer.config import WorkerSettings
 from tests.support.core import JOBS_NAMESPACE
 
 PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
@@ -429,16 +430,20 @@ def matcher_alert_names(matchers: list[str]) -> set[str]:
     return names
 
 
-def known_metrics() -> Any:
-    """infra/checks/check_promql.py as a module: its hand-kept lists of exported names."""
-    spec = importlib.util.spec_from_file_location(
-        "check_promql", REPO_ROOT / "infra/checks/check_promql.py"
-    )
+def script_module(relative: str) -> Any:
+    """A script of the repository (its folder is no package) as a module."""
+    path = REPO_ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def known_metrics() -> Any:
+    """infra/checks/check_promql.py as a module: its hand-kept lists of exported names."""
+    return script_module("infra/checks/check_promql.py")
 
 
 def test_every_alert_rule_test_names_an_alert_that_exists() -> None:
@@ -651,3 +656,19 @@ def test_redis_exporter_reads_the_queue_length_of_this_namespace(
         client.delete(queue)
         client.close()
         exporter.stop()
+
+
+def test_compose_stops_each_service_after_everything_that_depends_on_it() -> None:
+    services = compose()["services"]
+    compose_stack = script_module("scripts/compose_stack.py")
+    layers = compose_stack.stop_order(services)
+    when = {name: number for number, layer in enumerate(layers) for name in layer}
+    assert set(when) == set(services)
+    for name, spec in services.items():
+        for needed in spec.get("depends_on") or ():
+            assert when[needed] > when[name], f"{needed} stops before {name}, which needs it"
+    # The workers stop while Redis and MLflow still answer (their soft shutdown needs Redis),
+    # and get the time to hand a job back before the engine's SIGKILL.
+    assert when["trainer"] < min(when["redis"], when["mlflow"])
+    soft_shutdown = WorkerSettings.model_fields["soft_shutdown_timeout_s"].default
+    assert compose_stack.grace_seconds(services["trainer"]) >= soft_shutdown + 10
