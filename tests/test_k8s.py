@@ -809,8 +809,10 @@ def run_job_command(
         }
     )
     command = [str(VENV_BIN / main["command"][0]), *main["command"][1:]]
+    # From a folder of its own, as in the pod: a developer's .env (which `make compose-up`
+    # fills with passwords) must not override the job's secrets.
     return subprocess.run(
-        command, env=env, capture_output=True, text=True, check=False, timeout=300
+        command, cwd=home, env=env, capture_output=True, text=True, check=False, timeout=300
     )
 
 
