@@ -54,11 +54,12 @@ train: install ## Train, register and gate both models against MLFLOW_TRACKING_U
 repro: install ## Run the DVC pipeline (validate -> train)
 	$(BIN)/dvc repro
 
-# One pytest-xdist worker per core. Each worker has its own session services (MLflow, a trained
-# registry, a predictor, a gateway, a Celery worker), and the suite is mostly CPU: a third
-# worker's services and the contention cost more than its overlap of the waits gains. Files run
-# in the order the root conftest.py sets (slow files first), not xdist's largest-file-first.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on two cores. Each worker has its own session services (MLflow, a
+# trained registry, a predictor, a gateway, a Celery worker); with two, the cores idled a fifth
+# of the run while both workers waited on processes (start-ups, stops, visibility timeouts),
+# and a third worker fills that time for less than it costs. Files run in the order the root
+# conftest.py sets (slow files first), not xdist's largest-file-first.
+TEST_WORKERS ?= 3
 .PHONY: test
 test: install ## Run the whole test suite against real processes (installs missing system tools)
 	bash scripts/ensure_tools.sh
