@@ -77,7 +77,7 @@ class Smoke:
             work / "secrets",
             {
                 "API_TOKEN": self.token,
-                "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(32),
+                "COMPOSE_MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(32),
                 "POSTGRES_PASSWORD": secrets.token_urlsafe(32),
                 "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(32),
             },

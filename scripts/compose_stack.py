@@ -9,7 +9,7 @@ The engine, the compose command and the compose files are the ones `make images`
     secrets  write the secret files compose.yaml names (.state/compose/secrets/)
     smoke    the README's workflow against the containers only, on a project of its own
 
-Secrets: the ones a person uses (API_TOKEN, MLFLOW_ADMIN_PASSWORD, POSTGRES_PASSWORD,
+Secrets: the ones a person uses (API_TOKEN, COMPOSE_MLFLOW_ADMIN_PASSWORD, POSTGRES_PASSWORD,
 GRAFANA_ADMIN_PASSWORD) live in .env, generated when missing as `make up` does; the services'
 own passwords (Redis and MLflow users) are made in the secrets folder and never leave it. The
 Redis ACL file and MLflow's auth configuration are derived from them on every run.
@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import yaml
-from dotenv import dotenv_values, set_key
+from dotenv import dotenv_values, set_key, unset_key
 
 from iris_shared.redis_acl import USERS as REDIS_USERS
 from iris_shared.redis_acl import acl_file
@@ -53,12 +53,16 @@ DEFAULT_PORTS = {
     "grafana": 3000,
 }
 # What .env holds for people: the gateway's token and the passwords of what they log in to.
+# The MLflow admin's is compose's own: under MLFLOW_ADMIN_PASSWORD, `make up`'s bootstrap would
+# read it too and require an MLflow with logins, which the local stack's is not.
 PERSON_SECRETS = (
     "API_TOKEN",
-    "MLFLOW_ADMIN_PASSWORD",
+    "COMPOSE_MLFLOW_ADMIN_PASSWORD",
     "POSTGRES_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
 )
+# Where earlier versions kept COMPOSE_MLFLOW_ADMIN_PASSWORD in .env: moved on the next run.
+FORMER_NAMES = {"MLFLOW_ADMIN_PASSWORD": "COMPOSE_MLFLOW_ADMIN_PASSWORD"}
 
 
 def say(message: str) -> None:
@@ -73,6 +77,12 @@ def person_secrets() -> dict[str, str]:
     ENV_FILE.touch(mode=0o600)
     ENV_FILE.chmod(0o600)
     present = dotenv_values(ENV_FILE)
+    for former, name in FORMER_NAMES.items():
+        if present.get(former) and not present.get(name):
+            set_key(ENV_FILE, name, str(present[former]), quote_mode="never")
+            unset_key(ENV_FILE, former)
+            say(f"moved {former} to {name} in {ENV_FILE.name} (make up reads the former)")
+            present = dotenv_values(ENV_FILE)
     values = {}
     for name in PERSON_SECRETS:
         value = (os.environ.get(name) or present.get(name) or "").strip()
@@ -120,8 +130,9 @@ def write_secrets(folder: Path, people: Mapping[str, str]) -> None:
     _write(folder / "api_token", people["API_TOKEN"])
     _write(folder / "postgres_password", people["POSTGRES_PASSWORD"])
     _write(folder / "grafana_admin_password", people["GRAFANA_ADMIN_PASSWORD"])
-    _write(folder / "mlflow_admin_password", people["MLFLOW_ADMIN_PASSWORD"])
-    _write(folder / "mlflow_auth_config", mlflow_auth_config(people["MLFLOW_ADMIN_PASSWORD"]))
+    admin_password = people["COMPOSE_MLFLOW_ADMIN_PASSWORD"]
+    _write(folder / "mlflow_admin_password", admin_password)
+    _write(folder / "mlflow_auth_config", mlflow_auth_config(admin_password))
     for user in MLFLOW_USERS:
         _password(folder, f"mlflow_{user}_password")
     # Signs the MLflow UI's sessions (its Flask app); the server refuses to start without it.
@@ -374,7 +385,8 @@ The stack is up in containers: {compose.engine}, {predictors} predictor(s), {wor
   Alertmanager  http://127.0.0.1:{chosen["alertmanager"]}
   Flower        http://127.0.0.1:{chosen["flower"]}
   Grafana       {grafana}
-  MLflow        not published (one door to production); admin / MLFLOW_ADMIN_PASSWORD in .env
+  MLflow        not published (one door to production)
+                admin / COMPOSE_MLFLOW_ADMIN_PASSWORD in .env
   logs          bash scripts/images.sh compose -p {PROJECT} logs -f
 """
     )

@@ -100,7 +100,23 @@ def clone(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> It
         + "PREDICTOR_WORKERS=2\n"
         + "GATEWAY_WORKERS=2\n"
         + "TRAINER_SOFT_SHUTDOWN_TIMEOUT_S=1\n"
+        # Where earlier versions of `make compose-up` kept the admin password of compose's
+        # MLflow: make up's bootstrap read it, and refused an MLflow without logins.
+        + "MLFLOW_ADMIN_PASSWORD=from-an-earlier-compose-up\n"
     )
+    # The same checkout runs the stack in containers too: compose's secrets go to .env first.
+    compose_secrets = subprocess.run(
+        [sys.executable, "scripts/compose_stack.py", "secrets"],
+        cwd=clone,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert compose_secrets.returncode == 0, compose_secrets.stderr
+    written = dotenv_values(clone / ".env")
+    assert "MLFLOW_ADMIN_PASSWORD" not in written
+    assert written["COMPOSE_MLFLOW_ADMIN_PASSWORD"] == "from-an-earlier-compose-up"
     up = stack(clone, "up")
     try:
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"

@@ -69,6 +69,7 @@ GENERATED_SETTINGS: dict[str, Callable[[], str]] = {
     "API_TOKEN": lambda: secrets.token_urlsafe(32),
     "POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(32),
     "GRAFANA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(32),
+    "COMPOSE_MLFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(32),
     "JOBS_NAMESPACE": lambda: f"iris-{secrets.token_hex(4)}",
 }
 
