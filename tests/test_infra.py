@@ -36,6 +36,7 @@ from iris_devstack.stack import DEFAULTS
 from iris_devstack.supervisor import supervisord_command
 from iris_trainer.config import WorkerSettings
 from tests.support.core import JOBS_NAMESPACE
+from tests.support.worker import RunningFlower
 
 PROMETHEUS_DIR = REPO_ROOT / "infra/prometheus"
 GRAFANA_DIR = REPO_ROOT / "infra/grafana"
@@ -582,12 +583,12 @@ def failed_jobs_counted(metrics: str) -> float:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
-    flower: str, trainer_worker: ManagedProcess, redis_url: str, logs_dir: Path
+    flower: RunningFlower, trainer_worker: ManagedProcess, redis_url: str, logs_dir: Path
 ) -> None:
     """Flower as supervisord runs it (the session's: see `flower`), beside a real worker."""
 
     def metrics() -> str:
-        return httpx.get(f"{flower}/metrics", timeout=5).text
+        return httpx.get(f"{flower.url}/metrics", timeout=5).text
 
     # Events are published, not queued: only a job sent once Flower sees the worker counts.
     wait_until(
@@ -622,6 +623,11 @@ def test_flower_exports_the_workers_job_events_by_the_names_the_rules_read(
     logged = [line for line in (logs_dir / "flower.log").read_text().splitlines() if line.strip()]
     assert [json.loads(line)["service"] for line in logged] == ["flower"] * len(logged), logged
     assert any("Connected to" in json.loads(line)["message"] for line in logged), logged
+    # It counted the jobs without the training pipeline in its memory: no numpy, scikit-learn
+    # or pandas extension is mapped into it (Flower imports its app's task modules at start).
+    mapped = Path(f"/proc/{flower.pid}/maps").read_text()
+    loaded = {name for name in ("numpy", "sklearn", "pandas") if f"/{name}/" in mapped}
+    assert not loaded, f"Flower loaded {sorted(loaded)}"
 
 
 @pytest.mark.integration

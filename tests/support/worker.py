@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -92,10 +93,15 @@ def trainer_worker(
     process.kill()
 
 
+class RunningFlower(NamedTuple):
+    url: str
+    pid: int
+
+
 @pytest.fixture(scope="session")
-def flower(logs_dir: Path, redis_url: str) -> Iterator[str]:
+def flower(logs_dir: Path, redis_url: str) -> Iterator[RunningFlower]:
     """Flower as supervisord runs it (its exact command line), reading the task events of
-    this session's workers; yields its base URL. Only events sent once it runs count."""
+    this session's workers. Only events sent once it runs count."""
     port = free_port()
     process = ManagedProcess(
         "flower",
@@ -107,6 +113,6 @@ def flower(logs_dir: Path, redis_url: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(http_ok(f"{url}/healthcheck"), 60, "flower", process)
-        yield url
+        yield RunningFlower(url, process.pid)
     finally:
         process.stop()

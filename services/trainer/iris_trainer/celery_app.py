@@ -76,16 +76,18 @@ def celery_config(worker: WorkerSettings) -> dict[str, Any]:
     }
 
 
-def create_celery_app(worker: WorkerSettings | None = None) -> Celery:
-    app = Celery("trainer", include=["iris_trainer.tasks"])
+def create_celery_app(worker: WorkerSettings | None = None, *, tasks: bool = True) -> Celery:
+    """The trainer's app; with `tasks=False`, the same broker and settings without the task
+    code, for a program that only reads the queue and the task events (Flower)."""
+    app = Celery("trainer", include=["iris_trainer.tasks"] if tasks else [])
     app.conf.update(celery_config(worker or get_worker_settings()))
     return app
 
 
 @import_modules.connect
 def _forbid_unpickling(**_: Any) -> None:
-    # Sent when a Celery program of this app (the worker, Flower) is about to import the tasks,
-    # so before MLflow, and before the worker forks its pool, which inherits the switch.
+    # Sent when a Celery program (the worker; Flower too, whose app has none) is about to import
+    # the tasks, so before MLflow, and before the worker forks its pool, which inherits it.
     # Merely importing this module (tests, the CLI) leaves the process's environment alone.
     forbid_unpickling()
 
