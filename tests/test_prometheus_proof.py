@@ -45,6 +45,7 @@ from iris_shared.jobs import JobKeys
 from iris_shared.registry import CHALLENGER
 from tests.support.core import JOBS_NAMESPACE
 from tests.support.gateway import start_gateway
+from tests.support.worker import RunningFlower
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,7 +118,7 @@ def prometheus_config(targets: dict[str, list[str]], folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exporters(
-    logs_dir: Path, redis_url: str, trainer_worker: ManagedProcess, flower: str
+    logs_dir: Path, redis_url: str, trainer_worker: ManagedProcess, flower: RunningFlower
 ) -> Iterator[dict[str, str]]:
     """Flower and redis_exporter, run as supervisord runs them, on this session's broker."""
     if shutil.which("prometheus-redis-exporter") is None:
@@ -140,7 +141,7 @@ def exporters(
             http_ok(f"http://127.0.0.1:{exporter_port}/metrics"), 30, "redis_exporter", exporter
         )
         yield {
-            "flower": flower.removeprefix("http://"),
+            "flower": flower.url.removeprefix("http://"),
             "redis-exporter": f"127.0.0.1:{exporter_port}",
         }
     finally:
