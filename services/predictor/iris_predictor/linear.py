@@ -1,4 +1,4 @@
-"""Scoring a standardised logistic regression with nine numpy operations instead of scikit-learn's.
+"""Scoring a standardised logistic regression with a few numpy operations instead of scikit-learn's.
 
 scikit-learn spends about half a millisecond per `predict_proba` of a pipeline on checks and
 wrappers (input validation, feature names, output containers, per-step dispatch), for
@@ -17,6 +17,7 @@ scikit-learn instead halves the predictor's throughput.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,8 +92,13 @@ def _candidate(model: Any) -> Scorer | None:
         scores = rows @ weights
         scores += intercept
         # The ufuncs themselves: `max` and `sum` are Python wrappers around them, a third of
-        # the time on one row.
-        scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
+        # the time on one row. A maximum is exact however it is taken: across many rows, one
+        # column at a time costs a tenth of numpy's reduction along each short row. The sum
+        # stays the reduction scikit-learn does, whose order of additions it must keep.
+        if len(scores) > 1:
+            scores -= functools.reduce(np.maximum, scores.T)[:, np.newaxis]
+        else:
+            scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= np.add.reduce(scores, axis=1, keepdims=True)
         return scores

@@ -60,7 +60,6 @@ OUTPUTS = (PREDICT, PREDICT_PROBA)
 INPUT_NAME = "input-0"
 _DTYPES: dict[str, np.dtype[np.floating]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 _decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 
 class V2Error(Exception):
@@ -160,7 +159,7 @@ async def server_ready(request: Request) -> Response:
 @v2_errors
 async def model_metadata(request: Request) -> Response:
     """Describe the model: its input and output tensors and its classes."""
-    return Response(_encode(_metadata(_model(request))), media_type="application/json")
+    return Response(orjson.dumps(_metadata(_model(request))), media_type="application/json")
 
 
 @v2_errors
