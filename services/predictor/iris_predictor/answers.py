@@ -3,9 +3,9 @@
 A 1,000-row batch answer is 1,000 objects of the shared `BatchPrediction` shape, whose text
 differs only in the species and the probabilities. orjson writes all the probabilities of a
 batch at once from the array, in C; `batch` splices their texts between the parts every
-prediction shares (made once per set of classes), with list slices, also in C. No Python
-object is made per prediction. services/predictor/tests/test_answers.py holds the result to
-what orjson writes for the same answer built as objects.
+prediction shares (made once per set of classes), with list slices, also in C: no dict or
+struct is built per prediction. services/predictor/tests/test_answers.py holds the result to
+the same answer built as objects.
 """
 
 from __future__ import annotations
