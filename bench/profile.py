@@ -2,9 +2,9 @@
 
 On the second local stack `make bench` uses, for each of the predictor's one-row and batch
 loads and the gateway's one-row load (bench/loads.py): a wrk warm-up, then wrk again while
-`py-spy record --gil` samples the worker process that was busier during the warm-up; the
-collapsed stacks summed per thread, per frame (self and inclusive) and per library, into
-bench/profile.json and bench/profile.md.
+`py-spy record --gil` samples every worker process; the busiest one's collapsed stacks summed
+per thread, per frame (self and inclusive) and per library, into bench/profile.json and
+bench/profile.md.
 
 `--gil` samples only the thread that holds the GIL, so every share is of the worker's Python
 time; time with the GIL released (epoll, BLAS) is not sampled at all: samples / (rate *
@@ -126,7 +126,12 @@ def aggregate(raw: Path) -> dict[str, Any]:
 def profile_load(
     program: str, load: loads.Load, stack: PrivateStack, folder: Path, seconds: int, warmup: int
 ) -> dict[str, Any]:
-    """Warm up, pick the busier worker, record it under load; the figures for the report."""
+    """Warm up, record every worker under load, report the busiest; the figures for the report.
+
+    Every worker is recorded, not one picked beforehand: each wrk run opens new connections, and
+    the kernel hands them to whichever worker accepts first, so the worker busiest during the
+    warm-up may get none of the measured run's (all four batch connections on one worker).
+    """
     server = stack.pid(program)
     # uvicorn's workers: the server's children started by multiprocessing's spawn (its
     # resource tracker is a child too, and is left out).
@@ -137,31 +142,38 @@ def profile_load(
     )
     if not workers:
         raise RuntimeError(f"{program} (pid {server}) has no worker processes")
-    before = {pid: cpu_seconds(pid) for pid in workers}
     loads.run_wrk(load, warmup)
-    worker = max(workers, key=lambda pid: cpu_seconds(pid) - before[pid])
-    raw = folder / f"{load.name}.txt"
-    command = [PY_SPY, "record", "--pid", str(worker), "--duration", str(seconds)]
-    command += ["--rate", str(SAMPLE_RATE), "--threads", "--gil", "--nonblocking"]
-    # Whole paths: the short ones drop the folder that tells project code from libraries.
-    command += ["--full-filenames", "--format", "raw", "--output", str(raw)]
-    say(f"profiling {load.name}: {load.request}, worker {worker} of {workers}")
-    with ThreadPoolExecutor(1) as pool:
+    raws = {pid: folder / f"{load.name}-{pid}.txt" for pid in workers}
+
+    def record(pid: int) -> subprocess.CompletedProcess[str]:
+        command = [PY_SPY, "record", "--pid", str(pid), "--duration", str(seconds)]
+        command += ["--rate", str(SAMPLE_RATE), "--threads", "--gil", "--nonblocking"]
+        # Whole paths: the short ones drop the folder that tells project code from libraries.
+        command += ["--full-filenames", "--format", "raw", "--output", str(raws[pid])]
+        return subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+
+    say(f"profiling {load.name}: {load.request}, workers {workers}")
+    with ThreadPoolExecutor(1 + len(workers)) as pool:
         loading = pool.submit(loads.run_wrk, load, seconds + 2 * LOAD_MARGIN_S)
         time.sleep(LOAD_MARGIN_S)
-        started, cpu_before = time.monotonic(), cpu_seconds(worker)
-        recorded = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-        worker_cores = (cpu_seconds(worker) - cpu_before) / (time.monotonic() - started)
+        started, cpu_before = time.monotonic(), {pid: cpu_seconds(pid) for pid in workers}
+        recordings = {pid: pool.submit(record, pid) for pid in workers}
+        recorded = {pid: recording.result() for pid, recording in recordings.items()}
+        elapsed = time.monotonic() - started
+        cores = {pid: (cpu_seconds(pid) - cpu_before[pid]) / elapsed for pid in workers}
         result = loading.result()
-    if recorded.returncode != 0 or not raw.exists():
-        raise RuntimeError(f"py-spy failed (exit {recorded.returncode}):\n{recorded.stderr}")
+    for pid, done in recorded.items():
+        if done.returncode != 0 or not raws[pid].exists():
+            raise RuntimeError(f"py-spy failed on {pid} (exit {done.returncode}):\n{done.stderr}")
+    worker = max(workers, key=cores.__getitem__)
     say(f"{load.name}: {loads.describe(result)}")
-    profile = aggregate(raw)
+    profile = aggregate(raws[worker])
     return {
         **{"name": load.name, "request": load.request, "url": load.url},
         **{"connections": load.connections, "worker_pid": worker, "worker_pids": workers},
         "wrk": result,
-        "worker_cpu_cores": round(worker_cores, 2),
+        "worker_cpu_cores": round(cores[worker], 2),
+        "workers_cpu_cores": [round(cores[pid], 2) for pid in workers],
         "gil_held_share": round(profile["samples"] / (SAMPLE_RATE * seconds), 3),
         **profile,
     }
