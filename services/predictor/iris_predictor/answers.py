@@ -53,8 +53,10 @@ def batch(
     """A `BatchPredictionResponse`: one prediction per row, in order."""
     rows, width = probabilities.shape
     heads, follows = _prediction_parts(classes)
-    # Row by row, each probability as orjson writes a float (never with a comma in it).
-    numbers = orjson.dumps(probabilities.ravel(), option=orjson.OPT_SERIALIZE_NUMPY)
+    # Row by row, each probability as orjson writes a float64 (never with a comma in it): a
+    # float32 would be written as its shortest float32 text, another number than it holds.
+    flat = probabilities.ravel().astype(np.float64, copy=False)
+    numbers = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
     texts = numbers[1:-1].split(b",")
     step = 2 * width + 1
     parts = [b""] * (rows * step)

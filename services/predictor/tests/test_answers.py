@@ -73,3 +73,7 @@ def test_a_real_batch_reads_back_exactly() -> None:
     body = answers.batch(probabilities, classes, "7", "req-1", 100)
 
     assert json.loads(body) == as_objects(probabilities, classes, "7", "req-1", 100)
+    # Single precision too: each value as the float it holds, not its shortest float32 text.
+    single = probabilities.astype(np.float32)
+    body = answers.batch(single, classes, "7", "req-1", 100)
+    assert json.loads(body) == as_objects(single, classes, "7", "req-1", 100)
