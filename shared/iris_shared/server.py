@@ -24,6 +24,7 @@ server share a runtime folder, made empty by the master before any of them start
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import fcntl
 import gc
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.importer import import_from_string
+from uvicorn.supervisors import Multiprocess
 
 from iris_shared.http_protocol import (
     HEADER_TIMEOUT_ENV,
@@ -302,20 +304,45 @@ def serve_as_master() -> None:
     _serve(WORKER_FACTORY, config["options"])
 
 
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor of a server's worker processes, told at once of one that died.
+
+    Every half second it asks each worker, over a pipe, whether it is alive, and waits up to
+    the health-check timeout for the answer. The worker got its end of that pipe when it was
+    spawned, but the supervisor keeps a copy of that end as well, so a worker that dies while
+    a question is pending never hangs up its side: the wait runs out first, and the server
+    runs a worker short until it does. Closing the supervisor's copy before asking lets the
+    worker's death end the wait at once. A worker that is merely slow to answer (still
+    importing) holds its end open and still gets the whole timeout.
+    """
+
+    def keep_subprocess_alive(self) -> None:
+        for worker in self.processes:
+            # Its own copy went to the worker when it started; closing twice does nothing.
+            worker.child_conn.close()
+        super().keep_subprocess_alive()
+
+
 def _serve(factory: str, options: dict[str, Any]) -> None:
-    uvicorn.run(
-        factory,
-        factory=True,
-        loop="uvloop",
-        http=GuardedHttpToolsProtocol,
+    settings: dict[str, Any] = {
+        "factory": True,
+        "loop": "uvloop",
+        "http": GuardedHttpToolsProtocol,
         # Logging is ours (JSON lines, set up by the factory); no access log on the hot path.
-        log_config=None,
-        access_log=False,
+        "log_config": None,
+        "access_log": False,
         # No proxy in front that sets X-Forwarded-*; the middleware costs a few % per request.
-        proxy_headers=False,
-        server_header=False,
+        "proxy_headers": False,
+        "server_header": False,
         **options,
-    )
+    }
+    if settings["workers"] == 1:
+        uvicorn.run(factory, **settings)
+        return
+    # What `uvicorn.run` does for several workers, with the supervisor above.
+    config = uvicorn.Config(factory, **settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        WorkerSupervisor(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":

@@ -184,6 +184,28 @@ def test_a_worker_the_master_restarted_stops_with_it_too(tmp_path: Path) -> None
         assert server.stopped() == current, server.tail()
 
 
+def test_a_worker_that_dies_while_its_master_awaits_its_answer_is_replaced_at_once(
+    tmp_path: Path,
+) -> None:
+    """uvicorn's master asks each worker every half second whether it is alive, and waits up to
+    the health-check timeout (a minute here) for the answer. A worker that dies with a question
+    pending (stopped, then killed: a worker the OOM killer takes while it is busy) is replaced
+    as soon as it is gone, not when that wait runs out."""
+    with tiny_server(tmp_path, TINY_HEALTHCHECK_TIMEOUT_S="60") as server:
+        master = server.master.pid
+        first = workers_of(master)
+        victim = min(first)
+        os.kill(victim, signal.SIGSTOP)
+        # Past the master's next question, which the stopped worker leaves unanswered.
+        time.sleep(1.5)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: len(workers_of(master) - first) == 1, 20, "a replacement for the dead worker"
+        )
+        server.wait_serving(workers_of(master))
+        assert "died" in server.tail()
+
+
 def test_a_worker_that_cannot_stop_after_its_master_died_is_ended(tmp_path: Path) -> None:
     """A shutdown that hangs (a log that cannot be flushed, say) does not keep an orphan alive:
     it gets as long again as the grace period for in-flight requests, then ends."""
