@@ -100,8 +100,8 @@ def rows_of_flowers(flowers: list[Any]) -> np.ndarray | None:
         return np.array([values], dtype=np.float64)
     # Every value in one pass that runs in C (each flower's tuple, chained), with no Python
     # loop per row or per value.
-    values = itertools.chain.from_iterable(map(astuple, flowers))
-    rows = np.fromiter(values, np.float64, len(flowers) * len(FEATURE_NAMES))
+    every_value = itertools.chain.from_iterable(map(astuple, flowers))
+    rows = np.fromiter(every_value, np.float64, len(flowers) * len(FEATURE_NAMES))
     rows = rows.reshape(len(flowers), len(FEATURE_NAMES))
     return rows if _within_bounds(rows) else None
 
