@@ -35,12 +35,20 @@ import msgspec
 import numpy as np
 import orjson
 from fastapi.exceptions import RequestValidationError
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from iris_predictor.core import OPEN_INFERENCE, Answer
 from iris_predictor.inference import LoadedModel
-from iris_predictor.inputs import TOO_LARGE, InvalidRows, are_numbers, checked_rows
+from iris_predictor.inputs import (
+    NOT_DECODED,
+    TOO_LARGE,
+    InvalidRows,
+    TooManyRows,
+    are_numbers,
+    checked_rows,
+)
 from iris_predictor.routes.predict import ANSWER_ID_HEADER, predict_rows
 from iris_predictor.state import PredictorState
 from iris_shared.http import ServiceError, json_body
@@ -60,6 +68,26 @@ OUTPUTS = (PREDICT, PREDICT_PROBA)
 INPUT_NAME = "input-0"
 _DTYPES: dict[str, np.dtype[np.floating]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 _decode = msgspec.json.Decoder().decode
+
+
+class _PlainTensor(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """An input tensor as clients usually send it in JSON: numbers only, flat (tritonclient,
+    MLServer's examples), no parameters."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class _PlainRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A request of one such tensor that leaves the outputs to the server."""
+
+    inputs: list[_PlainTensor]
+    id: str | UnsetType = UNSET
+
+
+_decode_plain = msgspec.json.Decoder(_PlainRequest).decode
 
 
 class V2Error(Exception):
@@ -234,6 +262,31 @@ def _rows(document: dict[str, Any], binary: bytes, max_rows: int) -> np.ndarray:
     return checked_rows(values, max_rows)
 
 
+def _plain(body: bytes, max_rows: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The rows of a plain request (`_PlainRequest`, every value in bounds), and its `id` as
+    the document to echo it from; None for any other body, which `_split_body` and `_rows`
+    then read or refuse. msgspec checks the types in C as it decodes, so there is no second
+    pass in Python over the document (tests/test_open_inference.py checks both ways agree)."""
+    try:
+        document = _decode_plain(body)
+    except NOT_DECODED:
+        return None
+    if len(document.inputs) != 1:
+        return None
+    tensor = document.inputs[0]
+    dtype, shape = _DTYPES.get(tensor.datatype), tensor.shape
+    if dtype is None or len(shape) != 2 or shape[1] != len(FEATURE_NAMES):
+        return None
+    if shape[0] * shape[1] != len(tensor.data):
+        return None
+    # No rows, too many or a value out of bounds: the general way words the refusal.
+    try:
+        rows = checked_rows(np.asarray(tensor.data, dtype=dtype).reshape(shape), max_rows)
+    except (InvalidRows, TooManyRows):
+        return None
+    return rows, ({} if document.id is UNSET else {"id": document.id})
+
+
 def _flatten(data: list[Any]) -> list[Any]:
     kinds = set(map(type, data))
     if list not in kinds:
@@ -245,6 +298,10 @@ def _flatten(data: list[Any]) -> list[Any]:
     for item in data:
         flat.extend(_flatten(item) if isinstance(item, list) else [item])
     return flat
+
+
+# Every output, in JSON: what a request that names none and sets no parameters gets.
+_DEFAULT_OUTPUTS = [(name, False) for name in OUTPUTS]
 
 
 def _requested_outputs(document: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -320,12 +377,19 @@ async def infer(request: Request) -> Response:
     """Predict the species of rows of measurements (Open Inference Protocol V2, JSON or binary)."""
     model = _model(request)
     state = _state(request)
-    document, binary = _split_body(request, await request.body())
-    try:
-        rows = _rows(document, binary, state.settings.max_batch_rows)
-    except (InvalidRows, RequestValidationError) as exc:
-        raise V2Error(400, str(getattr(exc, "message", exc))) from None
-    outputs = _requested_outputs(document)
+    body = await request.body()
+    max_rows = state.settings.max_batch_rows
+    plain = None if HEADER_LENGTH in request.headers else _plain(body, max_rows)
+    if plain is not None:
+        rows, document = plain
+        outputs = _DEFAULT_OUTPUTS
+    else:
+        document, binary = _split_body(request, body)
+        try:
+            rows = _rows(document, binary, max_rows)
+        except (InvalidRows, RequestValidationError) as exc:
+            raise V2Error(400, str(getattr(exc, "message", exc))) from None
+        outputs = _requested_outputs(document)
     answer = await predict_rows(request, rows, OPEN_INFERENCE, model=model)
     head, tail = _encoded_answer(document, model.info.name, answer, outputs)
     if not tail:
