@@ -83,7 +83,7 @@ class UpstreamResponse:
             return None
 
 
-# Parsing a URL is a tenth of what aiohttp does per request, and the prediction paths are few.
+# aiohttp parses the URL of every request; the prediction paths are few, so each is parsed once.
 _url = functools.lru_cache(maxsize=256)(URL)
 
 

@@ -1,18 +1,18 @@
 """Scoring a standardised logistic regression with a few numpy operations instead of scikit-learn's.
 
-scikit-learn spends about half a millisecond per `predict_proba` of a pipeline on checks and
-wrappers (input validation, feature names, output containers, per-step dispatch), for
-arithmetic that takes microseconds. For the pipeline the trainer registers by default,
-`StandardScaler` then a multinomial `LogisticRegression`, this does that arithmetic with the
-same operations in the same order: `(X - mean_) / scale_ @ coef_.T + intercept_`, then the
-softmax of `sklearn.utils.extmath.softmax`.
+scikit-learn spends far more per `predict_proba` of a pipeline on checks and wrappers (input
+validation, feature names, output containers, per-step dispatch) than on its arithmetic. For
+the pipeline the trainer registers by default, `StandardScaler` then a multinomial
+`LogisticRegression`, this does that arithmetic with the same operations in the same order:
+`(X - mean_) / scale_ @ coef_.T + intercept_`, then the softmax of
+`sklearn.utils.extmath.softmax`.
 
 It is only used for a model it gives identical numbers for: `check_linear_scorer` scores probe
 rows both ways at load, and the numpy scorer is used only if every probability is equal. Any
 other model, or a scikit-learn whose arithmetic differs, is scored by scikit-learn. A model the
 numpy scorer was made for that it does not match is not silent: `FastPath.mismatch` says how
 far apart they were, and the predictor reports it (log, metric, GET /model), since scoring with
-scikit-learn instead halves the predictor's throughput.
+scikit-learn instead makes every request dearer.
 """
 
 from __future__ import annotations
@@ -91,10 +91,11 @@ def _candidate(model: Any) -> Scorer | None:
             rows = rows / scale
         scores = rows @ weights
         scores += intercept
-        # The ufuncs themselves: `max` and `sum` are Python wrappers around them, a third of
-        # the time on one row. A maximum is exact however it is taken: across many rows, one
-        # column at a time costs a tenth of numpy's reduction along each short row. The sum
-        # stays the reduction scikit-learn does, whose order of additions it must keep.
+        # The ufuncs themselves: `max` and `sum` are Python wrappers around them, which cost
+        # more than the arithmetic on one row. A maximum is exact however it is taken: across
+        # many rows, one column at a time is cheaper than numpy's reduction along each short
+        # row. The sum stays the reduction scikit-learn does, whose order of additions it must
+        # keep.
         if len(scores) > 1:
             scores -= functools.reduce(np.maximum, scores.T)[:, np.newaxis]
         else:

@@ -208,7 +208,7 @@ def plain_csv(body: bytes) -> tuple[list[str], np.ndarray] | None:
     numbers, as pandas' `to_csv(index=False)` writes them; None for any other CSV.
 
     Such rows are decoded as one JSON array (`[5.1,3.5,1.4,0.2,...]`, in C) rather than by
-    the csv module and `float()` per value, eight times faster for 1,000 rows. Only bytes of
+    the csv module and `float()` per value, a Python call per number. Only bytes of
     numbers, commas, spaces and newlines are let through, and every line must have as many
     commas as the header, so that each row is one line's values; whatever JSON does not read
     as numbers (quotes, `\\r`, `nan`, `.5`, an empty field or line) goes the general way,
