@@ -120,7 +120,7 @@ compose-down: install ## Stop the containers; the volumes (registry, jobs, predi
 	$(BIN)/python scripts/compose_stack.py down
 
 .PHONY: compose-smoke
-compose-smoke: install images ## The seed's workflow against the containers only (2 predictors, 2 workers), on a project of its own
+compose-smoke: install images ## The README's workflow (predict, retrain, promote, feedback) against the containers only (2 predictors, 2 workers), on a project of its own
 	$(BIN)/python scripts/compose_stack.py smoke
 
 .PHONY: clean

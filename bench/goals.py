@@ -1,4 +1,4 @@
-"""The issue's goals as records, each evaluated against this run's figures by one function.
+"""The goals of `make bench` as records, each evaluated against this run's figures by one function.
 
 A goal compares a figure of ours with a peer's (a ratio, at least or at most a limit) or holds
 a figure of ours to a limit. Figures are named: a load's medians by the load's name

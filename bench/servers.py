@@ -11,7 +11,8 @@ in the peer's favour or needed to run at all (the report repeats them):
   - MLServer: `"parallel_workers": 0` (inference in the server process): its worker pool dies at
     start on this machine with "There is no current event loop in thread 'MainThread'".
     `"debug": false`: the default `true` writes an access-log line per request.
-  - BentoML: `workers=2` as the issue asks; the access log is off (`logging.access.enabled`).
+  - BentoML: `workers=2`, the count its goals were stated for; the access log is off
+    (`logging.access.enabled`).
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def test_a_fresh_clone_gets_its_data_and_the_seed_data_flow_works(
     # The data, not the pipeline: a fresh clone has not run `dvc repro` yet.
     assert "up to date" in dvc(clone, "status", "data/iris.csv.dvc").stdout.lower()
 
-    # The seed's phase 3: append rows, dvc add, dvc push, git commit.
+    # Retraining on new data, as the README shows it: append rows, dvc add, dvc push, git commit.
     data = clone / "data" / "iris.csv"
     with data.open("a") as handle:
         handle.write(

@@ -154,8 +154,8 @@ def test_bytes_that_are_not_utf8_are_malformed_json_wherever_they_are(
         assert [error["type"] for error in refusal.errors()] == ["json_invalid"], body
 
 
-def test_the_findings_body_is_malformed_json() -> None:
-    """Issue 14, finding 5: msgspec raised UnicodeDecodeError for a key that is not UTF-8."""
+def test_a_key_that_is_not_utf8_is_malformed_json() -> None:
+    """msgspec raises UnicodeDecodeError for a key that is not UTF-8 (msgspec/msgspec#714)."""
     body = b'{"sepal_length\xff": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}'
     for decode in decoders().values():
         refusal = outcome(decode, body)
