@@ -1,5 +1,5 @@
-"""What `make bench`, `make soak` and `make profile` share: the loads' constants, progress
-lines, memory of process trees, and a run on a second local stack (Session)."""
+"""What `make bench`, `make soak` and `make profile` share: the model and services they name,
+progress lines, steps timed or allowed to fail, and a run on a second local stack (Session)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from iris_devstack.private_stack import PrivateStack
-from iris_devstack.processes import child_pids
 from iris_predictor.config import PredictorSettings
 
 T = TypeVar("T")
@@ -70,32 +69,6 @@ def timed(phase: str, seconds: dict[str, float]) -> Iterator[None]:
         yield
     finally:
         seconds[phase] = round(time.monotonic() - started, 1)
-
-
-def process_tree(pid: int) -> list[int]:
-    return [pid, *(member for child in sorted(child_pids(pid)) for member in process_tree(child))]
-
-
-def tree_memory(pid: int | None) -> dict[str, Any] | None:
-    """RSS and PSS summed over the tree rooted at `pid`, and of its largest process (by RSS).
-    RSS counts pages shared between forked workers once per process; PSS splits them."""
-    if pid is None:
-        return None
-    per_process, members = [], process_tree(pid)
-    for member in members:
-        kib = {"Rss": 0, "Pss": 0}
-        with suppress(OSError):  # ended meanwhile
-            text = Path(f"/proc/{member}/smaps_rollup").read_text()
-            kib |= {k: int(v) for k, v in re.findall(r"^(Rss|Pss):\s+(\d+)", text, re.M)}
-        per_process.append((kib["Rss"] / 1024, kib["Pss"] / 1024))
-    (rss, pss), largest = map(sum, zip(*per_process, strict=True)), max(per_process)
-    return {
-        "processes": len(per_process),
-        **{"rss_mib": round(rss, 1), "pss_mib": round(pss, 1)},
-        **{"largest_rss_mib": round(largest[0], 1), "largest_pss_mib": round(largest[1], 1)},
-        "per_process_rss_mib": [round(rss, 1) for rss, _ in per_process],
-        "pids": members,
-    }
 
 
 def _git(*args: str) -> str:

@@ -13,17 +13,13 @@ growth, the answers kept for feedback and the services' warnings are reported, n
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import re
 import secrets
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,12 +29,19 @@ import httpx
 import numpy as np
 import redis
 
-from bench.common import MODEL_NAME, ROOT, SERVICES, Session, poll_interval_s, say, tree_memory
+from bench.common import MODEL_NAME, ROOT, SERVICES, Session, poll_interval_s, say
 from bench.loads import FLOWER, JSON, encoded, iris_flowers
+from bench.measurements import log_documents, read_prediction_log, service_log_findings, tree_memory
+from bench.phases import (
+    FLOOD_BATCH_ROWS,
+    TRICKLING_CONNECTIONS,
+    anonymous_flood,
+    stop_predictor,
+    trickling_uploads,
+)
 from bench.report import write
 from iris_devstack.private_stack import PrivateStack
 from iris_devstack.processes import alive
-from iris_predictor.prediction_log import log_files
 from iris_shared.feedback import FeedbackKeys
 from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
 
@@ -53,12 +56,7 @@ SCHEDULE = {"A": 0.05, "slow_clients": 0.2, "redis": 0.45, "flood": 0.55, "D": 0
 MOVE_MARGIN_S = 15.0
 # Small enough for the flood to reach it: the soak shows the budget holding.
 STORE_MAX_BYTES = 8 * 1024 * 1024
-TRICKLING_CONNECTIONS, FLOOD_BATCHES, FLOOD_BATCH_ROWS = 1200, 120, 10_000
-# The server closes an upload it gave up on (BODY_READ_TIMEOUT_S, 10 s); a byte sent after that
-# would make TCP reset the connection and lose the answer, so the last goes well before.
-TRICKLE_EVERY_S, LAST_TRICKLE_S = 5.0, 8.0
 FINISHED = ("succeeded", "failed")
-LOG_LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^(Traceback)")
 
 
 @dataclass
@@ -551,156 +549,6 @@ class Soak:
             "not_kept_answered_from_s": span[0],
             "not_kept_answered_to_s": span[1],
         }
-
-
-def trickling_uploads(
-    url: str, connections: int = TRICKLING_CONNECTIONS, within_s: float = 30.0
-) -> dict[str, Any]:
-    """Open `connections` uploads to POST /predict that send one byte every 5 s; the status
-    each was answered with before the server closed it, and how long that took."""
-    host, port = url.removeprefix("http://").split(":")
-
-    async def upload() -> str:
-        try:
-            reader, writer = await asyncio.open_connection(host, int(port))
-        except OSError as exc:
-            return f"connect: {type(exc).__name__}"
-        writer.write(
-            b"POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{"
-        )
-        opened = time.monotonic()
-        try:
-            read = asyncio.ensure_future(reader.read())
-            while not read.done():
-                await asyncio.wait([read], timeout=TRICKLE_EVERY_S)
-                if not read.done() and time.monotonic() - opened < LAST_TRICKLE_S:
-                    writer.write(b" ")
-            answer = read.result()
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            return f"transport: {type(exc).__name__}"
-        finally:
-            writer.close()
-        head = answer.split(b"\r\n", 1)[0].split()
-        return head[1].decode() if len(head) > 1 else "closed without an answer"
-
-    async def all_uploads() -> list[str]:
-        uploads = asyncio.gather(*(upload() for _ in range(connections)))
-        return await asyncio.wait_for(uploads, within_s)
-
-    started = time.monotonic()
-    try:
-        outcomes = Counter(asyncio.run(all_uploads()))
-    except TimeoutError:
-        outcomes = Counter({f"no answer within {within_s:g} s": connections})
-    seen = {"outcomes": dict(outcomes), "answered_408": outcomes["408"]}
-    return {"connections": connections} | seen | {"seconds": round(time.monotonic() - started, 1)}
-
-
-def anonymous_flood(url: str, batches: int = FLOOD_BATCHES) -> dict[str, Any]:
-    """POST `batches` 10,000-row batches, 4 at a time, without any credential."""
-    body = encoded({"instances": [FLOWER] * FLOOD_BATCH_ROWS})
-
-    def send(_: int) -> tuple[str, str | None]:
-        try:
-            answer = httpx.post(f"{url}/predict/batch", content=body, headers=JSON, timeout=60)
-        except httpx.HTTPError as exc:
-            return type(exc).__name__, None
-        answered = answer.json()["request_id"] if answer.status_code == 200 else None
-        return str(answer.status_code), answered
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        sent = list(pool.map(send, range(batches)))
-    # Every answered batch is logged like any other request.
-    answered = [request_id for _, request_id in sent if request_id is not None]
-    return {
-        "batches": batches,
-        "rows_each": FLOOD_BATCH_ROWS,
-        "request_bytes_each": len(body),
-        "outcomes": dict(Counter(status for status, _ in sent)),
-        "answered_ids": answered,
-        "rows_answered": len(answered) * FLOOD_BATCH_ROWS,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-
-
-def stop_predictor(stack: PrivateStack) -> dict[str, Any]:
-    """supervisorctl stop: SIGTERM to the predictor's process group, SIGKILL only after
-    stopwaitsecs; whether it came to that is in supervisord's own log."""
-    started = time.monotonic()
-    completed = stack.supervisorctl("stop", "predictor:*")  # replicas: a bare name matches none
-    seconds = round(time.monotonic() - started, 2)
-    log = stack.state / "logs" / "supervisord.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    mentions = [line for line in lines if "predictor" in line][-4:]
-    return {
-        "seconds": seconds,
-        "supervisorctl": (completed.stdout + completed.stderr).strip(),
-        "supervisord_log": mentions,
-        "killed": any("SIGKILL" in m for m in mentions),
-    }
-
-
-def log_documents(directory: Path) -> tuple[list[dict[str, Any]], int]:
-    """Every line of the prediction log, parsed; and how many lines were not JSON."""
-    documents, unreadable = [], 0
-    for path in log_files(directory):
-        for raw in filter(bytes.strip, path.read_bytes().splitlines()):
-            try:
-                documents.append(json.loads(raw))
-            except ValueError:
-                unreadable += 1
-    return documents, unreadable
-
-
-def read_prediction_log(directory: Path, answered: set[str]) -> dict[str, Any]:
-    """Lines and rows of the prediction log, checked against the request ids answered 200."""
-    documents, unreadable = log_documents(directory)
-    logged = Counter(str(document.get("request_id")) for document in documents)
-    result = {
-        "directory": str(directory),
-        "files": [{"name": p.name, "bytes": p.stat().st_size} for p in log_files(directory)],
-        "lines": len(documents),
-        "rows": sum(int(document.get("rows", 0)) for document in documents),
-        "unreadable_lines": unreadable,
-    }
-    for key, ids in (
-        ("answered_not_logged", sorted(answered - logged.keys())),
-        ("logged_not_answered", sorted(logged.keys() - answered)),
-        ("logged_twice", sorted(request_id for request_id, n in logged.items() if n > 1)),
-    ):
-        result |= {key: len(ids), f"{key}_examples": ids[:10]}
-    return result
-
-
-def service_log_findings(folders: list[Path]) -> dict[str, Any]:
-    """Warnings, errors and tracebacks in every service's log, where a defect the counts do not
-    show (a retried write, a swallowed error) usually shows; the first errors as time, logger,
-    message and the exception they ended with."""
-    findings: dict[str, Any] = {}
-    for path in sorted(p for folder in folders for p in folder.glob("*.log")):
-        counts: Counter[str] = Counter()
-        examples: list[str] = []
-        for line in path.read_text(errors="replace").splitlines():
-            if (match := LOG_LEVEL.search(line)) is None:
-                continue
-            counts[level := match.group(1) or match.group(2)] += 1
-            if level == "WARNING" or len(examples) >= 5:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                message = str(record.get("message", "")).strip().splitlines()[:1]
-                raised = str(record.get("exc_info") or "").strip().splitlines()[-1:]
-                named = [str(record.get("time")), str(record.get("logger"))]
-                line = " | ".join([*named, *message, *raised])
-            examples.append(line[:300])
-        if counts:
-            findings[path.name] = {"counts": dict(counts), "first_errors": examples}
-    return findings
 
 
 def checks(soak: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench import report as common
-from bench.common import ROOT, tree_memory
+from bench.common import ROOT
+from bench.measurements import tree_memory
 from iris_devstack.processes import child_pids, wait_until
 
 RESULTS = {
