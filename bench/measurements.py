@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from iris_devstack.private_stack import PrivateStack
 from iris_devstack.processes import child_pids
@@ -61,10 +62,10 @@ def recording_counts(stack: PrivateStack) -> dict[str, float] | None:
     except httpx.HTTPError:
         return None
     counts = dict.fromkeys(RECORDING_SERIES, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in counts:
-            counts[name] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in counts:
+                counts[sample.name] += sample.value
     return counts
 
 
