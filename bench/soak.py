@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import redis
 
 from bench.common import MODEL_NAME, ROOT, SERVICES, Session, poll_interval_s, say
+from bench.jobs import RetrainJobs
 from bench.loads import FLOWER, JSON, encoded, iris_flowers
 from bench.measurements import log_documents, read_prediction_log, service_log_findings, tree_memory
 from bench.phases import (
@@ -48,15 +48,12 @@ from iris_shared.jobs import DEFAULT_JOBS_NAMESPACE
 # Each kind of request: name, path, rows, client threads.
 KINDS = (("one_row", "/predict", 1, 4), ("batch", "/predict/batch", 100, 2))
 WARMUP_S, JOB_GRACE_S, REQUEST_TIMEOUT_S = 15.0, 300.0, 30.0
-# How long a replayed Idempotency-Key is tried again while the gateway answers "not now".
-REPLAY_FOR_S = 30.0
 # When, as a share of the run, each step starts (the first promotion waits for the first job).
 SCHEDULE = {"A": 0.05, "slow_clients": 0.2, "redis": 0.45, "flood": 0.55, "D": 0.65, "back": 0.75}
 # A move needs this long before the run ends, or its swap could not be seen.
 MOVE_MARGIN_S = 15.0
 # Small enough for the flood to reach it: the soak shows the budget holding.
 STORE_MAX_BYTES = 8 * 1024 * 1024
-FINISHED = ("succeeded", "failed")
 
 
 @dataclass
@@ -116,10 +113,8 @@ class Soak:
         self.stack, self.window_s, self.url = stack, window_s, stack.gateway_url
         self.started, self.wall_started = time.monotonic(), time.time()
         self.traffic_over, self.polling_over = threading.Event(), threading.Event()
-        self.lock = threading.Lock()
         self.events: list[dict[str, Any]] = []
         self.tallies: list[Tally] = []
-        self.jobs: list[dict[str, Any]] = []
         self.moves: list[dict[str, Any]] = []
         self.memory_series: list[dict[str, Any]] = []
         self.pids: dict[str, int | None] = {}
@@ -129,7 +124,7 @@ class Soak:
         self.redis_restart: dict[str, Any] | None = None
         self.keys = FeedbackKeys(stack.stack_env().get("JOBS_NAMESPACE") or DEFAULT_JOBS_NAMESPACE)
         self.auth = {"Authorization": f"Bearer {stack.token}"}
-        self.run_id = secrets.token_hex(4)
+        self.retrains = RetrainJobs(self.url, stack.token, self.clock, self.event)
 
     def clock(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -222,102 +217,6 @@ class Soak:
             "crashed_clients": [t.crashed for t in self.tallies if t.crashed],
         }
 
-    # --- retrain jobs -----------------------------------------------------------------------
-
-    def post_retrain(self, key: str) -> tuple[str, str | None, str | None]:
-        """POST /retrain with an Idempotency-Key: the answer, the job id and its status."""
-        headers = self.auth | {"Idempotency-Key": key}
-        try:
-            response = httpx.post(f"{self.url}/retrain", headers=headers, timeout=15)
-        except httpx.HTTPError as exc:
-            return type(exc).__name__, None, None
-        if response.status_code not in (200, 202):
-            return str(response.status_code), None, None
-        body = response.json()
-        return str(response.status_code), str(body["job_id"]), str(body["status"])
-
-    def track(self, label: str, key: str, job_id: str | None = None) -> dict[str, Any]:
-        job = {"label": label, "idempotency_key": key, "submitted_s": self.clock()}
-        job |= {"job_id": job_id, "submit_answers": [], "replays": [], "history": []}
-        job |= {"not_found_at_s": [], "not_found_answers": 0, "unavailable_answers": 0}
-        job |= {"poll_errors": Counter[str](), "registered": {}}
-        job |= dict.fromkeys(("final_status", "ended_s", "error", "deliveries"))
-        with self.lock:
-            self.jobs.append(job)
-        return job
-
-    def submit(self, label: str, give_up_s: float) -> dict[str, Any]:
-        """POST /retrain until accepted (a 429 or 503 is retried every 3 s) or `give_up_s`."""
-        job = self.track(label, f"soak-{self.run_id}-{label}")
-        while True:
-            answer, job["job_id"], job["final_status"] = self.post_retrain(job["idempotency_key"])
-            job["submit_answers"].append(answer)
-            if job["job_id"] is not None:
-                self.event(f"job {label} submitted: {answer}, {job['job_id']}")
-                return job
-            if self.clock() > give_up_s:
-                self.event(f"job {label} not accepted: {job['submit_answers']}")
-                return job
-            time.sleep(3.0)
-
-    def replay(self, job: dict[str, Any]) -> None:
-        """Send the job's Idempotency-Key again, as a client would: an answer that says "not
-        now" (503, or no answer at all) is tried again every second for up to REPLAY_FOR_S,
-        each attempt recorded. The last answer must be 200 and the same job."""
-        give_up = self.clock() + REPLAY_FOR_S
-        while True:
-            answer, job_id, _ = self.post_retrain(job["idempotency_key"])
-            same_job = job_id == job["job_id"] and answer == "200"
-            job["replays"].append(
-                {"t": self.clock(), "answer": answer, "job_id": job_id} | {"same_job": same_job}
-            )
-            try_again = answer == "503" or not answer.isdigit()
-            if not try_again or self.clock() > give_up:
-                break
-            time.sleep(1.0)
-        if answer == "202" and job_id is not None:
-            # The key was forgotten and a second job started: follow it as well.
-            self.track(f"{job['label']} again", job["idempotency_key"], job_id)
-
-    def open_jobs(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [j for j in self.jobs if j["job_id"] and j["final_status"] not in FINISHED]
-
-    def poll_jobs(self, http: httpx.Client) -> None:
-        for job in self.open_jobs():
-            try:
-                response = http.get(f"/jobs/{job['job_id']}")
-            except httpx.HTTPError as exc:
-                job["poll_errors"][type(exc).__name__] += 1
-                continue
-            now, status = self.clock(), response.status_code
-            if status == 404:
-                job["not_found_answers"] += 1
-                job["not_found_at_s"] = (job["not_found_at_s"] + [now])[:10]
-                self.event(f"job {job['label']} answered 404")
-            elif status == 503:
-                job["unavailable_answers"] += 1
-            elif status != 200:
-                job["poll_errors"][f"HTTP {status}"] += 1
-            else:
-                record = response.json()
-                progress = record.get("progress") or {}
-                step = {"status": record["status"], "stage": progress.get("stage")}
-                step["model"] = progress.get("model_name")
-                last = job["history"][-1] if job["history"] else {}
-                if {k: last.get(k) for k in step} != step:
-                    job["history"].append({"t": now, **step})
-                job["final_status"], job["deliveries"] = record["status"], record.get("deliveries")
-                if record["status"] in FINISHED:
-                    job["ended_s"], job["error"] = now, record.get("error")
-                    models = (record.get("result") or {}).get("models") or {}
-                    job["registered"] = {
-                        name: {"version": m.get("version"), "gate": m.get("gate")}
-                        for name, m in models.items()
-                    }
-                    took = now - job["submitted_s"]
-                    self.event(f"job {job['label']} {record['status']} after {took:.1f} s")
-
     # --- moves, Redis, hostile clients, memory ----------------------------------------------
 
     def promote(self, version: str, label: str) -> None:
@@ -359,13 +258,13 @@ class Soak:
     def restart_redis_under_jobs(self, end: float) -> dict[str, Any]:
         """Stop Redis with SIGTERM and start it on the same folder while job B runs and job C
         waits in the queue behind it; then send both Idempotency-Keys again."""
-        running = self.submit("B", end)
+        running = self.retrains.submit("B", end)
         deadline = self.clock() + 30.0
         while running["final_status"] == "queued" and self.clock() < deadline:
             time.sleep(0.2)
-        waiting = self.submit("C", end)
+        waiting = self.retrains.submit("C", end)
         time.sleep(1.0)  # past the AOF's one-second fsync: C's record is on disk
-        states = {job["label"]: job["final_status"] for job in self.jobs}
+        states = {job["label"]: job["final_status"] for job in self.retrains.jobs}
         stopped_at = self.event(f"Redis: SIGTERM (jobs: {states})")
         timings = self.stack.restart_redis()
         self.event(f"Redis answering again after {timings['down_s']} s")
@@ -373,7 +272,7 @@ class Soak:
             appendonly = client.config_get("appendonly").get("appendonly")
         for job in (running, waiting):
             if job["job_id"]:
-                self.replay(job)
+                self.retrains.replay(job)
         return (
             timings
             | {"stopped_at_s": stopped_at, "appendonly": appendonly}
@@ -449,8 +348,7 @@ class Soak:
         memory_start = self.memory_sample()
         sample = lambda: self.memory_series.append(self.memory_sample())  # noqa: E731
         sampling = every(5.0, self.traffic_over, sample)
-        jobs_http = httpx.Client(base_url=self.url, headers=self.auth, timeout=10)
-        polling = every(0.5, self.polling_over, lambda: self.poll_jobs(jobs_http))
+        polling = every(0.5, self.polling_over, self.retrains.poll)
         window_start = self.event("warm-up over: memory sampled, schedule started")
         try:
             self.schedule(original, window_start, window_start + self.window_s)
@@ -464,31 +362,26 @@ class Soak:
         for hostile in self.hostile_threads:
             hostile.join()
         self.hostile["redis_after"] = self.redis_memory()
-        if self.open_jobs():
+        if self.retrains.open():
             grace = traffic_end + JOB_GRACE_S - self.clock()
             self.event(f"waiting up to {grace:.0f} s for the jobs")
-        while self.open_jobs() and self.clock() < traffic_end + JOB_GRACE_S:
+        while self.retrains.open() and self.clock() < traffic_end + JOB_GRACE_S:
             time.sleep(1.0)
         self.polling_over.set()
         polling.join(30)
-        jobs_http.close()
+        self.retrains.close()
         predictor_stop = stop_predictor(self.stack)
         self.event(f"predictor stopped in {predictor_stop['seconds']} s")
         log_dir = Path(self.stack.stack_env()["PREDICTOR_PREDICTION_LOG_DIR"])
         answered = {request_id for t in self.tallies for request_id in t.answered_ids}
         answered |= set(self.hostile.get("flood", {}).pop("answered_ids", []))
         self.time_swaps(traffic_end)
-        for job in self.jobs:
-            took = None if job["ended_s"] is None else round(job["ended_s"] - job["submitted_s"], 1)
-            lost = job["not_found_answers"] > 0 or job["final_status"] not in FINISHED
-            job |= {"poll_errors": dict(job["poll_errors"]), "seconds": took}
-            job["lost"] = job["job_id"] is not None and lost
         return {
             "original_version": original,
             "warmup_s": WARMUP_S,
             "window_s": self.window_s,
             "traffic": self.traffic(traffic_end),
-            "jobs": self.jobs,
+            "jobs": self.retrains.finish(),
             "alias_moves": self.moves,
             "predictor_poll_interval_s": poll_interval_s(self.stack),
             "redis_restart": self.redis_restart,
@@ -508,8 +401,8 @@ class Soak:
         last: dict[str, Any] | None = None
         while (now := self.clock()) < end:
             if first is None and now >= at["A"]:
-                first = self.submit("A", end)
-                self.replay(first)
+                first = self.retrains.submit("A", end)
+                self.retrains.replay(first)
             if first is not None and not self.moves and now < end - MOVE_MARGIN_S:
                 version = (first["registered"].get(MODEL_NAME) or {}).get("version")
                 if first["final_status"] == "succeeded" and version:
@@ -521,7 +414,7 @@ class Soak:
             if self.redis_restart is None and now >= at["redis"]:
                 self.redis_restart = self.restart_redis_under_jobs(end)
             if last is None and now >= at["D"]:
-                last = self.submit("D", end)
+                last = self.retrains.submit("D", end)
             first_move = self.moves[0]["requested_s"] if self.moves else end
             back_at = max(at["back"], first_move + MOVE_MARGIN_S)
             if len(self.moves) == 1 and back_at <= now < end - MOVE_MARGIN_S:
