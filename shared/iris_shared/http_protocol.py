@@ -8,6 +8,12 @@ connection or of the request's first byte (408), and take at most `MAX_HEADER_BY
 either way the answer is the error envelope and the connection is closed. The body has its own
 limit, in `iris_shared.http.ServiceMiddleware`.
 
+In a server of several workers, each protocol object counts its connection in the worker's share
+(`iris_shared.connection_shares`), and a worker that holds too many of them answers one
+request with `Connection: close` so that its client reconnects, to a less busy worker. It does
+so the way uvicorn's own graceful shutdown ends a connection after its answer: the request
+cycle's `keep_alive` set to false.
+
 uvicorn builds one protocol object per connection from the class given as `http=`; with several
 workers the class travels to each worker by name, so its limits come from the environment that
 `iris_shared.server.run` sets before the workers start.
@@ -22,6 +28,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from iris_shared.connection_shares import ConnectionShares, worker_shares
 
 HEADER_TIMEOUT_ENV = "IRIS_HEADER_READ_TIMEOUT_S"
 MAX_HEADER_BYTES_ENV = "IRIS_MAX_HEADER_BYTES"
@@ -138,14 +146,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # the head parsed so far (a large head that arrives at once).
         self._received_head_bytes = 0
         self._parsed_head_bytes = 0
+        # This worker's share of the server's connections, while this one counts in it.
+        self._shares: ConnectionShares | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport))
         self._arm_head_deadline()
+        self._shares = worker_shares()
+        if self._shares is not None:
+            self._shares.opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
+        self._leave_shares()
         super().connection_lost(exc)
+
+    def _leave_shares(self) -> None:
+        if self._shares is not None:
+            self._shares.closed()
+            self._shares = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -179,6 +198,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._disarm_head_deadline()
         super().on_headers_complete()
+        cycle = self.cycle
+        # Not with requests pipelined behind this one: closing after it would drop them.
+        if (
+            self._shares is not None
+            and cycle is not None
+            and cycle.keep_alive
+            and not self.pipeline
+            and self._shares.crowded()
+        ):
+            cycle.keep_alive = False
+            # Counted out now: the next request on another connection must not leave too.
+            self._leave_shares()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -19,6 +19,8 @@ server share a runtime folder, made empty by the master before any of them start
     <runtime>/nudge      touched to make every worker do now what it would do at its next tick
     <runtime>/lead-<role> locked by the one worker that does a role's periodic work (such as
                          asking MLflow where an alias points) for all of them
+    <runtime>/connections each worker's count of open connections, which evens them out
+                         (iris_shared.connection_shares)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import uvicorn
 from uvicorn.importer import import_from_string
 from uvicorn.supervisors import Multiprocess
 
+from iris_shared.connection_shares import CONNECTIONS_ENV, create_table
 from iris_shared.http_protocol import (
     HEADER_TIMEOUT_ENV,
     MAX_HEADER_BYTES_ENV,
@@ -298,7 +301,9 @@ def serve_as_master() -> None:
     configure_logging(config["service"], config["log_level"])
     # Before uvicorn spawns the workers: each reads the variables when it imports
     # prometheus_client.
-    prepare_runtime_dir(config["service"])
+    runtime = prepare_runtime_dir(config["service"])
+    create_table(runtime / "connections", config["options"]["workers"])
+    os.environ[CONNECTIONS_ENV] = str(runtime / "connections")
     os.environ[MASTER_PID_ENV] = str(os.getpid())
     release_free_heap()
     _serve(WORKER_FACTORY, config["options"])

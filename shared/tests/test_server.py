@@ -294,3 +294,63 @@ def test_workers_slower_to_start_than_uvicorns_health_check_are_not_restarted(
         time.sleep(1)
         assert workers_of(server.master.pid) == first
         assert "died" not in server.log.read_text(), server.tail()
+
+
+def test_keep_alive_connections_crowded_on_one_worker_spread_over_both(tmp_path: Path) -> None:
+    """Four keep-alive clients that connected while one worker could not accept all live on
+    the other; each keeps its connection for as long as it is answered that way. The crowded
+    worker asks some of them to reconnect (`Connection: close`, still a 200), and they end up
+    two on each worker, without a failed request."""
+    with tiny_server(tmp_path) as server:
+        idle, busy = sorted(workers_of(server.master.pid))
+        clients = [httpx.Client(base_url=server.url, timeout=10) for _ in range(4)]
+        try:
+            os.kill(idle, signal.SIGSTOP)
+            try:
+                first = [client.get("/pid") for client in clients]
+            finally:
+                os.kill(idle, signal.SIGCONT)
+            assert [int(answer.text) for answer in first] == [busy] * 4
+            closes = sum(answer.headers.get("connection") == "close" for answer in first)
+            for _ in range(20):
+                answers = [client.get("/pid") for client in clients]
+                assert all(answer.status_code == 200 for answer in answers)
+                closes += sum(answer.headers.get("connection") == "close" for answer in answers)
+            last = sorted(int(client.get("/pid").text) for client in clients)
+        finally:
+            for client in clients:
+                client.close()
+        assert last == sorted([idle, idle, busy, busy])
+        # From four on one worker to two on each takes two reconnections at least; and only as
+        # many as it took, not one per request.
+        assert 2 <= closes <= 10
+
+
+def test_a_worker_claims_a_free_slot_and_is_crowded_one_connection_over_its_peers(
+    tmp_path: Path,
+) -> None:
+    from iris_shared.connection_shares import ConnectionShares, create_table
+
+    table = tmp_path / "connections"
+    create_table(table, 3)
+    first, second, third = (ConnectionShares(table) for _ in range(3))
+    assert [first.slot, second.slot, third.slot] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="every slot"):
+        ConnectionShares(table)
+    for _ in range(2):
+        first.opened()
+    second.opened()
+    third.opened()
+    assert not first.crowded(), "two against one and one"
+    second.closed()
+    assert first.crowded(), "two against a peer with none"
+    assert not second.crowded()
+    # A worker that died gives its slot, and its count, to the one started in its place.
+    third.close()
+    successor = ConnectionShares(table)
+    assert successor.slot == 2
+    assert not successor.crowded()
+    second.opened()
+    assert first.crowded(), "two against one and none"
+    for shares in (first, second, successor):
+        shares.close()

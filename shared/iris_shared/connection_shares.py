@@ -1,0 +1,86 @@
+"""Keep-alive connections spread evenly over a server's worker processes.
+
+The workers of a server share one listening socket, and the kernel hands each new connection
+to whichever worker accepts first; uvloop then accepts every connection that waits. A client
+that opens a few keep-alive connections at once (a batch client, a gateway's pool) can find
+them all on one worker, which then serves alone while the other idles, for as long as the
+connections live: `make bench`'s four batch connections landed so in about one run of ten
+here, which then answered a third fewer requests. Servers behind load balancers fix the same
+problem by asking clients to reconnect (gRPC's MAX_CONNECTION_AGE); so does this, only when it
+pays: a worker that holds more than one connection over its least busy peer answers the next
+request on one of them with `Connection: close`, and the client's new connection goes to
+whichever worker accepts first, most often the idle one. HTTP/1.1 clients reconnect on such an
+answer by themselves.
+
+The counts live in a table in the server's runtime folder, one 8-byte slot per worker, made by
+the master (`create_table`). A worker claims a free slot with a lock that dies with it, so a
+restarted worker takes its predecessor's slot over, counting from zero (the connections died
+with it). Reading the peers' counts is reading shared memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from pathlib import Path
+
+# The table's path, set by the master for its workers (iris_shared.server).
+CONNECTIONS_ENV = "IRIS_SERVER_CONNECTIONS_TABLE"
+_SLOT_BYTES = 8
+
+
+def create_table(path: Path, workers: int) -> None:
+    """A zeroed table of `workers` slots at `path`."""
+    path.write_bytes(bytes(_SLOT_BYTES * workers))
+
+
+class ConnectionShares:
+    """This worker's slot of the table, and its view of the others'."""
+
+    def __init__(self, path: Path) -> None:
+        with path.open("r+b") as table:
+            self._memory = mmap.mmap(table.fileno(), 0)
+        self._counts = memoryview(self._memory).cast("q")
+        self._lock, self.slot = self._claim_slot(path)
+        self._counts[self.slot] = 0
+
+    @staticmethod
+    def _claim_slot(path: Path) -> tuple[int, int]:
+        for slot in range(os.path.getsize(path) // _SLOT_BYTES):
+            lock = os.open(path.with_name(f"{path.name}-{slot}.lock"), os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue
+            return lock, slot
+        raise RuntimeError(f"every slot of {path} is taken: more workers than the master made")
+
+    def opened(self) -> None:
+        self._counts[self.slot] += 1
+
+    def closed(self) -> None:
+        self._counts[self.slot] -= 1
+
+    def crowded(self) -> bool:
+        """Whether this worker holds more than one connection over its least busy peer."""
+        counts = self._counts.tolist()
+        mine = counts.pop(self.slot)
+        return bool(counts) and mine > min(counts) + 1
+
+    def close(self) -> None:
+        self._counts.release()
+        self._memory.close()
+        os.close(self._lock)
+
+
+_shares: ConnectionShares | None = None
+
+
+def worker_shares() -> ConnectionShares | None:
+    """This process's slot, claimed on first use; None outside a multi-process server."""
+    global _shares
+    if _shares is None and (path := os.environ.get(CONNECTIONS_ENV)):
+        _shares = ConnectionShares(Path(path))
+    return _shares
