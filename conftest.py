@@ -1,6 +1,13 @@
 """Fixtures for the whole suite live in tests/support; each area owns its own module."""
 
+import os
+
 import pytest
+
+# Before anything imports MLflow. Its telemetry client sets and unsets an environment variable
+# from a thread of its own, which broke a test's training in-process (a KeyError inside
+# os.environ's iteration, in requests); MLflow turns it off by itself only where CI is set.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 pytest_plugins = [
     "tests.support.core",
