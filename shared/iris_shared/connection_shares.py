@@ -15,7 +15,9 @@ answer by themselves.
 The counts live in a table in the server's runtime folder, one 8-byte slot per worker, made by
 the master (`create_table`). A worker claims a free slot with a lock that dies with it, so a
 restarted worker takes its predecessor's slot over, counting from zero (the connections died
-with it). Reading the peers' counts is reading shared memory.
+with it). Reading the peers' counts is reading shared memory. Each connection asked to
+reconnect counts in `iris_http_connections_rebalanced_total`, which the service's /metrics
+merges from every worker's files as it merges the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fcntl
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 # The table's path, set by the master for its workers (iris_shared.server).
 CONNECTIONS_ENV = "IRIS_SERVER_CONNECTIONS_TABLE"
@@ -44,6 +47,17 @@ class ConnectionShares:
         self._counts = memoryview(self._memory).cast("q")
         self._lock, self.slot = self._claim_slot(path)
         self._counts[self.slot] = 0
+        # Here, in a worker, not at import: the master imports this module too and needs none
+        # of prometheus_client. In no registry: the service's /metrics reads every process's
+        # files (PROMETHEUS_MULTIPROC_DIR), whichever registry a metric was made in.
+        from prometheus_client import Counter
+
+        self.rebalanced: Any = Counter(
+            "iris_http_connections_rebalanced",
+            "Keep-alive connections this server answered with Connection: close to spread "
+            "them evenly over its worker processes.",
+            registry=None,
+        )
 
     @staticmethod
     def _claim_slot(path: Path) -> tuple[int, int]:
@@ -62,6 +76,12 @@ class ConnectionShares:
 
     def closed(self) -> None:
         self._counts[self.slot] -= 1
+
+    def rebalance(self) -> None:
+        """One connection of this worker's is leaving to reconnect: count it out now, so that
+        the next request on another connection does not leave too."""
+        self.closed()
+        self.rebalanced.inc()
 
     def crowded(self) -> bool:
         """Whether this worker holds more than one connection over its least busy peer."""

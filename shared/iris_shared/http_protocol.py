@@ -208,8 +208,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and self._shares.crowded()
         ):
             cycle.keep_alive = False
-            # Counted out now: the next request on another connection must not leave too.
-            self._leave_shares()
+            self._shares.rebalance()
+            self._shares = None
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -4,6 +4,7 @@
 
     GET /pid             the answering worker's process id
     GET /slow?seconds=S  the same, S seconds later; touches <state>/slow-started when it begins
+    GET /metrics         every worker's metrics, merged (prometheus_client's multiprocess mode)
 
 Each worker touches <state>/stopped/<pid> at the end of its lifespan shutdown, as the
 predictor's recorder flushes its log there; with TINY_HANG_ON_SHUTDOWN=1 that shutdown never
@@ -34,6 +35,14 @@ async def pid(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(os.getpid()))
 
 
+async def metrics(request: Request) -> PlainTextResponse:
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return PlainTextResponse(generate_latest(registry).decode())
+
+
 async def slow(request: Request) -> PlainTextResponse:
     (STATE / "slow-started").touch()
     await asyncio.sleep(float(request.query_params["seconds"]))
@@ -49,7 +58,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def create_app() -> Starlette:
-    return Starlette(routes=[Route("/pid", pid), Route("/slow", slow)], lifespan=lifespan)
+    routes = [Route("/pid", pid), Route("/slow", slow), Route("/metrics", metrics)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 if __name__ == "__main__":
