@@ -22,6 +22,7 @@ merges from every worker's files as it merges the rest.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -33,6 +34,10 @@ CONNECTIONS_ENV = "IRIS_SERVER_CONNECTIONS_TABLE"
 _SLOT_BYTES = 8
 
 
+class NoFreeSlot(RuntimeError):
+    """Every slot is held: a worker started while the one it replaces still holds its own."""
+
+
 def create_table(path: Path, workers: int) -> None:
     """A zeroed table of `workers` slots at `path`."""
     path.write_bytes(bytes(_SLOT_BYTES * workers))
@@ -42,10 +47,10 @@ class ConnectionShares:
     """This worker's slot of the table, and its view of the others'."""
 
     def __init__(self, path: Path) -> None:
+        self._lock, self.slot = self._claim_slot(path)
         with path.open("r+b") as table:
             self._memory = mmap.mmap(table.fileno(), 0)
         self._counts = memoryview(self._memory).cast("q")
-        self._lock, self.slot = self._claim_slot(path)
         self._counts[self.slot] = 0
         # Here, in a worker, not at import: the master imports this module too and needs none
         # of prometheus_client. In no registry: the service's /metrics reads every process's
@@ -69,7 +74,7 @@ class ConnectionShares:
                 os.close(lock)
                 continue
             return lock, slot
-        raise RuntimeError(f"every slot of {path} is taken: more workers than the master made")
+        raise NoFreeSlot(f"every slot of {path} is taken: more workers than the master made")
 
     def opened(self) -> None:
         self._counts[self.slot] += 1
@@ -99,8 +104,11 @@ _shares: ConnectionShares | None = None
 
 
 def worker_shares() -> ConnectionShares | None:
-    """This process's slot, claimed on first use; None outside a multi-process server."""
+    """This process's slot, claimed on first use; None outside a multi-process server, and
+    while no slot is free (its connections are then left where they land, and the next one
+    asks again)."""
     global _shares
     if _shares is None and (path := os.environ.get(CONNECTIONS_ENV)):
-        _shares = ConnectionShares(Path(path))
+        with contextlib.suppress(NoFreeSlot):
+            _shares = ConnectionShares(Path(path))
     return _shares

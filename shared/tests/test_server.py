@@ -345,16 +345,25 @@ def test_keep_alive_connections_crowded_on_one_worker_spread_over_both(tmp_path:
 
 
 def test_a_worker_claims_a_free_slot_and_is_crowded_one_connection_over_its_peers(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from iris_shared.connection_shares import ConnectionShares, create_table
+    from iris_shared.connection_shares import (
+        CONNECTIONS_ENV,
+        ConnectionShares,
+        NoFreeSlot,
+        create_table,
+        worker_shares,
+    )
 
     table = tmp_path / "connections"
     create_table(table, 3)
     first, second, third = (ConnectionShares(table) for _ in range(3))
     assert [first.slot, second.slot, third.slot] == [0, 1, 2]
-    with pytest.raises(RuntimeError, match="every slot"):
+    with pytest.raises(NoFreeSlot, match="every slot"):
         ConnectionShares(table)
+    # A worker started while the one it replaces holds its slot still serves, unbalanced.
+    monkeypatch.setenv(CONNECTIONS_ENV, str(table))
+    assert worker_shares() is None
     for _ in range(2):
         first.opened()
     second.opened()
