@@ -226,8 +226,15 @@ class Smoke:
     def restart(self) -> None:
         replicas = self.compose.containers("predictor")
         lines_before = self._log_lines(replicas[-1])
-        exits = self.compose.down()
+        exits = self.compose.stop_in_order()
         killed = sorted(name for name, code in exits.items() if code == KILLED)
+        # Read before `down` removes them: what a killed container was doing in its grace period.
+        for container in killed:
+            logs = self.compose.engine_run(
+                "logs", "--timestamps", "--tail", "40", container, check=False
+            )
+            print(f"--- {container} (SIGKILLed)\n{logs.stdout}{logs.stderr}")
+        self.compose.run("down")
         check(not killed, f"SIGKILLed after their grace period on down: {killed}")
         start(self.compose, PREDICTORS, WORKERS)
         served = httpx.get(f"{self.gateway}/model", timeout=10).json()["version"]

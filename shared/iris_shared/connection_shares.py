@@ -23,11 +23,12 @@ merges from every worker's files as it merges the rest.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 from pathlib import Path
 from typing import Any
+
+from iris_shared.life_locks import first_free
 
 # The table's path, set by the master for its workers (iris_shared.server).
 CONNECTIONS_ENV = "IRIS_SERVER_CONNECTIONS_TABLE"
@@ -66,15 +67,11 @@ class ConnectionShares:
 
     @staticmethod
     def _claim_slot(path: Path) -> tuple[int, int]:
-        for slot in range(os.path.getsize(path) // _SLOT_BYTES):
-            lock = os.open(path.with_name(f"{path.name}-{slot}.lock"), os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock)
-                continue
-            return lock, slot
-        raise NoFreeSlot(f"every slot of {path} is taken: more workers than the master made")
+        slots = os.path.getsize(path) // _SLOT_BYTES
+        claimed = first_free(path.with_name(f"{path.name}-{slot}.lock") for slot in range(slots))
+        if claimed is None:
+            raise NoFreeSlot(f"every slot of {path} is taken: more workers than the master made")
+        return claimed
 
     def opened(self) -> None:
         self._counts[self.slot] += 1

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import fcntl
 import gc
 import json
 import logging
@@ -52,6 +51,7 @@ from iris_shared.http_protocol import (
     MAX_HEADER_BYTES_ENV,
     GuardedHttpToolsProtocol,
 )
+from iris_shared.life_locks import lock_for_life
 from iris_shared.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -149,11 +149,8 @@ class WorkerPeers:
         """
         if self.folder is None or role in self._leading:
             return True
-        lock = os.open(self.folder / f"lead-{role}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
+        lock = lock_for_life(self.folder / f"lead-{role}")
+        if lock is None:
             return False
         self._leading[role] = lock
         return True

@@ -25,12 +25,13 @@ names (`.predictions.jsonl.5.expired-<n>`, at once) and unlinked by a thread of 
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
+
+from iris_shared.life_locks import first_free
 
 LOG_FILE = "predictions.jsonl"
 LOG_GLOB = "predictions*.jsonl*"
@@ -46,7 +47,7 @@ class PredictionLog:
         self.directory = directory
         self._max_bytes = max_bytes
         self._backup_count = backup_count
-        self._slot_lock: IO[str] | None = None
+        self._slot_lock: int | None = None
         self._stream: IO[bytes] | None = None
         self._size = 0
         self.path: Path | None = None
@@ -65,16 +66,11 @@ class PredictionLog:
         return self.path
 
     def _claim_slot(self) -> int:
-        for slot in itertools.count():
-            lock = (self.directory / f".slot-{slot}.lock").open("w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            self._slot_lock = lock
-            return slot
-        raise AssertionError("unreachable")
+        lock_paths = (self.directory / f".slot-{slot}.lock" for slot in itertools.count())
+        claimed = first_free(lock_paths)
+        assert claimed is not None  # the paths never end
+        self._slot_lock, slot = claimed
+        return slot
 
     def _open_stream(self) -> None:
         assert self.path is not None
@@ -122,7 +118,7 @@ class PredictionLog:
             self._expiry.shutdown(wait=True)
             self._expiry = None
         if self._slot_lock is not None:
-            self._slot_lock.close()
+            os.close(self._slot_lock)
             self._slot_lock = None
 
 
