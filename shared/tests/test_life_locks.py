@@ -37,23 +37,27 @@ def test_a_slot_held_by_a_live_process_is_skipped_and_passes_on_when_it_is_kille
     holder = _holder(paths[0])
     try:
         claimed = first_free(paths)
-        assert claimed is not None and claimed[1] == 1
+        assert claimed is not None
+        assert claimed[1] == 1
         os.close(claimed[0])
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     claimed = first_free(paths)
-    assert claimed is not None and claimed[1] == 0
+    assert claimed is not None
+    assert claimed[1] == 0
     os.close(claimed[0])
 
 
 def test_every_slot_held_gives_none_and_a_closed_lock_is_free_again(tmp_path: Path) -> None:
     paths = [tmp_path / "a.lock", tmp_path / "b.lock"]
     first, second = (lock_for_life(path) for path in paths)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     # Another open file description of the same file is another holder, even in this process.
     assert first_free(paths) is None
     assert lock_for_life(paths[1]) is None
     os.close(second)
     claimed = first_free(paths)
-    assert claimed is not None and claimed[1] == 1
+    assert claimed is not None
+    assert claimed[1] == 1
