@@ -15,6 +15,7 @@ from iris_shared.feedback import FeedbackKeys, LabelledRow, StoredPrediction
 from iris_shared.registry import CHALLENGER
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import JOBS_NAMESPACE
+from tests.support.exposition import metric_sample
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +23,6 @@ MODEL = "Iris-LogisticRegression"
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 KEYS = FeedbackKeys(JOBS_NAMESPACE)
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        named = line.startswith(f"{name}{{") or line.startswith(f"{name} ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_every_answer_is_kept_for_feedback_under_its_request_id(
@@ -117,7 +110,7 @@ def test_drift_is_scored_per_feature_against_the_training_data(predictor_url: st
 
     def scores() -> dict[str, float | None]:
         text = httpx.get(f"{predictor_url}/metrics").text
-        return {f: metric(text, "iris_feature_drift_psi", feature=f) for f in FEATURE_NAMES}
+        return {f: metric_sample(text, "iris_feature_drift_psi", feature=f) for f in FEATURE_NAMES}
 
     def scored() -> bool:
         # Scored every second, on the next rows after that.
@@ -168,7 +161,7 @@ def test_the_challenger_scores_in_the_shadow_and_shows_in_get_model(
             httpx.post(f"{predictor_url}/predict/batch", json={"instances": [SETOSA, VIRGINICA]})
             text = httpx.get(f"{predictor_url}/metrics").text
             return (
-                metric(
+                metric_sample(
                     text,
                     "iris_shadow_predictions_total",
                     model_version=str(copy.version),
@@ -180,7 +173,7 @@ def test_the_challenger_scores_in_the_shadow_and_shows_in_get_model(
         wait_until(lambda: agreed() >= 2, 20, "shadow predictions counted")
         text = httpx.get(f"{predictor_url}/metrics").text
         assert (
-            metric(
+            metric_sample(
                 text,
                 "iris_shadow_predictions_total",
                 model_version=str(copy.version),
@@ -188,7 +181,7 @@ def test_the_challenger_scores_in_the_shadow_and_shows_in_get_model(
             )
             is None
         )
-        age = metric(text, "iris_model_age_seconds", alias=CHALLENGER)
+        age = metric_sample(text, "iris_model_age_seconds", alias=CHALLENGER)
         assert age is not None
         assert age >= 0
     finally:
@@ -231,9 +224,9 @@ def test_feedback_through_the_gateway_joins_the_predictors_answer(
     assert unknown.status_code == 404
     version = answer["model_version"]
     correct = "true" if answer["predicted_species"] == "Iris-virginica" else "false"
-    counted = metric(text, "iris_feedback_total", model_version=version, correct=correct)
+    counted = metric_sample(text, "iris_feedback_total", model_version=version, correct=correct)
     assert counted is not None
     assert counted >= 1
-    accuracy = metric(text, "iris_live_accuracy", model_version=version)
+    accuracy = metric_sample(text, "iris_live_accuracy", model_version=version)
     assert accuracy is not None
     assert 0 <= accuracy <= 1

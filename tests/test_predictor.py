@@ -35,6 +35,7 @@ from iris_devstack.processes import (
 from iris_predictor.prediction_log import log_files
 from iris_shared.schemas import FEATURE_NAMES
 from tests.support.core import register_copies
+from tests.support.exposition import metric_value
 from tests.support.predictor import (
     PredictorService,
     start_predictor,
@@ -281,13 +282,6 @@ def test_answers_equal_the_registry_models_own(trained_registry: str, predictor_
     np.testing.assert_allclose(got, expected_probabilities, rtol=1e-12)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
-    match = re.search(pattern, text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def worker_pids(service: PredictorService) -> list[int]:
     """The server's worker processes (multiprocessing also starts a resource tracker)."""
     workers = []
@@ -304,7 +298,7 @@ def test_metrics_are_merged_across_the_worker_processes(
     url = predictor_service.url
     assert len(worker_pids(predictor_service)) == 2
     labels = {"model_version": "1", "species": "Iris-setosa"}
-    before = metric(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
+    before = metric_value(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
 
     # Separate connections from several threads, so both processes take requests.
     def post() -> int:
@@ -316,13 +310,13 @@ def test_metrics_are_merged_across_the_worker_processes(
     # Whichever process answers the scrape, it reports every process's counts.
     for _ in range(6):
         text = httpx.get(f"{url}/metrics").text
-        assert metric(text, "iris_predictions_total", **labels) == before + 60
+        assert metric_value(text, "iris_predictions_total", **labels) == before + 60
         info = [line for line in text.splitlines() if line.startswith("iris_model_info{")]
         assert info == [
             'iris_model_info{alias="production",name="Iris-LogisticRegression",version="1"} 1.0'
         ]
-        assert metric(text, "iris_model_ready") == 1.0
-        assert metric(text, "process_resident_memory_bytes") > 0
+        assert metric_value(text, "iris_model_ready") == 1.0
+        assert metric_value(text, "process_resident_memory_bytes") > 0
 
 
 @pytest.mark.slow
@@ -333,7 +327,7 @@ def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
     for _ in range(10):
         assert httpx.post(f"{url}/predict", json=SETOSA).status_code == 200
     labels = {"model_version": "1", "species": "Iris-setosa"}
-    before = metric(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
+    before = metric_value(httpx.get(f"{url}/metrics").text, "iris_predictions_total", **labels)
     doomed = worker_pids(predictor_service)[0]
 
     os.kill(doomed, signal.SIGKILL)
@@ -368,8 +362,8 @@ def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
     wait_ready(predictor_service.process, url)
     text = httpx.get(f"{url}/metrics").text
     # Counters of the dead process stay in the totals; its live gauges are gone.
-    assert metric(text, "iris_predictions_total", **labels) >= before
-    assert metric(text, "iris_model_ready") == 1.0
+    assert metric_value(text, "iris_predictions_total", **labels) >= before
+    assert metric_value(text, "iris_model_ready") == 1.0
     metric_files = os.listdir(metrics_dir(worker_pids(predictor_service)[0]))
     assert any(f"_{doomed}.db" in name for name in metric_files), "its counts were dropped"
     assert not [n for n in metric_files if n.startswith("gauge_live") and f"_{doomed}." in n]
@@ -623,7 +617,7 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
         assert body["version"] == before, "the served version changed"
         assert body["load_error"]["version"] == bad
         assert "cloudpickle" in body["load_error"]["reason"]
-        assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 1.0
+        assert metric_value(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 1.0
         assert httpx.post(f"{url}/predict", json=SETOSA).json()["model_version"] == before
 
         client.set_registered_model_alias(name, "production", before)
@@ -633,7 +627,7 @@ def test_a_pickled_version_is_refused_and_the_served_one_stays(
             "the load error cleared",
             process,
         )
-        assert metric(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 0.0
+        assert metric_value(httpx.get(f"{url}/metrics").text, "iris_model_load_failing") == 0.0
     finally:
         client.set_registered_model_alias(name, "production", before)
         process.stop()

@@ -22,6 +22,7 @@ from iris_devstack.processes import tls_context, wait_until
 from iris_devstack.redis import start_redis
 from iris_shared.feedback import FeedbackKeys
 from tests.support.core import JOBS_NAMESPACE
+from tests.support.exposition import metric_value
 from tests.support.gateway import start_gateway
 from tests.support.predictor import start_predictor, wait_ready
 
@@ -81,12 +82,6 @@ def flood(url: str) -> list[httpx.Response]:
         return list(pool.map(send, range(FLOOD_BATCHES)))
 
 
-def metric(text: str, line_start: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)
-    )
-
-
 def test_a_flood_of_anonymous_batches_stays_within_the_budget_and_jobs_and_feedback_still_work(
     stack: Stack, api_token: str
 ) -> None:
@@ -104,7 +99,7 @@ def test_a_flood_of_anonymous_batches_stays_within_the_budget_and_jobs_and_feedb
     assert 0 < kept_bytes <= STORE_MAX_BYTES
     assert used - before <= STORE_MAX_BYTES + 4 * MIB, f"Redis grew by {used - before} bytes"
     metrics = httpx.get(f"{stack.predictor_url}/metrics").text
-    assert metric(metrics, 'iris_prediction_store_dropped_total{reason="bytes"}') > 0
+    assert metric_value(metrics, "iris_prediction_store_dropped_total", reason="bytes") > 0
 
     # The oldest answers went first; the newest take labels, on their first 1,000 rows only.
     auth = {"Authorization": f"Bearer {api_token}"}

@@ -24,6 +24,7 @@ from iris_shared.jobs import (
     TrainingStage,
     record_fields,
 )
+from tests.support.exposition import metric_value
 
 SETOSA_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 # The module's gateway: its own namespace, and room for every job its tests submit (nothing
@@ -49,14 +50,6 @@ def gateway(
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        named = line.startswith(f"{name}{{") or line.startswith(f"{name} ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # --- proxying -------------------------------------------------------------------------------

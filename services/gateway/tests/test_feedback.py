@@ -20,6 +20,7 @@ from iris_shared.feedback import (
     LabelledRow,
     StoredPrediction,
 )
+from tests.support.exposition import metric_value
 
 NAMESPACE = f"feedback-{uuid.uuid4().hex[:8]}"
 KEYS = FeedbackKeys(NAMESPACE)
@@ -46,12 +47,8 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def metric_value(gateway: str, name: str, **labels: str) -> float:
-    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
-        named = line.startswith(f"{name}{{") or line.startswith(f"{name} ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def scraped(gateway: str, name: str, **labels: str) -> float:
+    return metric_value(httpx.get(f"{gateway}/metrics").text, name, **labels)
 
 
 def new_version() -> str:
@@ -85,8 +82,8 @@ def test_a_label_is_accepted_counted_and_kept_for_training(
 
     assert right.status_code == 202
     assert right.json() == {"request_id": request_id, "row": 0, "outcome": "accepted"}
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
-    assert metric_value(gateway, "iris_live_accuracy", model_version=version) == 1.0
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
+    assert scraped(gateway, "iris_live_accuracy", model_version=version) == 1.0
 
     wrong = httpx.post(
         f"{gateway}/feedback",
@@ -95,8 +92,8 @@ def test_a_label_is_accepted_counted_and_kept_for_training(
     )
 
     assert wrong.status_code == 202
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="false") == 1
-    assert metric_value(gateway, "iris_live_accuracy", model_version=version) == 0.5
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="false") == 1
+    assert scraped(gateway, "iris_live_accuracy", model_version=version) == 0.5
     assert redis_client.lrange(KEYS.outcomes(version), 0, -1) == ["0", "1"]
     kept = [
         LabelledRow.model_validate_json(raw) for raw in redis_client.lrange(KEYS.labelled, 0, -1)
@@ -130,8 +127,8 @@ def test_a_second_label_of_the_same_row_is_a_conflict(
     assert first.status_code == 202
     assert again.status_code == 409
     assert again.json()["error"] == "feedback_already_given"
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="false") == 0
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="false") == 0
     assert redis_client.llen(KEYS.outcomes(version)) == 1
 
 
@@ -178,7 +175,7 @@ def test_an_answer_kept_as_json_before_the_packed_format_still_takes_its_label(
     )
 
     assert answer.status_code == 202
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="true") == 1
     labelled = LabelledRow.model_validate_json(redis_client.lrange(KEYS.labelled, -1, -1)[0])
     assert (labelled.request_id, labelled.features) == (request_id, ROWS[1])
 
@@ -235,8 +232,8 @@ def test_a_list_reports_each_label_in_order(
         (i["request_id"], i.get("row", 0)) for i in items
     ]
     assert (body["accepted"], body["duplicate"], body["not_found"]) == (2, 1, 2)
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 2
-    assert metric_value(gateway, "iris_live_accuracy", model_version=version) == 1.0
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="true") == 2
+    assert scraped(gateway, "iris_live_accuracy", model_version=version) == 1.0
 
 
 def test_malformed_labels_are_400_naming_the_field(gateway: str, token: str) -> None:
@@ -310,14 +307,14 @@ def test_live_accuracy_covers_the_last_labels_only_and_the_kept_rows_are_capped(
         )
         assert response.status_code == 202
 
-    assert metric_value(gateway, "iris_live_accuracy", model_version=version) == 1.0
+    assert scraped(gateway, "iris_live_accuracy", model_version=version) == 1.0
     assert redis_client.lrange(keys.outcomes(version), 0, -1) == ["1", "1", "1"]
     # The labelled list stops taking rows when full (its oldest rows wait for add-feedback).
     kept = [
         LabelledRow.model_validate_json(raw) for raw in redis_client.lrange(keys.labelled, 0, -1)
     ]
     assert [row.request_id for row in kept] == ids[:3]
-    assert metric_value(gateway, "iris_feedback_total", model_version=version, correct="true") == 3
+    assert scraped(gateway, "iris_feedback_total", model_version=version, correct="true") == 3
 
 
 def test_redis_down_gives_503_quickly(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from iris_devstack.processes import free_port
+from tests.support.exposition import metric_value
 
 NAMESPACE = f"unit-protocols-{uuid.uuid4().hex[:8]}"
 MODEL = "Iris-LogisticRegression"
@@ -37,13 +38,6 @@ def gateway(
     return start_gateway_app(
         predictor_url=stub_predictor[0], REDIS_URL=unit_redis, JOBS_NAMESPACE=NAMESPACE
     )
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def last_seen(stub_predictor: tuple[str, dict[str, Any]]) -> dict[str, Any]:
